@@ -1,0 +1,123 @@
+"""The one dispatch point: which implementation runs each hot op.
+
+Backends:
+  "torch"  - plain PyTorch reference (ground truth, CPU path)
+  "triton" - fused Triton kernels from `pdiff_fast.kernels` (CUDA tensors; CPU tensors only
+             under TRITON_INTERPRET=1)
+  "ext"    - the C++/CUDA extension `pdiff_fast._C` (flatten/unflatten, population evaluation)
+  "auto"   - the fastest one available for the tensor's device
+
+Selection, strongest first: the `use_backend(...)` context manager, the environment variable
+PDIFF_FAST_BACKEND, then "auto". An explicitly requested backend that is unavailable raises;
+"auto" falls back to torch with one warning per op.
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import threading
+import warnings
+
+import torch
+
+BACKENDS = ("auto", "torch", "triton", "ext")
+ENV_VAR = "PDIFF_FAST_BACKEND"
+
+_state = threading.local()
+_warned: set[str] = set()
+
+
+def _requested() -> str:
+    forced = getattr(_state, "backend", None)
+    if forced is not None:
+        return forced
+    name = os.environ.get(ENV_VAR, "auto").strip().lower() or "auto"
+    if name not in BACKENDS:
+        raise ValueError(f"{ENV_VAR}={name!r} is not a backend; choose one of {BACKENDS}")
+    return name
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    """Force one backend for every op inside the block: `with use_backend("torch"): ...`."""
+    if name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r}; choose one of {BACKENDS}")
+    previous = getattr(_state, "backend", None)
+    _state.backend = name
+    try:
+        yield
+    finally:
+        _state.backend = previous
+
+
+def triton_interpreted() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _import_or_none(module: str):
+    try:
+        return importlib.import_module(module)
+    except Exception as exc:  # missing triton, missing kernel module, broken build
+        return exc
+
+
+def load_triton_op(op: str):
+    """The Triton implementation of `op` (module `pdiff_fast.kernels.<op>`), or the import error."""
+    return _import_or_none(f"pdiff_fast.kernels.{op}")
+
+
+def load_extension():
+    """The compiled extension `pdiff_fast._C`, or the import error."""
+    return _import_or_none("pdiff_fast._C")
+
+
+def _warn_once(op: str, message: str) -> None:
+    if op not in _warned:
+        _warned.add(op)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+def choose(op: str, device: torch.device, available: tuple[str, ...]) -> str:
+    """Pick the backend for `op` on `device`.
+
+    `available` lists the fast backends this op has besides "torch", best first.
+    Returns "torch", "triton" or "ext".
+    """
+    requested = _requested()
+    if requested == "torch":
+        return "torch"
+    if requested != "auto":
+        if requested not in available:
+            # an explicit request for a backend this op does not have: use torch, the op has no other
+            return "torch"
+        problem = _problem(requested, op, device)
+        if problem:
+            raise RuntimeError(f"backend {requested!r} was requested for {op} but {problem}")
+        return requested
+    for name in available:
+        problem = _problem(name, op, device)
+        if problem is None:
+            return name
+        if name == "ext" or device.type == "cuda":
+            _warn_once(op, f"pdiff_fast: {op} falls back to PyTorch because {problem}")
+    return "torch"
+
+
+def _problem(name: str, op: str, device: torch.device) -> str | None:
+    """None when backend `name` can run `op` on `device`, else why not."""
+    if name == "triton":
+        if device.type != "cuda" and not triton_interpreted():
+            return "Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"
+        mod = load_triton_op(op)
+        if isinstance(mod, Exception):
+            return f"its Triton kernel could not be imported ({mod})"
+        return None
+    if name == "ext":
+        ext = load_extension()
+        if isinstance(ext, Exception):
+            return f"the extension pdiff_fast._C is not built ({ext})"
+        if device.type == "cuda" and not getattr(ext, "has_cuda", lambda: False)():
+            return "the extension was built without CUDA"
+        return None
+    return f"unknown backend {name!r}"

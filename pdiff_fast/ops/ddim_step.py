@@ -1,0 +1,43 @@
+"""ddim_step: one DDIM step (Song et al. 2021, eq. 12) from timestep t to t_prev.
+
+    x0    = (x_t - sqrt(1 - a_t) * eps) / sqrt(a_t),  clamped to [-1, 1] if clip
+    eps'  = (x_t - sqrt(a_t) * x0) / sqrt(1 - a_t)    (eps re-derived after the clamp)
+    sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
+    x     = sqrt(a_prev) * x0 + sqrt(1 - a_prev - sigma^2) * eps' + sigma * noise
+
+a_t = alphas_cumprod[t]; a_prev = alphas_cumprod[t_prev], or 1 when t_prev < 0.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import backend
+
+
+def ddim_step_torch(
+    x_t: torch.Tensor,  # (B, ...)
+    eps: torch.Tensor,  # (B, ...)
+    a_t: float,
+    a_prev: float,
+    noise: torch.Tensor | None,  # (B, ...) or None when eta == 0
+    eta: float = 0.0,
+    clip: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    sqrt_a, sqrt_1ma = a_t**0.5, (1.0 - a_t) ** 0.5
+    x0 = (x_t - sqrt_1ma * eps) / sqrt_a
+    if clip:
+        x0 = x0.clamp(-1.0, 1.0)
+        eps = (x_t - sqrt_a * x0) / sqrt_1ma
+    sigma = eta * ((1.0 - a_prev) / (1.0 - a_t)) ** 0.5 * (1.0 - a_t / a_prev) ** 0.5
+    direction = max(1.0 - a_prev - sigma**2, 0.0) ** 0.5
+    x_prev = a_prev**0.5 * x0 + direction * eps
+    if sigma > 0:
+        x_prev = x_prev + sigma * noise
+    return x_prev, x0
+
+
+def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip: bool = True):
+    """Dispatching entry point; returns (x_prev, pred_x0)."""
+    if backend.choose("ddim_step", x_t.device, ("triton",)) == "triton":
+        return backend.load_triton_op("ddim_step").ddim_step(x_t, eps, a_t, a_prev, noise, eta, clip)
+    return ddim_step_torch(x_t, eps, a_t, a_prev, noise, eta, clip)

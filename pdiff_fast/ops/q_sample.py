@@ -1,0 +1,33 @@
+"""q_sample: forward noising with the noise drawn in the same pass (training).
+
+    noise ~ N(0, I);  x_t = sqrt_alphas_cumprod[t] * x0 + sqrt_one_minus_alphas_cumprod[t] * noise
+
+Returns (x_t, noise); the noise is needed as the epsilon-prediction target.
+`coefs` is a (2, T) float32 tensor: sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod.
+"""
+from __future__ import annotations
+
+import torch
+
+from .. import backend
+
+
+def q_sample_torch(
+    x0: torch.Tensor,  # (B, ...)
+    t: torch.Tensor,  # (B,) int64
+    coefs: torch.Tensor,  # (2, T)
+    noise: torch.Tensor | None = None,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if noise is None:
+        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+    shape = (-1,) + (1,) * (x0.dim() - 1)
+    x_t = coefs[0].gather(0, t).view(shape) * x0 + coefs[1].gather(0, t).view(shape) * noise
+    return x_t, noise
+
+
+def q_sample(x0, t, coefs, noise=None, generator=None):
+    """Dispatching entry point; returns (x_t, noise)."""
+    if backend.choose("q_sample", x0.device, ("triton",)) == "triton":
+        return backend.load_triton_op("q_sample").q_sample(x0, t, coefs, noise, generator)
+    return q_sample_torch(x0, t, coefs, noise, generator)
