@@ -99,7 +99,9 @@ def choose(op: str, device: torch.device, available: tuple[str, ...]) -> str:
         problem = _problem(name, op, device)
         if problem is None:
             return name
-        if name == "ext" or device.type == "cuda":
+        if name == "ext":  # one warning for the whole extension, not one per op
+            _warn_once("ext", f"pdiff_fast: falling back to PyTorch for the extension ops because {problem}")
+        elif device.type == "cuda":
             _warn_once(op, f"pdiff_fast: {op} falls back to PyTorch because {problem}")
     return "torch"
 
