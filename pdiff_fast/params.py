@@ -153,7 +153,7 @@ class ParamSpec:
     def unflatten(self, flat: torch.Tensor) -> list[dict[str, torch.Tensor]]:
         """(N, D) -> N state dicts of the subset, each tensor in its spec dtype."""
         stacked = self.unflatten_stacked(flat)
-        return [{seg.name: stacked[j][i] for j, seg in enumerate(self.segments)} for i in range(flat.shape[0])]
+        return [{name: t[i] for name, t in stacked.items()} for i in range(flat.shape[0])]
 
     def unflatten_stacked(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """(N, D) -> {name: (N, *shape)}, ready for torch.func.functional_call + vmap."""
