@@ -5,7 +5,7 @@ Backends:
   "triton" - fused Triton kernels from `pdiff_fast.kernels` (CUDA tensors; CPU tensors only
              under TRITON_INTERPRET=1)
   "ext"    - the C++/CUDA extension `pdiff_fast._C` (flatten/unflatten, population evaluation)
-  "auto"   - the fastest one available for the tensor's device
+  "auto"   - the fastest one available for the tensor's device (Triton only for CUDA tensors)
 
 Selection, strongest first: the `use_backend(...)` context manager, the environment variable
 PDIFF_FAST_BACKEND, then "auto". An explicitly requested backend that is unavailable raises;
@@ -96,6 +96,8 @@ def choose(op: str, device: torch.device, available: tuple[str, ...]) -> str:
             raise RuntimeError(f"backend {requested!r} was requested for {op} but {problem}")
         return requested
     for name in available:
+        if name == "triton" and device.type != "cuda":
+            continue  # auto never runs Triton's CPU interpreter: it is for tests, and slow
         problem = _problem(name, op, device)
         if problem is None:
             return name

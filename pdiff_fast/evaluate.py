@@ -13,7 +13,6 @@ import torch
 from torch import nn
 
 from .params import ParamSpec
-from .population import evaluate_population, iou_matrix
 
 NOISE_SIGMAS = (0.01, 0.05, 0.1)
 
@@ -37,6 +36,8 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
              x_test: torch.Tensor, y_test: torch.Tensor, *, noise_sigmas=NOISE_SIGMAS, seed: int = 0,
              memory_budget_bytes: int = 1 << 30) -> dict:
     """Judge generated (N, D) parameters against the original (K, D) checkpoints."""
+    from .population import evaluate_population, iou_matrix
+
     for name, t in (("original", original), ("generated", generated)):
         if t.dim() != 2 or t.shape[1] != spec.dim:
             raise ValueError(f"{name} parameters must be (N, {spec.dim}), got {tuple(t.shape)}")

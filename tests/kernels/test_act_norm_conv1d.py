@@ -1,0 +1,191 @@
+"""kernels/act_norm_conv1d.py against pdiff_fast.ops.act_norm_conv1d.act_norm_conv1d_torch
+(output and every gradient, reference in float64), and the autoencoder / denoiser modules under
+backend 'triton' vs 'torch'.
+
+Runs on CUDA when present, else on CPU tensors in Triton's interpreter (small sizes).
+"""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+import pytest  # noqa: E402
+
+pytest.importorskip("triton")
+
+from pdiff_fast import backend  # noqa: E402
+from pdiff_fast.ops.act_norm_conv1d import act_norm_conv1d_torch  # noqa: E402
+
+kmod = backend.load_triton_op("act_norm_conv1d")
+if isinstance(kmod, Exception):
+    raise kmod
+
+device = torch.device("cpu" if backend.triton_interpreted() or not torch.cuda.is_available() else "cuda")
+
+# (dtype, atol, rtol) against the float64 reference; atol is scaled by the reference's magnitude
+TOLERANCES = [(torch.float32, 1e-4, 1e-4)]
+
+# name: (B, Cin, Cout, L, K, stride, padding, transposed, pre_act, add, residual, post_tanh)
+# add: None, "b1l" = (B, 1, L) per-sample time embedding, "11l" = (1, 1, L) shared one
+CASES = {
+    "minimal": (1, 1, 1, 7, 3, 1, 0, False, False, None, False, False),
+    "ae_enc_first_p1": (3, 1, 2, 30, 3, 1, 1, False, False, None, False, False),
+    "ae_enc_fold3": (3, 2, 2, 30, 3, 3, 0, False, True, None, False, False),
+    "ae_enc_last_tanh": (3, 2, 5, 13, 3, 3, 0, False, True, None, False, True),
+    "ae_enc_fold5_k5": (1, 5, 2, 30, 5, 5, 0, False, True, None, False, False),
+    "ae_dec_transposed_s3": (3, 2, 5, 7, 3, 3, 0, True, True, None, False, False),
+    "ae_dec_transposed_s5_k5": (1, 5, 2, 7, 5, 5, 0, True, True, None, False, False),
+    "ae_dec_out_p4_k5": (3, 2, 1, 13, 5, 1, 4, False, True, None, False, False),
+    "ae_dec_out_p5_k5": (1, 2, 1, 7, 5, 1, 5, False, True, None, False, False),
+    "denoiser_time_add": (3, 5, 5, 12, 3, 1, 1, False, False, "b1l", False, False),
+    "denoiser_shared_time": (3, 5, 2, 13, 3, 1, 1, False, True, "11l", False, False),
+    "denoiser_skip": (3, 5, 5, 12, 3, 1, 1, False, True, None, True, False),
+    "non_aligned_channels": (3, 37, 70, 13, 3, 1, 1, False, True, "b1l", True, True),
+    "non_aligned_transposed": (3, 17, 19, 7, 5, 3, 1, True, True, "11l", True, True),
+    "strided_padded": (3, 5, 2, 30, 5, 3, 1, False, True, None, True, False),
+    "stride_above_kernel": (1, 2, 3, 13, 3, 5, 1, False, True, None, False, False),
+    "long_row_split_stats": (1, 2, 3, 2100, 3, 3, 0, False, True, None, False, False),
+    "batch_1000": (1000, 2, 3, 7, 3, 1, 1, False, True, "b1l", True, False),
+    "batch_1000_transposed": (1000, 1, 2, 5, 3, 3, 0, True, True, None, False, True),
+}
+
+
+@pytest.fixture(autouse=True)
+def _no_tf32():
+    """Compare fp32 dots in full precision on CUDA (the kernels follow cudnn.allow_tf32)."""
+    saved = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32 = saved
+
+
+def make_inputs(case, seed=0):
+    B, Cin, Cout, L, K, stride, padding, transposed, pre_act, add, residual, post_tanh = case
+    gen = torch.Generator().manual_seed(seed)
+    w_shape = (Cin, Cout, K) if transposed else (Cout, Cin, K)
+    Lout = (L - 1) * stride - 2 * padding + K if transposed else (L + 2 * padding - K) // stride + 1
+    tensors = {
+        "x": torch.randn(B, Cin, L, generator=gen) * 2 + 0.5,
+        "weight": torch.randn(w_shape, generator=gen) / (Cin * K) ** 0.5,
+        "bias": torch.randn(Cout, generator=gen),
+    }
+    if add is not None:
+        tensors["add"] = torch.randn((B if add == "b1l" else 1, 1, L), generator=gen)
+    if residual:
+        tensors["residual"] = torch.randn(B, Cout, Lout, generator=gen)
+    kwargs = dict(stride=stride, padding=padding, transposed=transposed, pre_act=pre_act, post_tanh=post_tanh)
+    grad_out = torch.randn(B, Cout, Lout, generator=gen)
+    return tensors, kwargs, grad_out
+
+
+def run(fn, tensors, kwargs, grad_out, dtype, dev):
+    leaves = {k: v.to(device=dev, dtype=dtype).requires_grad_(True) for k, v in tensors.items()}
+    args = dict(leaves)
+    y = fn(args.pop("x"), args.pop("weight"), args.pop("bias"), **args, **kwargs)
+    grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(device=dev, dtype=dtype))
+    return y, dict(zip(leaves, grads))
+
+
+def assert_matches_reference(case, dtype=torch.float32, atol=1e-4, rtol=1e-4, seed=0):
+    tensors, kwargs, grad_out = make_inputs(case, seed)
+    y, grads = run(kmod.act_norm_conv1d, tensors, kwargs, grad_out, dtype, device)
+    y_ref, grads_ref = run(act_norm_conv1d_torch, tensors, kwargs, grad_out, torch.float64, "cpu")
+    assert y.dtype == dtype and y.shape == y_ref.shape
+    for name, got, want in [("y", y, y_ref)] + [(k, grads[k], grads_ref[k]) for k in grads_ref]:
+        assert got.shape == want.shape, name
+        assert torch.isfinite(got).all(), f"{name} has non-finite values"
+        scale = max(1.0, want.abs().max().item())
+        torch.testing.assert_close(got.detach().cpu().double(), want.detach(), atol=atol * scale, rtol=rtol,
+                                   msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("dtype, atol, rtol", TOLERANCES, ids=["fp32"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_forward_and_gradients_match_reference(case, dtype, atol, rtol):
+    assert_matches_reference(case, dtype, atol, rtol)
+
+
+@pytest.mark.parametrize("name", ["non_aligned_transposed", "long_row_split_stats", "batch_1000", "ae_enc_last_tanh"])
+def test_every_output_element_is_written(name, monkeypatch):
+    """All buffers the launchers allocate start as NaN: any element a kernel skips shows up."""
+    def nan_alloc(shape, dtype, dev):
+        return torch.full(shape if isinstance(shape, tuple) else (shape,), float("nan"), dtype=dtype, device=dev)
+    monkeypatch.setattr(kmod, "_alloc", nan_alloc)
+    monkeypatch.setattr(kmod, "_target_programs", lambda dev: 64)  # force split reductions
+    assert_matches_reference(CASES[name])
+
+
+def test_split_reductions_match_single_program(monkeypatch):
+    """Splitting the weight-grad / bias / norm reductions over many programs changes nothing."""
+    case = (3, 5, 4, 2100, 3, 1, 1, False, True, "b1l", True, False)
+    tensors, kwargs, grad_out = make_inputs(case)
+    y1, g1 = run(kmod.act_norm_conv1d, tensors, kwargs, grad_out, torch.float32, device)
+    monkeypatch.setattr(kmod, "_target_programs", lambda dev: 1000)
+    y2, g2 = run(kmod.act_norm_conv1d, tensors, kwargs, grad_out, torch.float32, device)
+    torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+    for k in g1:
+        torch.testing.assert_close(g1[k], g2[k], atol=1e-5, rtol=1e-5)
+
+
+def test_partial_gradients_and_strided_input():
+    """Non-contiguous x, only some inputs requiring grad, no bias, a 2-D add."""
+    gen = torch.Generator().manual_seed(3)
+    x_full = torch.randn(13, 3, 4, generator=gen)  # x = x_full.permute(2, 1, 0): (4, 3, 13), strided
+    w = torch.randn(2, 3, 3, generator=gen)
+    add = torch.randn(1, 13, generator=gen)  # broadcasts to (4, 3, 13)
+    g = torch.randn(4, 2, 13, generator=gen)
+    xt = x_full.to(device).permute(2, 1, 0)
+    at = add.to(device).requires_grad_(True)
+    y = kmod.act_norm_conv1d(xt, w.to(device), None, padding=1, pre_act=True, add=at)
+    (da,) = torch.autograd.grad(y, [at], g.to(device))
+    ar = add.double().requires_grad_(True)
+    yr = act_norm_conv1d_torch(x_full.double().permute(2, 1, 0), w.double(), None, padding=1, pre_act=True, add=ar)
+    (dar,) = torch.autograd.grad(yr, [ar], g.double())
+    torch.testing.assert_close(y.cpu().double(), yr, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(da.cpu().double(), dar, atol=1e-4, rtol=1e-4)
+
+
+def test_bad_shapes_raise():
+    x = torch.randn(2, 3, 5, device=device)
+    with pytest.raises(ValueError):
+        kmod.act_norm_conv1d(x, torch.randn(4, 2, 3, device=device), None)  # wrong Cin
+    with pytest.raises(ValueError):
+        kmod.act_norm_conv1d(x, torch.randn(4, 3, 7, device=device), None)  # kernel longer than input
+
+
+def _module_outputs_and_grads(model, fn):
+    model.zero_grad(set_to_none=True)
+    out = fn(model)
+    out.backward(torch.linspace(-1, 1, out.numel(), device=out.device).view_as(out))
+    return out.detach(), {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def _compare_backends(model, fn, atol=1e-4, rtol=1e-4):
+    with backend.use_backend("torch"):
+        out_ref, grads_ref = _module_outputs_and_grads(model, fn)
+    with backend.use_backend("triton"):
+        out, grads = _module_outputs_and_grads(model, fn)
+    torch.testing.assert_close(out, out_ref, atol=atol, rtol=rtol)
+    assert grads.keys() == grads_ref.keys() and grads
+    for n in grads_ref:
+        scale = max(1.0, grads_ref[n].abs().max().item())
+        torch.testing.assert_close(grads[n], grads_ref[n], atol=atol * scale, rtol=rtol, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_autoencoder_triton_matches_torch():
+    from pdiff_fast.autoencoder import small
+
+    model = small(200).to(device)
+    x = torch.randn(3, 200, device=device)
+    _compare_backends(model, lambda m: m.decode(m.encode(x)))
+
+
+def test_denoiser_triton_matches_torch():
+    from pdiff_fast.denoiser import AE_CNN_bottleneck
+
+    model = AE_CNN_bottleneck(12, channel_list=[4, 8, 8, 16]).to(device)
+    x = torch.randn(5, 12, device=device)
+    t = torch.randint(0, 1000, (5,), device=device)
+    _compare_backends(model, lambda m: m(x, t))

@@ -1,0 +1,133 @@
+"""kernels/q_sample.py against pdiff_fast.ops.q_sample.q_sample_torch.
+
+Runs on CUDA when present, else on CPU tensors in Triton's interpreter (small sizes).
+"""
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+
+import pytest
+import torch
+
+pytest.importorskip("triton")
+
+from pdiff_fast.kernels import q_sample as kmod  # noqa: E402
+from pdiff_fast.ops.q_sample import q_sample_torch  # noqa: E402
+
+device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+T = 1000
+
+
+def schedule() -> torch.Tensor:
+    """(2, T) float32: sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod (float64 first)."""
+    betas = torch.linspace(1e-4, 2e-2, T, dtype=torch.float64)
+    ac = torch.cumprod(1.0 - betas, 0)
+    return torch.stack([ac.sqrt(), (1.0 - ac).sqrt()]).to(torch.float32).to(device)
+
+
+def inputs(shape, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x0 = torch.randn(shape, generator=gen).to(device)
+    noise = torch.randn(shape, generator=gen).to(device)
+    B = shape[0]
+    t = torch.randint(0, T, (B,), generator=gen)
+    t[0], t[-1] = (0, T - 1) if B > 1 else (T - 1, T - 1)
+    return x0, noise, t.to(device)
+
+
+def view(row, t, like):
+    return row[t].view(-1, *([1] * (like.dim() - 1)))
+
+
+SHAPES = {
+    "minimal": (1, 12),
+    "three_rows": (3, 12),
+    "many_short_rows": (1000, 12),
+    "odd_7": (2, 7),
+    "odd_13": (3, 13),
+    "long_non_aligned": (2, 2049),
+    "channels": (4, 3, 17),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+def test_matches_reference_with_given_noise(shape):
+    coefs = schedule()
+    x0, noise, t = inputs(shape)
+    x_t, noise_out = kmod.q_sample(x0, t, coefs, noise, out=torch.full_like(x0, float("nan")))
+    ref, _ = q_sample_torch(x0, t, coefs, noise)
+    assert noise_out is noise
+    assert torch.isfinite(x_t).all()
+    torch.testing.assert_close(x_t, ref, rtol=1e-6, atol=1e-6)
+    ref64, _ = q_sample_torch(x0.double(), t, coefs.double(), noise.double())
+    torch.testing.assert_close(x_t.double(), ref64, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(1, 12), (1000, 12), (3, 13), (2, 2049), (4, 3, 17)])
+def test_in_kernel_noise_is_the_noise_used(shape):
+    coefs = schedule()
+    x0, _, t = inputs(shape, seed=1)
+    x_t, noise = kmod.q_sample(x0, t, coefs, out=torch.full_like(x0, float("nan")))
+    assert noise.shape == x0.shape and torch.isfinite(noise).all() and torch.isfinite(x_t).all()
+    torch.testing.assert_close(x_t - view(coefs[0], t, x0) * x0, view(coefs[1], t, x0) * noise,
+                               rtol=1e-5, atol=1e-6)
+    ref, _ = q_sample_torch(x0, t, coefs, noise)
+    torch.testing.assert_close(x_t, ref, rtol=1e-6, atol=1e-6)
+
+
+def test_in_kernel_noise_is_standard_normal():
+    coefs = schedule()
+    x0, _, t = inputs((16, 4099), seed=2)
+    _, z = kmod.q_sample(x0, t, coefs, seed=2024)
+    assert abs(z.mean().item()) < 0.02
+    assert abs(z.std().item() - 1.0) < 0.02
+    assert abs((z[:, 1:] * z[:, :-1]).mean().item()) < 0.02
+    assert abs((z[1:] * z[:-1]).mean().item()) < 0.02
+    assert abs((z * x0).mean().item()) < 0.02  # independent of the data
+
+
+def test_in_kernel_noise_seeding():
+    coefs = schedule()
+    x0, _, t = inputs((3, 257), seed=3)
+    a = kmod.q_sample(x0, t, coefs, seed=11)[1]
+    assert torch.equal(a, kmod.q_sample(x0, t, coefs, seed=11)[1])
+    assert not torch.equal(a, kmod.q_sample(x0, t, coefs, seed=12)[1])
+    seed_t = torch.tensor([10], dtype=torch.int64, device=device)
+    assert torch.equal(a, kmod.q_sample(x0, t, coefs, seed=seed_t, seed_offset=1)[1])
+    gen = torch.Generator().manual_seed(5)
+    b = kmod.q_sample(x0, t, coefs, generator=gen)[1]
+    assert torch.equal(b, kmod.q_sample(x0, t, coefs, generator=torch.Generator().manual_seed(5))[1])
+    assert not torch.equal(b, kmod.q_sample(x0, t, coefs, generator=gen)[1])
+    torch.manual_seed(3)
+    c = kmod.q_sample(x0, t, coefs)[1]
+    torch.manual_seed(3)
+    assert torch.equal(c, kmod.q_sample(x0, t, coefs)[1])
+
+
+def test_non_contiguous_input():
+    coefs = schedule()
+    x0, noise, t = inputs((6, 21), seed=4)
+    x_nc = x0.t().contiguous().t()
+    assert not x_nc.is_contiguous()
+    torch.testing.assert_close(kmod.q_sample(x_nc, t, coefs, noise)[0], q_sample_torch(x0, t, coefs, noise)[0])
+
+
+def test_gradients_match_reference():
+    coefs = schedule()
+    x0, noise, t = inputs((3, 13, 5), seed=5)
+    g = torch.randn_like(x0)
+    xa, na = x0.clone().requires_grad_(), noise.clone().requires_grad_()
+    xb, nb = x0.clone().requires_grad_(), noise.clone().requires_grad_()
+    out_a, _ = kmod.q_sample(xa, t, coefs, na)
+    out_b, _ = q_sample_torch(xb, t, coefs, nb)
+    out_a.backward(g)
+    out_b.backward(g)
+    torch.testing.assert_close(out_a, out_b)
+    torch.testing.assert_close(xa.grad, xb.grad)
+    torch.testing.assert_close(na.grad, nb.grad)
+    # drawn noise: x0 still gets its gradient, the returned noise is a constant
+    xc = x0.clone().requires_grad_()
+    out_c, z = kmod.q_sample(xc, t, coefs, seed=1)
+    assert not z.requires_grad
+    out_c.backward(g)
+    torch.testing.assert_close(xc.grad, view(coefs[0], t, x0) * g)

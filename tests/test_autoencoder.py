@@ -1,0 +1,83 @@
+"""The autoencoder matches the reference v1 layout: keys, shapes and outputs.
+
+`PlainAE` below rebuilds the reference's layer stack with stock nn modules run in order
+(nn.Sequential semantics), which is how the reference computes; our blocks run fused ops
+through the dispatch point instead.
+"""
+import pytest
+import torch
+from torch import nn
+
+from pdiff_fast.autoencoder import ODEncoder2Decoder, medium, min_in_dim, small
+
+
+class PlainAE(nn.Module):
+    def __init__(self, in_dim, k, fold, enc, dec):
+        super().__init__()
+        n = 4
+        self.in_dim, self.real = in_dim, (in_dim // fold**n + 1) * fold**n
+        ch = [enc[0]] + enc
+        self.encoder = nn.Module()
+        self.encoder.encoder = nn.ModuleList(nn.Sequential(
+            nn.Identity() if i == 0 else nn.LeakyReLU(), nn.InstanceNorm1d(1),
+            nn.Conv1d(1 if i == 0 else ch[i], ch[i], k, 1, 1), nn.LeakyReLU(), nn.InstanceNorm1d(1),
+            nn.Conv1d(ch[i], ch[i + 1], k, fold, 0), nn.Tanh() if i == n - 1 else nn.Identity()) for i in range(n))
+        dch = dec + [1]
+        self.decoder = nn.Module()
+        self.decoder.decoder = nn.ModuleList(nn.Sequential(
+            nn.LeakyReLU(), nn.InstanceNorm1d(1), nn.ConvTranspose1d(dch[i], dch[i], k, fold, 0),
+            nn.LeakyReLU(), nn.InstanceNorm1d(1),
+            nn.Conv1d(dch[i], dch[i + 1], k, 1, fold if i == n - 1 else fold - 1)) for i in range(n))
+
+    def encode(self, x):
+        x = nn.functional.pad(x.view(x.shape[0], 1, -1), (0, self.real - self.in_dim))
+        for b in self.encoder.encoder:
+            x = b(x)
+        return x
+
+    def decode(self, z):
+        for b in self.decoder.decoder:
+            z = b(z)
+        return z[:, :, :self.in_dim].squeeze(1)
+
+
+@pytest.mark.parametrize("preset,k,fold,enc,dec,in_dim", [
+    ("small", 3, 3, [2, 2, 2, 2], [2, 64, 64, 8], 300),
+    ("small", 3, 3, [2, 2, 2, 2], [2, 64, 64, 8], 2048),
+    ("medium", 5, 5, [4, 4, 4, 4], [4, 256, 256, 8], 2048),
+])
+def test_reference_state_dict_loads_strict_and_gives_same_outputs(preset, k, fold, enc, dec, in_dim):
+    ref = PlainAE(in_dim, k, fold, enc, dec)
+    ours = {"small": small, "medium": medium}[preset](in_dim, 0.001, 0.1)
+    assert set(ours.state_dict()) == set(ref.state_dict())
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(3, in_dim)
+    z = ours.encode(x)
+    torch.testing.assert_close(z, ref.encode(x), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ours.decode(z), ref.decode(z), rtol=1e-5, atol=1e-5)
+
+
+def test_medium_on_2048_values_has_the_reference_lengths():
+    ae = medium(2048, 0.001, 0.1)
+    assert ae.real_input_dim == 2500
+    assert ae.latent_shape() == (4, 3)
+    assert ae(torch.randn(2, 2048)).shape == (2, 2048)
+
+
+def test_noise_augmentation_is_the_reference_interpolation():
+    ae = small(300, 0.0, 0.0)
+    x = torch.randn(4, 300)
+    torch.testing.assert_close(ae(x), ae.decode(ae.encode(x).clamp(-1, 1)))
+    torch.manual_seed(1)
+    y = ODEncoder2Decoder.add_noise(x, 0.25)
+    torch.manual_seed(1)
+    torch.testing.assert_close(y, torch.randn_like(x) * 0.25 + x * 0.75)
+
+
+def test_too_short_input_and_wrong_shapes_are_errors():
+    with pytest.raises(ValueError, match="at least 1250"):
+        medium(700, 0.001, 0.1)
+    assert min_in_dim(3, 3) == 81
+    ae = small(300)
+    with pytest.raises(ValueError, match=r"\(B, 300\)"):
+        ae.encode(torch.randn(2, 299))
