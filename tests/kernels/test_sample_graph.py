@@ -1,14 +1,16 @@
 """kernels/sample_graph.py: a DDPM loop captured as a CUDA graph equals the eager loop.
 
-Needs CUDA and compiled Triton kernels (the interpreter cannot be captured): on a GPU run
-`TRITON_INTERPRET=0 pytest tests/kernels`. Otherwise only the argument checks run.
+Needs CUDA and compiled Triton kernels (the interpreter cannot be captured, so it skips when
+TRITON_INTERPRET=1 is set). Otherwise only the argument checks run.
 """
 import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
-
-import pytest
 import torch
+
+if not torch.cuda.is_available():  # before anything imports triton; on a GPU run compiled kernels
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
 
 from pdiff_fast.kernels.sample_graph import GraphedSampler  # noqa: E402
 

@@ -1,0 +1,109 @@
+"""Schedulers against the reference DDPM arithmetic, written out step by step here."""
+import pytest
+import torch
+
+from pdiff_fast.diffusion import DDIMScheduler, DDPMScheduler
+from pdiff_fast.sample import generate, sample_latents
+
+
+def reference_tables():
+    betas = torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64)
+    ac = torch.cumprod(1 - betas, 0)
+    ac_prev = torch.cat([torch.tensor([1.0], dtype=torch.float64), ac[:-1]])
+    post_var = betas * (1 - ac_prev) / (1 - ac)
+    f = lambda t: t.float()  # noqa: E731  (the reference registers float32 buffers)
+    return {
+        "sqrt_ac": f(ac.sqrt()), "sqrt_1mac": f((1 - ac).sqrt()),
+        "sqrt_recip": f(ac.rsqrt()), "sqrt_recipm1": f((1 / ac - 1).sqrt()),
+        "coef1": f(betas * ac_prev.sqrt() / (1 - ac)), "coef2": f((1 - ac_prev) * (1 - betas).sqrt() / (1 - ac)),
+        "betas": f(betas), "post_var": f(post_var),
+    }
+
+
+def reference_p_sample(tab, eps, x, t, noise):
+    ext = lambda a: a.gather(0, t).view(-1, *([1] * (x.dim() - 1)))  # noqa: E731
+    log_var = torch.log(torch.cat([tab["post_var"][1].view(1), tab["betas"][1:]]))  # fixed-large
+    x0 = (ext(tab["sqrt_recip"]) * x - ext(tab["sqrt_recipm1"]) * eps).clamp(-1, 1)
+    mean = ext(tab["coef1"]) * x0 + ext(tab["coef2"]) * x
+    nonzero = (1 - (t == 0).float()).view(-1, *([1] * (x.dim() - 1)))
+    return (mean + nonzero * torch.exp(0.5 * ext(log_var)) * noise).clamp(-1, 1)
+
+
+def toy_model(x, t):
+    return 0.3 * x + 1e-3 * t.view(-1, *([1] * (x.dim() - 1))).float()
+
+
+def test_buffers_match_the_reference():
+    s, tab = DDPMScheduler(), reference_tables()
+    torch.testing.assert_close(s.sqrt_alphas_cumprod, tab["sqrt_ac"])
+    torch.testing.assert_close(s.posterior_mean_coef2, tab["coef2"])
+    assert s.model_log_variance[0] == pytest.approx(float(torch.log(tab["post_var"][1])), rel=1e-6)
+
+
+def test_full_ddpm_loop_matches_the_reference_loop():
+    s, tab = DDPMScheduler(), reference_tables()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(7, 4, 3, generator=g)
+    noises = torch.randn(1000, 7, 4, 3, generator=g)
+    ours, ref = x.clone(), x.clone()
+    for i, t in enumerate(s.timesteps()):
+        tt = torch.full((7,), t, dtype=torch.long)
+        ours = s.step(toy_model(ours, tt), tt, ours, noise=noises[i]).prev_sample
+        ref = reference_p_sample(tab, toy_model(ref, tt), ref, tt, noises[i])
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+
+
+def test_no_noise_at_t0_and_clamped():
+    s = DDPMScheduler()
+    x = torch.randn(5, 12) * 3
+    t = torch.zeros(5, dtype=torch.long)
+    a = s.step(torch.zeros_like(x), t, x, noise=torch.randn_like(x) * 100).prev_sample
+    b = s.step(torch.zeros_like(x), t, x, noise=torch.zeros_like(x)).prev_sample
+    assert torch.equal(a, b) and a.abs().max() <= 1
+
+
+def test_add_noise_is_q_sample():
+    s = DDPMScheduler()
+    x0, t, n = torch.randn(6, 12), torch.randint(0, 1000, (6,)), torch.randn(6, 12)
+    x_t, noise = s.add_noise(x0, t, noise=n)
+    torch.testing.assert_close(x_t, s.sqrt_alphas_cumprod[t, None] * x0 + s.sqrt_one_minus_alphas_cumprod[t, None] * n)
+    x_t, noise = s.add_noise(x0, t)  # drawn on the device, returned for the loss
+    torch.testing.assert_close(x_t, s.sqrt_alphas_cumprod[t, None] * x0 + s.sqrt_one_minus_alphas_cumprod[t, None] * noise)
+
+
+def test_ddim_eta0_is_deterministic_and_recovers_x0_from_the_true_noise():
+    s = DDIMScheduler(num_inference_steps=20, eta=0.0)
+    ts = s.timesteps()
+    assert len(ts) == 20 and ts[0] > ts[-1] == 0
+    x0 = torch.rand(4, 12) * 1.6 - 0.8
+    eps = torch.randn(4, 12)
+    t = ts[0]
+    a = float(s.alphas_cumprod_f64[t])
+    x_t = a**0.5 * x0 + (1 - a) ** 0.5 * eps
+    out = s.step(eps, torch.tensor(t), x_t)
+    torch.testing.assert_close(out.pred_original_sample, x0, rtol=1e-4, atol=1e-4)
+    a_prev = float(s.alphas_cumprod_f64[ts[1]])
+    torch.testing.assert_close(out.prev_sample, a_prev**0.5 * x0 + (1 - a_prev) ** 0.5 * eps, rtol=1e-4, atol=1e-4)
+    assert torch.equal(s.step(eps, torch.tensor(t), x_t).prev_sample, out.prev_sample)
+
+
+def test_bad_scheduler_arguments():
+    with pytest.raises(ValueError):
+        DDIMScheduler(num_inference_steps=0)
+    with pytest.raises(ValueError):
+        DDPMScheduler(variance_type="learned")
+
+
+def test_sampling_in_chunks_equals_one_batch_shape_and_range():
+    from pdiff_fast.autoencoder import small
+    from pdiff_fast.denoiser import AE_CNN_bottleneck
+
+    ae = small(200).eval()
+    den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[4, 4, 4, 4]).eval()
+    s = DDIMScheduler(num_inference_steps=5, eta=0.5)
+    flat = generate(ae, den, s, 7, device="cpu", chunk_size=3, progress=False)
+    assert flat.shape == (7, 200) and torch.isfinite(flat).all()
+    z = sample_latents(den, s, 4, ae.latent_shape(), "cpu")
+    assert z.abs().max() <= 1 + 1e-6
+    with pytest.raises(ValueError):
+        generate(ae, den, s, 0, device="cpu")
