@@ -43,6 +43,7 @@ class Config:
     sample_steps: int = 50  # DDIM steps
     eta: float = 0.0  # DDIM eta
     num_samples: int = 200  # generated models, as the paper
+    cuda_graph: bool = False  # replay the whole DDPM loop as one CUDA graph (CUDA + Triton only)
     memory_budget_mb: int = 1024  # chunking of sampling and evaluation
     # evaluation
     noise_sigmas: list = field(default_factory=lambda: [0.01, 0.05, 0.1])

@@ -70,13 +70,14 @@ class DDPMScheduler:
         return q_sample(x0, t, self.tables(x0.device)[0], noise, generator)
 
     def step(self, model_output: torch.Tensor, t: torch.Tensor, sample: torch.Tensor,
-             noise: torch.Tensor | None = None, generator=None) -> SchedulerOutput:
-        """One ancestral step x_t -> x_{t-1} with the reference semantics (see ops/ddpm_step.py)."""
+             noise: torch.Tensor | None = None, generator=None, seed=None, seed_offset: int = 0) -> SchedulerOutput:
+        """One ancestral step x_t -> x_{t-1} with the reference semantics (see ops/ddpm_step.py).
+
+        Without `noise`, it is drawn on the device (in the fused kernel on CUDA)."""
         if t.dim() == 0:
             t = t.expand(sample.shape[0])
-        if noise is None:
-            noise = torch.randn(sample.shape, device=sample.device, dtype=sample.dtype, generator=generator)
-        prev, x0 = ddpm_step(sample, model_output, t, noise, self.tables(sample.device)[1], self.clip_sample)
+        prev, x0 = ddpm_step(sample, model_output, t, noise, self.tables(sample.device)[1], self.clip_sample,
+                             generator=generator, seed=seed, seed_offset=seed_offset)
         return SchedulerOutput(prev, x0)
 
     def timesteps(self) -> list[int]:
@@ -101,7 +102,7 @@ class DDIMScheduler(DDPMScheduler):
     def timesteps(self) -> list[int]:
         return list(self._timesteps)
 
-    def step(self, model_output, t, sample, noise=None, generator=None) -> SchedulerOutput:
+    def step(self, model_output, t, sample, noise=None, generator=None, seed=None, seed_offset: int = 0) -> SchedulerOutput:
         t_int = int(t.reshape(-1)[0]) if torch.is_tensor(t) else int(t)
         i = self._timesteps.index(t_int)
         t_prev = self._timesteps[i + 1] if i + 1 < len(self._timesteps) else -1

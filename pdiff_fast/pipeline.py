@@ -172,7 +172,7 @@ class PDiff:
         ae, model, std = self.load_models()
         flat = self._timed("sample", lambda: generate(
             ae, model.ema, self.scheduler(), n, device=self.device, seed=c.seed,
-            memory_budget_bytes=c.memory_budget_mb << 20, progress=self.progress))
+            memory_budget_bytes=c.memory_budget_mb << 20, cuda_graph=c.cuda_graph, progress=self.progress))
         if std is not None:
             flat = std.inverse(flat)
         save_tensors(self.path("generated"), {"params": flat}, {"n": n, "sampler": c.sampler})

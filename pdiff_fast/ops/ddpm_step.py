@@ -38,8 +38,16 @@ def ddpm_step_torch(
     return x_prev.clamp(-1.0, 1.0), x0
 
 
-def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True):
-    """Dispatching entry point; returns (x_prev, pred_x0)."""
+def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, seed=None, seed_offset: int = 0):
+    """Dispatching entry point; returns (x_prev, pred_x0).
+
+    noise=None draws it on the device: inside the fused kernel on Triton (from `seed`, which
+    may be a one-element CUDA tensor so a captured CUDA graph can be re-seeded), with
+    torch.randn(generator=...) on the torch path.
+    """
     if backend.choose("ddpm_step", x_t.device, ("triton",)) == "triton":
-        return backend.load_triton_op("ddpm_step").ddpm_step(x_t, eps, t, noise, coefs, clip)
+        return backend.load_triton_op("ddpm_step").ddpm_step(x_t, eps, t, noise, coefs, clip,
+                                                              seed=seed, seed_offset=seed_offset)
+    if noise is None:
+        noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
     return ddpm_step_torch(x_t, eps, t, noise, coefs, clip)

@@ -1,0 +1,163 @@
+"""ddpm_step: one ancestral DDPM step (Ho et al. 2020) as a single Triton kernel.
+
+    x0   = sqrt_recip_ac[t] * x_t - sqrt_recipm1_ac[t] * eps     (eq. 15)
+    x0   = clamp(x0, -1, 1)                                       (if clip)
+    mean = coef1[t] * x0 + coef2[t] * x_t                         (posterior mean, eq. 7)
+    x    = clamp(mean + [t > 0] * exp(0.5 * logvar[t]) * noise, -1, 1)
+
+Same semantics as the reference `pdiff_fast.ops.ddpm_step.ddpm_step_torch`; `coefs` is the
+(5, T) table described there. The noise is either given, or drawn inside the kernel with
+Philox (`tl.randn`), which removes the separate `torch.randn` launch and its B*M write+read.
+
+Floor (bytes moved per call, fp32, N = B*M elements):
+    noise given:     read x_t, eps, noise + write x_prev, pred_x0 = 5 * 4 * N bytes
+    in-kernel noise: read x_t, eps        + write x_prev, pred_x0 = 4 * 4 * N bytes
+plus the coefficient gathers (5 floats and one int64 per sample, cached). Non-contiguous
+inputs cost one extra copy each (`.contiguous()`). There is no backward: sampling runs
+under torch.no_grad(), and the outputs never carry a grad_fn.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_TILE = 2048  # elements per program (rows * columns); a memory-bound elementwise op
+
+
+@triton.jit
+def _ddpm_step_kernel(
+    x_ptr,  # (B, M) x_t
+    eps_ptr,  # (B, M) predicted noise
+    noise_ptr,  # (B, M) standard normal noise; unused unless NOISE == 1
+    t_ptr,  # (B,) int64 timesteps
+    coefs_ptr,  # (5, T) float32, rows as in the module docstring
+    x_prev_ptr,  # (B, M) output x_{t-1}
+    x0_ptr,  # (B, M) output pred_x0
+    seed_ptr,  # (1,) int64 device seed; unused unless SEED_FROM_PTR
+    seed,  # int: the Philox seed, or the offset added to *seed_ptr
+    B,  # rows
+    M,  # elements per row
+    T,  # number of timesteps (row length of coefs)
+    CLIP: tl.constexpr,  # clamp pred_x0 to [-1, 1]
+    NOISE: tl.constexpr,  # 1: read noise_ptr, 2: draw with tl.randn
+    SEED_FROM_PTR: tl.constexpr,  # effective seed = *seed_ptr + seed
+    ROWS: tl.constexpr,  # rows per program
+    BLOCK_M: tl.constexpr,  # columns per program
+):
+    pid = tl.program_id(0)
+    n_col_blocks = tl.cdiv(M, BLOCK_M)
+    rows = (pid // n_col_blocks) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    cols = (pid % n_col_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    row_ok = rows < B
+    mask = row_ok[:, None] & (cols < M)[None, :]  # (ROWS, BLOCK_M)
+    offs = rows.to(tl.int64)[:, None] * M + cols[None, :]  # (ROWS, BLOCK_M) flat index
+
+    # 1. per-sample coefficients, gathered once per row
+    t = tl.load(t_ptr + rows, mask=row_ok, other=0)  # (ROWS,)
+    c_recip = tl.load(coefs_ptr + t, mask=row_ok, other=0.0)[:, None]
+    c_recipm1 = tl.load(coefs_ptr + T + t, mask=row_ok, other=0.0)[:, None]
+    c_mean1 = tl.load(coefs_ptr + 2 * T + t, mask=row_ok, other=0.0)[:, None]
+    c_mean2 = tl.load(coefs_ptr + 3 * T + t, mask=row_ok, other=0.0)[:, None]
+    logvar = tl.load(coefs_ptr + 4 * T + t, mask=row_ok, other=0.0)
+    sigma = tl.where(t > 0, tl.exp(0.5 * logvar), 0.0)[:, None]  # no noise at t == 0
+
+    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    eps = tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+
+    # 2. x0 prediction (eq. 15), optionally clipped
+    x0 = c_recip * x - c_recipm1 * eps
+    if CLIP:
+        x0 = tl.minimum(tl.maximum(x0, -1.0), 1.0)
+
+    # 3. posterior mean (eq. 7) plus fixed-variance noise, then the reference's clamp
+    mean = c_mean1 * x0 + c_mean2 * x
+    if NOISE == 1:
+        z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        if SEED_FROM_PTR:
+            s = tl.load(seed_ptr) + seed
+        else:
+            s = seed
+        z = tl.randn(s, offs)
+    x_prev = tl.minimum(tl.maximum(mean + sigma * z, -1.0), 1.0)
+
+    tl.store(x_prev_ptr + offs, x_prev, mask=mask)
+    tl.store(x0_ptr + offs, x0, mask=mask)
+
+
+def _tile(B: int, M: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row."""
+    block_m = min(triton.next_power_of_2(M), _TILE)
+    rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
+    return rows, block_m
+
+
+def _draw_seed(generator: torch.Generator | None = None) -> int:
+    """A Philox seed from torch's RNG, so results follow torch.manual_seed."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device).item())
+
+
+def ddpm_step(
+    x_t: torch.Tensor,  # (B, ...)
+    eps: torch.Tensor,  # (B, ...)
+    t: torch.Tensor,  # (B,) int64
+    noise: torch.Tensor | None,  # (B, ...) standard normal, or None: drawn in the kernel
+    coefs: torch.Tensor,  # (5, T) float32
+    clip: bool = True,
+    *,
+    seed: int | torch.Tensor | None = None,
+    seed_offset: int = 0,
+    out: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One DDPM step; returns (x_prev, pred_x0), both shaped like x_t.
+
+    seed: only used when noise is None. An int, a one-element int64 tensor on x_t's device
+        (read inside the kernel, so a captured CUDA graph can be re-seeded between replays),
+        or None: drawn from torch's default CPU generator.
+    seed_offset: added to the seed, e.g. the step index so one seed serves a whole loop.
+    out: optional contiguous (x_prev, pred_x0) buffers shaped like x_t; x_prev may be x_t
+        itself (every element is read before it is written, by the same program).
+    """
+    if eps.shape != x_t.shape or (noise is not None and noise.shape != x_t.shape):
+        raise ValueError("ddpm_step: x_t, eps and noise must have the same shape")
+    B = x_t.shape[0] if x_t.dim() > 0 else 1
+    if t.shape != (B,):
+        raise ValueError(f"ddpm_step: t must have shape ({B},), got {tuple(t.shape)}")
+    if coefs.dim() != 2 or coefs.shape[0] != 5:
+        raise ValueError(f"ddpm_step: coefs must be (5, T), got {tuple(coefs.shape)}")
+    if out is None:
+        out = (torch.empty_like(x_t, memory_format=torch.contiguous_format),
+               torch.empty_like(x_t, memory_format=torch.contiguous_format))
+    x_prev, x0 = out
+    for buf in out:
+        if buf.shape != x_t.shape or not buf.is_contiguous() or buf.device != x_t.device:
+            raise ValueError("ddpm_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
+    if x_t.numel() == 0:
+        return x_prev, x0
+    M = x_t.numel() // B
+
+    x_c = x_t.contiguous()
+    eps_c = eps.contiguous()
+    t_c = t.to(device=x_t.device, dtype=torch.int64).contiguous()
+    coefs_c = coefs.to(device=x_t.device, dtype=torch.float32).contiguous()
+    seed_ptr, seed_from_ptr = t_c, False  # t_c: a placeholder pointer when unused
+    if noise is not None:
+        noise_c, mode, seed_val = noise.contiguous(), 1, 0
+    else:
+        noise_c, mode = x_c, 2  # x_c: a placeholder pointer, never read
+        if isinstance(seed, torch.Tensor):
+            seed_ptr, seed_from_ptr, seed_val = seed.to(x_t.device, torch.int64), True, int(seed_offset)
+        else:
+            seed_val = (_draw_seed() if seed is None else int(seed)) + int(seed_offset)
+
+    rows, block_m = _tile(B, M)
+    grid = (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
+    _ddpm_step_kernel[grid](
+        x_c, eps_c, noise_c, t_c, coefs_c, x_prev, x0, seed_ptr, seed_val,
+        B, M, coefs_c.shape[1],
+        CLIP=bool(clip), NOISE=mode, SEED_FROM_PTR=seed_from_ptr,
+        ROWS=rows, BLOCK_M=block_m, num_warps=4,
+    )
+    return x_prev, x0

@@ -1,0 +1,224 @@
+"""q_sample: forward noising with the noise drawn in the same Triton kernel (training).
+
+    noise ~ N(0, I);  x_t = sqrt_alphas_cumprod[t] * x0 + sqrt_one_minus_alphas_cumprod[t] * noise
+
+Same semantics as `pdiff_fast.ops.q_sample.q_sample_torch`; `coefs` is the (2, T) table
+described there. Returns (x_t, noise): the noise actually used, so the epsilon target is exact.
+When noise is None it is drawn inside the kernel with Philox (`tl.randn`), seeded from
+torch's RNG, instead of a separate torch.randn launch whose output is then read back.
+
+Floor (bytes moved per call, fp32, N = B*M elements):
+    noise drawn:  read x0        + write x_t, noise = 3 * 4 * N bytes   (torch: 4 * 4 * N, 2 launches)
+    noise given:  read x0, noise + write x_t        = 3 * 4 * N bytes
+plus the coefficient gathers (2 floats and one int64 per sample). The backward (when x0 or a
+given noise requires grad) reads the upstream gradient and writes each needed gradient:
+2 * 4 * N bytes per gradient.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+_TILE = 2048  # elements per program (rows * columns)
+
+
+@triton.jit
+def _q_sample_fwd_kernel(
+    x0_ptr,  # (B, M) clean sample
+    noise_ptr,  # (B, M) noise: read when NOISE == 1, written when NOISE == 2
+    t_ptr,  # (B,) int64 timesteps
+    coefs_ptr,  # (2, T) float32: sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod
+    x_t_ptr,  # (B, M) output
+    seed_ptr,  # (1,) int64 device seed; unused unless SEED_FROM_PTR
+    seed,  # int: the Philox seed, or the offset added to *seed_ptr
+    B,  # rows
+    M,  # elements per row
+    T,  # number of timesteps
+    NOISE: tl.constexpr,  # 1: read noise_ptr, 2: draw with tl.randn and store to noise_ptr
+    SEED_FROM_PTR: tl.constexpr,  # effective seed = *seed_ptr + seed
+    ROWS: tl.constexpr,  # rows per program
+    BLOCK_M: tl.constexpr,  # columns per program
+):
+    pid = tl.program_id(0)
+    n_col_blocks = tl.cdiv(M, BLOCK_M)
+    rows = (pid // n_col_blocks) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    cols = (pid % n_col_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    row_ok = rows < B
+    mask = row_ok[:, None] & (cols < M)[None, :]  # (ROWS, BLOCK_M)
+    offs = rows.to(tl.int64)[:, None] * M + cols[None, :]  # (ROWS, BLOCK_M) flat index
+
+    t = tl.load(t_ptr + rows, mask=row_ok, other=0)  # (ROWS,)
+    c_signal = tl.load(coefs_ptr + t, mask=row_ok, other=0.0)[:, None]
+    c_noise = tl.load(coefs_ptr + T + t, mask=row_ok, other=0.0)[:, None]
+
+    x0 = tl.load(x0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if NOISE == 1:
+        z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    else:
+        if SEED_FROM_PTR:
+            s = tl.load(seed_ptr) + seed
+        else:
+            s = seed
+        z = tl.randn(s, offs)
+        tl.store(noise_ptr + offs, z, mask=mask)
+    tl.store(x_t_ptr + offs, c_signal * x0 + c_noise * z, mask=mask)
+
+
+@triton.jit
+def _q_sample_bwd_kernel(
+    grad_ptr,  # (B, M) upstream gradient wrt x_t
+    t_ptr,  # (B,) int64
+    coefs_ptr,  # (2, T) float32
+    grad_x0_ptr,  # (B, M) output: sqrt_alphas_cumprod[t] * grad; unused unless NEED_X0
+    grad_noise_ptr,  # (B, M) output: sqrt_one_minus_alphas_cumprod[t] * grad; unused unless NEED_NOISE
+    B,  # rows
+    M,  # elements per row
+    T,  # number of timesteps
+    NEED_X0: tl.constexpr,
+    NEED_NOISE: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    n_col_blocks = tl.cdiv(M, BLOCK_M)
+    rows = (pid // n_col_blocks) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
+    cols = (pid % n_col_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    row_ok = rows < B
+    mask = row_ok[:, None] & (cols < M)[None, :]
+    offs = rows.to(tl.int64)[:, None] * M + cols[None, :]
+    t = tl.load(t_ptr + rows, mask=row_ok, other=0)
+    g = tl.load(grad_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    if NEED_X0:
+        c_signal = tl.load(coefs_ptr + t, mask=row_ok, other=0.0)[:, None]
+        tl.store(grad_x0_ptr + offs, c_signal * g, mask=mask)
+    if NEED_NOISE:
+        c_noise = tl.load(coefs_ptr + T + t, mask=row_ok, other=0.0)[:, None]
+        tl.store(grad_noise_ptr + offs, c_noise * g, mask=mask)
+
+
+def _tile(B: int, M: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row."""
+    block_m = min(triton.next_power_of_2(M), _TILE)
+    rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
+    return rows, block_m
+
+
+def _grid(B: int, M: int, rows: int, block_m: int) -> tuple[int]:
+    return (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
+
+
+def _draw_seed(generator: torch.Generator | None = None) -> int:
+    """A Philox seed from torch's RNG (`generator`, else the default CPU one)."""
+    device = generator.device if generator is not None else "cpu"
+    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device).item())
+
+
+def _q_sample_forward(x0, t, coefs, noise, seed, seed_offset, generator, x_t, noise_out):
+    """Launch the forward kernel on contiguous x0; fills x_t and (when drawn) noise_out."""
+    if x0.numel() == 0:
+        return
+    B = x0.shape[0] if x0.dim() > 0 else 1
+    M = x0.numel() // B
+    seed_ptr, seed_from_ptr, seed_val = t, False, 0  # t: a placeholder pointer when unused
+    if noise is not None:
+        noise_ptr, mode = noise, 1
+    else:
+        noise_ptr, mode = noise_out, 2
+        if isinstance(seed, torch.Tensor):
+            seed_ptr, seed_from_ptr, seed_val = seed.to(x0.device, torch.int64), True, int(seed_offset)
+        else:
+            seed_val = (_draw_seed(generator) if seed is None else int(seed)) + int(seed_offset)
+    rows, block_m = _tile(B, M)
+    _q_sample_fwd_kernel[_grid(B, M, rows, block_m)](
+        x0, noise_ptr, t, coefs, x_t, seed_ptr, seed_val, B, M, coefs.shape[1],
+        NOISE=mode, SEED_FROM_PTR=seed_from_ptr, ROWS=rows, BLOCK_M=block_m, num_warps=4,
+    )
+
+
+def _q_sample_backward(grad, t, coefs, need_x0, need_noise):
+    grad = grad.contiguous()
+    grad_x0 = torch.empty_like(grad) if need_x0 else None
+    grad_noise = torch.empty_like(grad) if need_noise else None
+    if grad.numel() == 0:
+        return grad_x0, grad_noise
+    B = grad.shape[0] if grad.dim() > 0 else 1
+    M = grad.numel() // B
+    rows, block_m = _tile(B, M)
+    _q_sample_bwd_kernel[_grid(B, M, rows, block_m)](
+        grad, t, coefs, grad_x0 if need_x0 else grad, grad_noise if need_noise else grad,
+        B, M, coefs.shape[1],
+        NEED_X0=need_x0, NEED_NOISE=need_noise, ROWS=rows, BLOCK_M=block_m, num_warps=4,
+    )
+    return grad_x0, grad_noise
+
+
+class QSampleFunction(torch.autograd.Function):
+    """x_t = c_signal[t] * x0 + c_noise[t] * noise; differentiable in x0 and a given noise."""
+
+    @staticmethod
+    def forward(ctx, x0, noise, noise_out, t, coefs, seed, seed_offset, generator):
+        x0 = x0.contiguous()
+        x_t = torch.empty_like(x0)
+        _q_sample_forward(x0, t, coefs, noise, seed, seed_offset, generator, x_t, noise_out)
+        ctx.save_for_backward(t, coefs)
+        ctx.mark_non_differentiable(noise_out)
+        return x_t, noise_out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_x_t, _grad_noise_out):
+        t, coefs = ctx.saved_tensors
+        need_x0, need_noise = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        if grad_x_t is None or not (need_x0 or need_noise):
+            return (None,) * 8
+        grad_x0, grad_noise = _q_sample_backward(grad_x_t, t, coefs, need_x0, need_noise)
+        return grad_x0, grad_noise, None, None, None, None, None, None
+
+
+def q_sample(
+    x0: torch.Tensor,  # (B, ...)
+    t: torch.Tensor,  # (B,) int64
+    coefs: torch.Tensor,  # (2, T) float32
+    noise: torch.Tensor | None = None,  # (B, ...) or None: drawn in the kernel
+    generator: torch.Generator | None = None,
+    *,
+    seed: int | torch.Tensor | None = None,
+    seed_offset: int = 0,
+    out: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise x0 to timestep t; returns (x_t, noise), both shaped like x0.
+
+    When noise is None the kernel draws it with Philox, seeded by `seed` (an int, or a
+    one-element int64 device tensor read in the kernel) or, when seed is None, by an int
+    drawn with torch.randint from `generator` (default: torch's CPU generator).
+    out: an optional contiguous buffer for x_t (only without autograd).
+    """
+    B = x0.shape[0] if x0.dim() > 0 else 1
+    if noise is not None and noise.shape != x0.shape:
+        raise ValueError("q_sample: noise must have the shape of x0")
+    if t.shape != (B,):
+        raise ValueError(f"q_sample: t must have shape ({B},), got {tuple(t.shape)}")
+    if coefs.dim() != 2 or coefs.shape[0] < 2:
+        raise ValueError(f"q_sample: coefs must be (2, T), got {tuple(coefs.shape)}")
+    t_c = t.to(device=x0.device, dtype=torch.int64).contiguous()
+    coefs_c = coefs[:2].to(device=x0.device, dtype=torch.float32).contiguous()
+    noise_c = noise.contiguous() if noise is not None else None
+    noise_out = torch.empty_like(x0, memory_format=torch.contiguous_format) if noise is None else None
+
+    needs_grad = torch.is_grad_enabled() and (
+        x0.requires_grad or (noise is not None and noise.requires_grad))
+    if needs_grad:
+        if out is not None:
+            raise ValueError("q_sample: out= is not supported when x0 or noise requires grad")
+        placeholder = noise_out if noise_out is not None else torch.empty(0, device=x0.device)
+        x_t, _ = QSampleFunction.apply(x0, noise_c, placeholder, t_c, coefs_c, seed, seed_offset, generator)
+        return x_t, (noise_out if noise is None else noise)
+
+    if out is None:
+        out = torch.empty_like(x0, memory_format=torch.contiguous_format)
+    elif out.shape != x0.shape or not out.is_contiguous() or out.device != x0.device:
+        raise ValueError("q_sample: out must be contiguous, on x0's device, shaped like x0")
+    _q_sample_forward(x0.contiguous(), t_c, coefs_c, noise_c, seed, seed_offset, generator,
+                      out, noise_out)
+    return out, (noise_out if noise is None else noise)
