@@ -4,6 +4,7 @@ backend 'triton' vs 'torch'.
 
 Runs on CUDA when present, else on CPU tensors in Triton's interpreter (small sizes).
 """
+import contextlib
 import os
 
 import torch
@@ -24,8 +25,12 @@ if isinstance(kmod, Exception):
 
 device = torch.device("cpu" if backend.triton_interpreted() or not torch.cuda.is_available() else "cuda")
 
-# (dtype, atol, rtol) against the float64 reference; atol is scaled by the reference's magnitude
-TOLERANCES = [(torch.float32, 1e-4, 1e-4)]
+# (dtype, atol, rtol) against the float64 reference; atol is scaled by the reference's magnitude.
+# bf16 only on CUDA: the interpreter's bf16 tl.dot gives garbage (triton 3.9).
+TOLERANCES = {"fp32": (torch.float32, 1e-4, 1e-4), "fp16": (torch.float16, 3e-2, 3e-2)}
+if device.type == "cuda":
+    TOLERANCES["bf16"] = (torch.bfloat16, 1e-1, 1e-1)
+HALF_CASES = ["non_aligned_channels", "non_aligned_transposed", "ae_enc_last_tanh", "denoiser_time_add"]
 
 # name: (B, Cin, Cout, L, K, stride, padding, transposed, pre_act, add, residual, post_tanh)
 # add: None, "b1l" = (B, 1, L) per-sample time embedding, "11l" = (1, 1, L) shared one
@@ -48,7 +53,7 @@ CASES = {
     "stride_above_kernel": (1, 2, 3, 13, 3, 5, 1, False, True, None, False, False),
     "long_row_split_stats": (1, 2, 3, 2100, 3, 3, 0, False, True, None, False, False),
     "batch_1000": (1000, 2, 3, 7, 3, 1, 1, False, True, "b1l", True, False),
-    "batch_1000_transposed": (1000, 1, 2, 5, 3, 3, 0, True, True, None, False, True),
+    "batch_1000_transposed": (1000, 2, 3, 7, 3, 3, 0, True, True, None, False, True),
 }
 
 
@@ -80,11 +85,24 @@ def make_inputs(case, seed=0):
     return tensors, kwargs, grad_out
 
 
+@contextlib.contextmanager
+def one_torch_thread():
+    """torch's float64 CPU conv backward can spin for seconds on a busy machine with several
+    threads; the reference is tiny, so it runs on one."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
 def run(fn, tensors, kwargs, grad_out, dtype, dev):
     leaves = {k: v.to(device=dev, dtype=dtype).requires_grad_(True) for k, v in tensors.items()}
     args = dict(leaves)
-    y = fn(args.pop("x"), args.pop("weight"), args.pop("bias"), **args, **kwargs)
-    grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(device=dev, dtype=dtype))
+    with one_torch_thread() if dev == "cpu" else contextlib.nullcontext():
+        y = fn(args.pop("x"), args.pop("weight"), args.pop("bias"), **args, **kwargs)
+        grads = torch.autograd.grad(y, list(leaves.values()), grad_out.to(device=dev, dtype=dtype))
     return y, dict(zip(leaves, grads))
 
 
@@ -101,30 +119,38 @@ def assert_matches_reference(case, dtype=torch.float32, atol=1e-4, rtol=1e-4, se
                                    msg=lambda m, n=name: f"{n}: {m}")
 
 
-@pytest.mark.parametrize("dtype, atol, rtol", TOLERANCES, ids=["fp32"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
-def test_forward_and_gradients_match_reference(case, dtype, atol, rtol):
-    assert_matches_reference(case, dtype, atol, rtol)
+def test_forward_and_gradients_match_reference(case):
+    assert_matches_reference(case, *TOLERANCES["fp32"])
 
 
-@pytest.mark.parametrize("name", ["non_aligned_transposed", "long_row_split_stats", "batch_1000", "ae_enc_last_tanh"])
+@pytest.mark.parametrize("dtype", [k for k in TOLERANCES if k != "fp32"])
+@pytest.mark.parametrize("name", HALF_CASES)
+def test_half_precision(name, dtype):
+    assert_matches_reference(CASES[name], *TOLERANCES[dtype])
+
+
+@pytest.mark.parametrize("name", ["non_aligned_transposed", "strided_padded", "batch_1000", "ae_enc_last_tanh"])
 def test_every_output_element_is_written(name, monkeypatch):
     """All buffers the launchers allocate start as NaN: any element a kernel skips shows up."""
     def nan_alloc(shape, dtype, dev):
         return torch.full(shape if isinstance(shape, tuple) else (shape,), float("nan"), dtype=dtype, device=dev)
     monkeypatch.setattr(kmod, "_alloc", nan_alloc)
     monkeypatch.setattr(kmod, "_target_programs", lambda dev: 64)  # force split reductions
+    monkeypatch.setattr(kmod, "_ROW_TILE", 16)  # and several tiles per row
     assert_matches_reference(CASES[name])
 
 
 def test_split_reductions_match_single_program(monkeypatch):
-    """Splitting the weight-grad / bias / norm reductions over many programs changes nothing."""
-    case = (3, 5, 4, 2100, 3, 1, 1, False, True, "b1l", True, False)
+    """Splitting the statistics, weight-grad, bias and norm reductions over many programs (and
+    rows over many tiles) changes nothing beyond rounding."""
+    case = (3, 5, 4, 300, 3, 1, 1, False, True, "b1l", True, False)
     tensors, kwargs, grad_out = make_inputs(case)
     y1, g1 = run(kmod.act_norm_conv1d, tensors, kwargs, grad_out, torch.float32, device)
-    monkeypatch.setattr(kmod, "_target_programs", lambda dev: 1000)
+    monkeypatch.setattr(kmod, "_target_programs", lambda dev: 64)
+    monkeypatch.setattr(kmod, "_ROW_TILE", 32)  # 10 tiles per row
     y2, g2 = run(kmod.act_norm_conv1d, tensors, kwargs, grad_out, torch.float32, device)
-    torch.testing.assert_close(y1, y2, atol=0, rtol=0)
+    torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
     for k in g1:
         torch.testing.assert_close(g1[k], g2[k], atol=1e-5, rtol=1e-5)
 
@@ -163,7 +189,7 @@ def _module_outputs_and_grads(model, fn):
 
 
 def _compare_backends(model, fn, atol=1e-4, rtol=1e-4):
-    with backend.use_backend("torch"):
+    with backend.use_backend("torch"), one_torch_thread():
         out_ref, grads_ref = _module_outputs_and_grads(model, fn)
     with backend.use_backend("triton"):
         out, grads = _module_outputs_and_grads(model, fn)
