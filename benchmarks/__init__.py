@@ -1,0 +1,1 @@
+"""Throughput suite of pdiff_fast (pytest-benchmark); see benchmarks/README.md."""

@@ -1,0 +1,54 @@
+"""Throughput of sampling N latents by reverse diffusion (DDPM, 1000 steps; DDIM, 50 steps,
+eta 0.05): pdiff_fast's `sample_latents` in generate()'s chunks under its automatic backend and
+under use_backend("torch"), the same loop on torch.compile(denoiser), and the reference loop
+(host noise, host timesteps, `extract` gathers and a host copy of x_t at every step, one batch).
+
+A timed call runs the first `steps_run` reverse steps of the schedule (extra_info says how many
+of how many); the report divides by steps_run for the time per step and extrapolates nothing.
+With --full every step of the schedule runs. Decoding is timed in test_decode.py.
+
+    pytest benchmarks/test_sampling.py [--full]
+"""
+import pytest
+import torch
+
+from . import common
+from . import reference_loop as ref
+
+
+def _case(benchmark, s, sizes, peer, sampler, n, steps, group):
+    scheduler, schedule = common.make_scheduler(sampler, steps)
+    if peer == "reference":
+        model, diffusion = s.ref_denoiser(), ref.Diffusion(s.device)
+        shape = (n, 1, s.latent_numel)  # the reference samples (N, 1, C * L)
+        timesteps = scheduler.timesteps()
+        if sampler == "ddpm":
+            def fn():
+                diffusion.sample(model, shape, timesteps, s.device)
+        else:
+            def fn():
+                diffusion.sample_ddim(model, shape, timesteps, schedule, common.DDIM_ETA, s.device)
+    else:
+        model = s.compiled("denoiser") if peer == "compile" else s.den
+        gen = torch.Generator(device=s.device).manual_seed(0)
+
+        def fn():
+            common.pdiff_sample(model, scheduler, n, s, gen)
+    info = {"N": n, "sampler": sampler, "steps_run": steps, "steps_schedule": len(schedule),
+            "timed": f"first {steps} of {len(schedule)} {sampler.upper()} steps for N={n}; per step = time / {steps}; "
+                     "not extrapolated",
+            **s.work("sample", n, steps)}
+    common.time_case(benchmark, fn, s=s, sizes=sizes, peer=peer, stage=f"sample_{sampler}", group=group, info=info)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+def test_sample(benchmark, setup_for, sizes, cfg_name, n, peer, sampler):
+    s = setup_for(cfg_name)
+    steps = sizes.ddpm_steps if sampler == "ddpm" else sizes.ddim_steps
+    _case(benchmark, s, sizes, peer, sampler, n, steps, f"sample_{sampler}/{cfg_name}/N={n}")
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize("peer", ["auto", "torch", "reference"])
+def test_sample_quick(benchmark, setup_for, sizes, peer):
+    _case(benchmark, setup_for("resnet18"), sizes, peer, "ddpm", 1, 2, "sample_ddpm/resnet18/N=1 (quick)")
