@@ -26,20 +26,24 @@ def extensions():
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     if not sources:
         return [], {}
+    # `pip install --no-build-isolation -e .` runs `setup.py develop`, which recent setuptools
+    # turns into a nested `pip install -e . --use-pep517`: isolated again, without torch, so it
+    # would silently build no extension. Keep the nested build in this environment too.
+    os.environ.setdefault("PIP_NO_BUILD_ISOLATION", "0")
     with_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (
         torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
     )
-    cxx = ["-O3", "-std=c++17"]
+    cxx = ["-O3", "-std=c++17", "-fopenmp"]  # OpenMP: at::parallel_for is serial without it
     define = []
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define.append(("WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension(
             "pdiff_fast._C", sources, define_macros=define,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math"]},
+            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_link_args=["-fopenmp"],
         )
     else:
-        cxx.append("-fopenmp")
         ext = cpp_extension.CppExtension(
             "pdiff_fast._C", sources, define_macros=define,
             extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],

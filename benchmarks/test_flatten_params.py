@@ -1,0 +1,65 @@
+"""flatten / unflatten of N models' parameter subsets: the extension pdiff_fast._C (one pass
+over a segment table) against a Python loop of torch.cat / copy_ (the torch reference),
+side by side in one group per (op, subset, N).
+
+    pytest benchmarks/test_flatten_params.py
+
+Subsets of the MNIST-1D CNN of test_population.py: its last two BatchNorm layers (4 tensors,
+D = 96), and all 10 of its parameters (D = 2,730). Sources are the models' live parameters.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pdiff_fast import backend
+from pdiff_fast.ops import flatten_params as fp
+from pdiff_fast.params import ParamSpec
+
+_C = pytest.importorskip("pdiff_fast._C", reason="the extension pdiff_fast._C is not built")
+
+
+def mnist1d_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
+                         nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def models_and_spec(n_models: int, subset: str):
+    torch.manual_seed(0)
+    models = [mnist1d_cnn() for _ in range(n_models)]
+    spec = ParamSpec.from_model(models[0], subset)
+    return [spec.tensors_of(m) for m in models], spec
+
+
+OPS = {  # op -> {peer: fn(sources, spec, flat)}
+    "flatten": {
+        "auto": lambda src, spec, flat: _C.flatten_params(src, spec.numels, torch.float32),
+        "reference": lambda src, spec, flat: fp.flatten_params_torch(src, spec.numels, torch.float32),
+    },
+    "unflatten_into": {
+        "auto": lambda src, spec, flat: _C.unflatten_into(flat, src),
+        "reference": lambda src, spec, flat: fp.unflatten_into_torch(flat, src),
+    },
+    "unflatten_params": {
+        "auto": lambda src, spec, flat: _C.unflatten_params(flat, [list(s) for s in spec.shapes], spec.dtypes),
+        "reference": lambda src, spec, flat: fp.unflatten_params_torch(flat, spec.shapes, spec.dtypes),
+    },
+}
+
+
+@pytest.mark.parametrize("peer", ["auto", "reference"])
+@pytest.mark.parametrize("subset", ["last-2-norm-layers", "all"])
+@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("n_models", [pytest.param(7, marks=pytest.mark.quick), 200])
+def test_flatten_params(benchmark, op, subset, peer, n_models):
+    sources, spec = models_and_spec(n_models, subset)
+    flat = fp.flatten_params_torch(sources, spec.numels)  # (N, D)
+    fn = OPS[op][peer]
+    with backend.use_backend("ext"):
+        fn(sources, spec, flat)  # warm-up
+    short = "last2bn" if subset.startswith("last") else "all"
+    benchmark.group = f"{op}/cnn1d-{short}/N{n_models}"
+    benchmark.extra_info.update({"stage": op, "peer": peer, "N": n_models, "D": spec.dim,
+                                 "tensors_per_model": len(spec), "device": "cpu"})
+    benchmark.pedantic(fn, args=(sources, spec, flat), rounds=20, iterations=5, warmup_rounds=1)

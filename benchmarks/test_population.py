@@ -1,0 +1,77 @@
+"""Population evaluation: pdiff_fast's batched evaluate_population against the
+one-model-at-a-time loop (evaluate_one_by_one), side by side in one group.
+
+    pytest benchmarks/test_population.py
+    pytest benchmarks/test_population.py -m quick --benchmark-disable   # smoke run
+
+Workload (MNIST-1D-like): N = 200 parameter sets of a random-weight 1D CNN
+(Conv1d(1,16,5)-BN-ReLU-Conv1d(16,32,3)-BN-ReLU-AvgPool-Flatten-Linear(32,10)), the sets spread
+around the base model, 1000 test inputs (1, 40), batch 1024. Subsets:
+  last2bn  its last two BatchNorm layers (D = 96): everything from the first BN on, the second
+           conv included (~95% of the FLOPs), is per model, so batching saves little
+  last1bn  its last BatchNorm layer (D = 64): both convs are the shared prefix, run once
+Both peers give identical predictions (checked on the N = 10 case before timing).
+
+Both peers run after population.warm_allocator(), in the same allocator state: glibc otherwise
+page-faults every multi-MB activation in again, which on a VM costs more than the convolutions
+and would flatter whichever peer allocates less.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from pdiff_fast.params import ParamSpec
+from pdiff_fast.population import evaluate_one_by_one, evaluate_population, warm_allocator
+
+N_TEST, BATCH = 1000, 1024
+
+
+def mnist1d_cnn() -> nn.Module:
+    return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
+                         nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
+def population(n_models: int, subset: str = "last-2-norm-layers", seed: int = 0):
+    """(base model, spec, flat (N, D), x (1000, 1, 40), y (1000,)) with random weights."""
+    g = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    base = mnist1d_cnn()
+    for m in base.modules():
+        if isinstance(m, nn.BatchNorm1d):
+            m.running_mean.normal_(0, 0.5, generator=g)
+            m.running_var.uniform_(0.5, 2.0, generator=g)
+    base.eval()
+    spec = ParamSpec.from_model(base, subset)
+    flat = spec.flatten([base]) + 0.1 * torch.randn(n_models, spec.dim, generator=g)  # (N, D)
+    x = torch.randn(N_TEST, 1, 40, generator=g)
+    y = torch.randint(0, 10, (N_TEST,), generator=g)
+    return base, spec, flat, x, y
+
+
+PEERS = {
+    "auto": lambda *a: evaluate_population(*a, batch_size=BATCH),
+    "reference": lambda *a: evaluate_one_by_one(*a, batch_size=BATCH),
+}
+
+
+SUBSETS = {"last2bn": "last-2-norm-layers", "last1bn": "last-1-norm-layers"}
+
+
+@pytest.mark.parametrize("peer", list(PEERS))
+@pytest.mark.parametrize("subset,n_models", [pytest.param("last2bn", 10, marks=pytest.mark.quick),
+                                             ("last2bn", 200), ("last1bn", 200)])
+def test_population_eval(benchmark, peer, subset, n_models):
+    warm_allocator()
+    args = population(n_models, SUBSETS[subset])
+    if n_models <= 10:  # the cheap case also checks the two peers agree
+        a, b = (fn(*args) for fn in PEERS.values())
+        assert torch.equal(a.predictions, b.predictions)
+    fn = PEERS[peer]
+    fn(*args)  # warm-up: oneDNN primitives, allocator
+    benchmark.group = f"population/cnn1d-{subset}/N{n_models}"
+    benchmark.extra_info.update({"stage": "population", "peer": peer, "N": n_models, "D": args[1].dim,
+                                 "n_test": N_TEST, "device": "cpu", "torch_threads": torch.get_num_threads()})
+    result = benchmark.pedantic(fn, args=args, rounds=3 if n_models <= 10 else 2, iterations=1)
+    assert result.finite.all()
