@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pdiff_fast.models import BasicBlock  # the same CIFAR-style block as the reference
+
 # --- autoencoder (v1 `ODEncoder2Decoder`, presets small / medium) -------------------------------
 
 PRESETS = {  # fold_rate, kernel_size, encoder widths, decoder widths
@@ -299,22 +301,6 @@ def decode_and_unflatten(ae: Autoencoder, latents: torch.Tensor, latent_shape, m
 
 # --- the network whose subset the resnet18 configuration generates -----------------------------------
 
-class _BasicBlock(nn.Module):
-    def __init__(self, cin, cout, stride):
-        super().__init__()
-        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(cout)
-        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(cout)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or cin != cout:
-            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        return F.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
-
-
 class ResNet18(nn.Module):
     """CIFAR-style ResNet-18 (the reference's), only for its parameter names and shapes here."""
 
@@ -325,7 +311,7 @@ class ResNet18(nn.Module):
         widths, cin = (64, 128, 256, 512), 64
         for i, w in enumerate(widths):
             stride = 1 if i == 0 else 2
-            setattr(self, f"layer{i + 1}", nn.Sequential(_BasicBlock(cin, w, stride), _BasicBlock(w, w, 1)))
+            setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(cin, w, stride), BasicBlock(w, w, 1)))
             cin = w
         self.linear = nn.Linear(512, num_classes)
 

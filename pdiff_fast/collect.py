@@ -114,15 +114,20 @@ def _subset_params(model: nn.Module, spec: ParamSpec) -> list[nn.Parameter]:
     return [p for name, p in model.named_parameters() if name in chosen]
 
 
-def collect_v1(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: int = 30, k: int = 200,
-               lr: float = 0.1, subset_lr: float | None = None, batch_size: int = 128, seed: int = 0,
-               progress: bool = True) -> Population:
-    """Train the whole model, then train only the subset for `k` epochs, one checkpoint per epoch."""
+def _train_base_state(model, data, spec, k, epochs, lr, batch_size, seed, progress) -> dict[str, torch.Tensor]:
+    """Check the arguments, train the whole model, and return a copy of its state (the base)."""
     if k < 1:
         raise ValueError("collect: k must be at least 1")
     spec.check(model)
     train_base(model, data, epochs, lr, batch_size, seed, progress)
-    base_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+
+
+def collect_v1(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: int = 30, k: int = 200,
+               lr: float = 0.1, subset_lr: float | None = None, batch_size: int = 128, seed: int = 0,
+               progress: bool = True) -> Population:
+    """Train the whole model, then train only the subset for `k` epochs, one checkpoint per epoch."""
+    base_state = _train_base_state(model, data, spec, k, epochs, lr, batch_size, seed, progress)
     gen = torch.Generator().manual_seed(seed + 1)
     opt = _sgd(_subset_params(model, spec), subset_lr if subset_lr is not None else lr * 0.1)
     rows, accs = [], []
@@ -140,11 +145,7 @@ def collect_v2(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: i
                lr: float = 0.1, subset_lr: float | None = None, batch_size: int = 128, seed: int = 0,
                progress: bool = True) -> Population:
     """Train the whole model, then fine-tune the subset for one epoch, saving `k` vectors spread over it."""
-    if k < 1:
-        raise ValueError("collect: k must be at least 1")
-    spec.check(model)
-    train_base(model, data, epochs, lr, batch_size, seed, progress)
-    base_state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    base_state = _train_base_state(model, data, spec, k, epochs, lr, batch_size, seed, progress)
     n_train = len(data.y_train)
     bs = min(batch_size, max(1, n_train // k))  # at least k steps in the epoch
     n_steps = -(-n_train // bs)

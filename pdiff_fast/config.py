@@ -15,8 +15,8 @@ class Config:
     model_kwargs: dict = field(default_factory=dict)
     subset: str | list = "last-2-norm-layers"  # the paper's default subset
     # checkpoint collection
-    recipe: str = "v1"  # v1: one checkpoint per epoch of subset training (reference main branch)
-    epochs: int = 20  # base training epochs; MNIST-1D's CNN converges in about this many
+    recipe: str = "v2"  # v2: K checkpoints within one epoch of subset fine-tuning (fast); "v1": one per epoch
+    epochs: int = 10  # base training epochs; MNIST-1D's CNN reaches ~97% test accuracy in this many
     k: int = 200  # checkpoints, as the paper
     lr: float = 0.1  # reference SGD: lr 0.1, momentum 0.9, wd 5e-4
     subset_lr: float = 0.01  # subset training stays near the base optimum
@@ -26,18 +26,18 @@ class Config:
     input_noise: float = 0.001  # reference input noise factor
     latent_noise: float = 0.1  # reference latent noise factor (0.5 in its ae_ddpm config)
     standardize: bool = True  # per-tensor standardisation (reference v2) so BN weights and biases share a scale
-    ae_steps: int = 3000  # reference 30k; enough for K=200 small vectors
+    ae_steps: int = 1500  # reference 30k; enough for K=200 vectors of a few hundred values
     ae_lr: float = 1e-3  # reference AdamW lr / weight decay
     ae_weight_decay: float = 2e-6
     # latent diffusion
     denoiser: str = "AE_CNN_bottleneck"
-    denoiser_channels: list = field(default_factory=lambda: [64, 128, 256, 512])  # reference widths
+    denoiser_channels: list | None = None  # None: reference [64,128,256,512] on a GPU, a quarter of it on a CPU
     shared_timestep: bool = False  # True reproduces the reference's batch-shared timestep quirk
-    diffusion_steps: int = 3000  # reference 30k
+    diffusion_steps: int = 1500  # reference 30k
     diffusion_lr: float = 1e-3
     diffusion_weight_decay: float = 2e-6
     diffusion_batch_size: int | None = None  # None: full batch (K = 200), as the reference
-    ema_decay: float = 0.999  # reference 0.9999 over 30k steps; scaled to the shorter schedule
+    ema_decay: float = 0.995  # reference 0.9999 over 30k steps; scaled to the shorter schedule
     # sampling
     sampler: str = "ddpm"  # ancestral DDPM over all 1000 steps (reference); or "ddim"
     sample_steps: int = 50  # DDIM steps

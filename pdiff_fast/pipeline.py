@@ -56,6 +56,10 @@ class PDiff:
         self.timings: dict[str, float] = {}
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_json(self.path("config"), self.config.to_dict())
+        if self.device.type == "cpu":
+            from .population import warm_allocator
+
+            warm_allocator()  # reuse freed activations instead of page-faulting them in (~30% faster training)
 
     @classmethod
     def from_run_dir(cls, run_dir, progress: bool = True, **overrides) -> "PDiff":
@@ -103,14 +107,20 @@ class PDiff:
             raise ValueError(f"unknown autoencoder preset {self.config.autoencoder!r}; choose from {sorted(ae_lib.PRESETS)}")
         return ae_lib.PRESETS[self.config.autoencoder](in_dim, self.config.input_noise, self.config.latent_noise)
 
-    def build_denoiser(self, latent_numel: int) -> dn_lib.EMA:
+    def denoiser_channels(self) -> list[int]:
+        if self.config.denoiser_channels is not None:
+            return list(self.config.denoiser_channels)
+        return [64, 128, 256, 512] if self.device.type == "cuda" else [16, 32, 64, 128]
+
+    def build_denoiser(self, latent_numel: int, channels: list[int] | None = None) -> dn_lib.EMA:
         c = self.config
+        channels = channels or self.denoiser_channels()
         if c.denoiser == "AE_CNN_bottleneck":
             net = dn_lib.AE_CNN_bottleneck(latent_numel, 1, shared_timestep=c.shared_timestep,
-                                           channel_list=c.denoiser_channels)
+                                           channel_list=channels)
         elif c.denoiser == "ODUnet":
-            net = dn_lib.ODUnet(latent_numel, 1, enc_channel_list=c.denoiser_channels,
-                                dec_channel_list=c.denoiser_channels[::-1], shared_timestep=c.shared_timestep)
+            net = dn_lib.ODUnet(latent_numel, 1, enc_channel_list=channels, dec_channel_list=channels[::-1],
+                                shared_timestep=c.shared_timestep)
         else:
             raise ValueError(f"unknown denoiser {c.denoiser!r}; choose from {sorted(dn_lib.DENOISERS)}")
         return dn_lib.EMA(net, c.ema_decay)
@@ -152,7 +162,8 @@ class PDiff:
         save_tensors(self.path("autoencoder"), {**ae.state_dict(), **extra},
                      {"preset": c.autoencoder, "in_dim": pop.spec.dim, "losses": ae_losses})
         save_tensors(self.path("diffusion"), model.state_dict(),
-                     {"denoiser": c.denoiser, "latent_shape": list(latents.shape[1:]), "losses": dm_losses})
+                     {"denoiser": c.denoiser, "channels": self.denoiser_channels(), "latent_shape": list(latents.shape[1:]),
+                      "losses": dm_losses})
         return ae, model
 
     def load_models(self):
@@ -162,7 +173,7 @@ class PDiff:
         ae = self.build_autoencoder(pop.spec.dim)
         ae.load_state_dict({k: v for k, v in ae_sd.items() if not k.startswith("standardizer.")}, strict=True)
         dm_sd, dm_meta = load_tensors(self.path("diffusion"))
-        model = self.build_denoiser(int(torch.Size(dm_meta["latent_shape"]).numel()))
+        model = self.build_denoiser(int(torch.Size(dm_meta["latent_shape"]).numel()), dm_meta.get("channels"))
         model.load_state_dict(dm_sd, strict=True)
         return ae.to(self.device).eval(), model.to(self.device).eval(), std
 
