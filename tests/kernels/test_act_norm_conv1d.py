@@ -5,12 +5,10 @@ backend 'triton' vs 'torch'.
 Runs on CUDA when present, else on CPU tensors in Triton's interpreter (small sizes).
 """
 import contextlib
-import os
 
 import torch
 
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")  # before anything imports triton
+# tests/conftest.py sets TRITON_INTERPRET=1 before triton is imported when there is no GPU
 
 import pytest  # noqa: E402
 

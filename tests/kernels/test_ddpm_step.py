@@ -2,12 +2,10 @@
 
 Runs on CUDA when present, else on CPU tensors in Triton's interpreter (small sizes).
 """
-import os
 
 import torch
 
-if not torch.cuda.is_available():  # before anything imports triton; on a GPU run compiled kernels
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+# tests/conftest.py sets TRITON_INTERPRET=1 before triton is imported when there is no GPU
 
 import pytest  # noqa: E402
 
