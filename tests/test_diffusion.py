@@ -107,3 +107,15 @@ def test_sampling_in_chunks_equals_one_batch_shape_and_range():
     assert z.abs().max() <= 1 + 1e-6
     with pytest.raises(ValueError):
         generate(ae, den, s, 0, device="cpu")
+
+
+def test_thousands_of_models_are_sampled_in_chunks_of_a_memory_budget():
+    from pdiff_fast.autoencoder import small
+    from pdiff_fast.denoiser import AE_CNN_bottleneck
+
+    ae = small(100).eval()
+    den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[2, 2, 2, 2]).eval()
+    s = DDIMScheduler(num_inference_steps=2)
+    flat = generate(ae, den, s, 2500, device="cpu", memory_budget_bytes=4 << 20, progress=False)
+    assert flat.shape == (2500, 100) and torch.isfinite(flat).all()
+    assert not torch.equal(flat[0], flat[-1])  # every chunk draws its own noise
