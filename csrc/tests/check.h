@@ -1,5 +1,5 @@
 // check.h: a minimal test harness for the C++ unit tests (no test framework needed).
-//   TEST(name) { CHECK(cond); EXPECT_THROWS(expr, "part of the message"); }
+//   TEST(name) { EXPECT(cond); EXPECT_THROWS(expr, "part of the message"); }
 //   int main() { return run_all(); }
 #pragma once
 
@@ -56,10 +56,10 @@ inline int run_all() {
   static check::Register register_##name(#name, name);          \
   static void name()
 
-#define CHECK(cond)                                                          \
+#define EXPECT(cond)                                                          \
   do {                                                                       \
     if (!(cond)) {                                                           \
-      std::printf("  %s:%d: CHECK(%s) failed\n", __FILE__, __LINE__, #cond); \
+      std::printf("  %s:%d: EXPECT(%s) failed\n", __FILE__, __LINE__, #cond); \
       ++check::failures();                                                   \
     }                                                                        \
   } while (0)

@@ -40,8 +40,8 @@ TEST(flatten_matches_cat_for_each_row_dtype) {
   for (const auto& t : sources[0]) numels.push_back(t.numel());
   for (auto dtype : {at::kFloat, at::kDouble, at::kHalf, at::kBFloat16}) {
     const at::Tensor flat = flatten_params(sources, numels, dtype);
-    CHECK(flat.size(0) == 7 && flat.size(1) == 12 + 1 + 5 + 6 + 0 + 12);
-    for (int i = 0; i < 7; ++i) CHECK(bit_equal(flat[i], reference_row(sources[i], dtype)));
+    EXPECT(flat.size(0) == 7 && flat.size(1) == 12 + 1 + 5 + 6 + 0 + 12);
+    for (int i = 0; i < 7; ++i) EXPECT(bit_equal(flat[i], reference_row(sources[i], dtype)));
   }
 }
 
@@ -63,8 +63,8 @@ TEST(round_trip_is_bit_exact) {
   const at::Tensor flat = flatten_params(sources, numels, at::kDouble);
   const auto stacked = unflatten_params(flat, shapes, dtypes);
   for (size_t j = 0; j < shapes.size(); ++j) {
-    CHECK(stacked[j].is_contiguous());
-    for (int i = 0; i < 200; ++i) CHECK(bit_equal(stacked[j][i], sources[i][j]));
+    EXPECT(stacked[j].is_contiguous());
+    for (int i = 0; i < 200; ++i) EXPECT(bit_equal(stacked[j][i], sources[i][j]));
   }
   // into fresh non-contiguous targets of the same shapes
   std::vector<std::vector<at::Tensor>> targets;
@@ -75,16 +75,16 @@ TEST(round_trip_is_bit_exact) {
   }
   unflatten_into(flat, targets);
   for (int i = 0; i < 200; ++i)
-    for (size_t j = 0; j < shapes.size(); ++j) CHECK(bit_equal(targets[i][j], sources[i][j]));
+    for (size_t j = 0; j < shapes.size(); ++j) EXPECT(bit_equal(targets[i][j], sources[i][j]));
 }
 
 TEST(unflatten_reads_strided_rows) {
   const at::Tensor base = at::randn({9, 5});
   const at::Tensor flat = base.t();  // (5, 9) with column stride 5
   const auto outs = unflatten_params(flat, {{2, 3}, {2}, {1}}, {at::kFloat, at::kDouble, at::kHalf});
-  CHECK(bit_equal(outs[0], flat.slice(1, 0, 6).reshape({5, 2, 3})));
-  CHECK(bit_equal(outs[1], flat.slice(1, 6, 8).to(at::kDouble)));
-  CHECK(bit_equal(outs[2], flat.slice(1, 8, 9).to(at::kHalf)));
+  EXPECT(bit_equal(outs[0], flat.slice(1, 0, 6).reshape({5, 2, 3})));
+  EXPECT(bit_equal(outs[1], flat.slice(1, 6, 8).to(at::kDouble)));
+  EXPECT(bit_equal(outs[2], flat.slice(1, 8, 9).to(at::kHalf)));
 }
 
 TEST(bad_inputs_raise_named_errors) {
