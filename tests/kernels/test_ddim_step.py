@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 from pdiff_fast.kernels import ddim_step as kmod  # noqa: E402
 from pdiff_fast.ops.ddim_step import ddim_step_torch  # noqa: E402
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from elementwise_cases import SHAPES, device, poisoned  # noqa: E402
 T = 1000
 BETAS = torch.linspace(1e-4, 2e-2, T, dtype=torch.float64)
 ALPHAS_CUMPROD = torch.cumprod(1.0 - BETAS, 0)
@@ -30,19 +30,6 @@ def inputs(shape, seed=0):
     return tuple(torch.randn(shape, generator=gen).to(device) for _ in range(3))  # x_t, eps, noise
 
 
-def poisoned(like):
-    return (torch.full_like(like, float("nan")), torch.full_like(like, float("nan")))
-
-
-SHAPES = {
-    "minimal": (1, 12),
-    "three_rows": (3, 12),
-    "many_short_rows": (1000, 12),
-    "odd_7": (2, 7),
-    "odd_13": (3, 13),
-    "long_non_aligned": (2, 2049),
-    "channels": (4, 3, 17),
-}
 STEPS = {"first": (T - 1, T - 21), "middle": (500, 480), "near_end": (20, 0), "last": (0, -1)}
 # every shape at the first step, every step on the small shapes
 CASES = [pytest.param(shape, STEPS["first"], id=f"{name}-first") for name, shape in SHAPES.items()] + [

@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 from pdiff_fast.kernels import ddpm_step as kmod  # noqa: E402
 from pdiff_fast.ops.ddpm_step import ddpm_step_torch  # noqa: E402
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from elementwise_cases import SHAPES, device, poisoned  # noqa: E402
 T = 1000
 
 
@@ -55,21 +55,6 @@ def inputs(shape, seed=0):
     eps = torch.randn(shape, generator=gen).to(device)
     noise = torch.randn(shape, generator=gen).to(device)
     return x_t, eps, noise, timesteps(shape[0], gen)
-
-
-def poisoned(like):
-    return (torch.full_like(like, float("nan")), torch.full_like(like, float("nan")))
-
-
-SHAPES = {
-    "minimal": (1, 12),
-    "three_rows": (3, 12),
-    "many_short_rows": (1000, 12),
-    "odd_7": (2, 7),
-    "odd_13": (3, 13),
-    "long_non_aligned": (2, 2049),
-    "channels": (4, 3, 17),
-}
 
 
 @pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])

@@ -14,7 +14,7 @@ pytest.importorskip("triton")
 from pdiff_fast.kernels import q_sample as kmod  # noqa: E402
 from pdiff_fast.ops.q_sample import q_sample_torch  # noqa: E402
 
-device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+from elementwise_cases import SHAPES, device  # noqa: E402
 T = 1000
 
 
@@ -37,17 +37,6 @@ def inputs(shape, seed=0):
 
 def view(row, t, like):
     return row[t].view(-1, *([1] * (like.dim() - 1)))
-
-
-SHAPES = {
-    "minimal": (1, 12),
-    "three_rows": (3, 12),
-    "many_short_rows": (1000, 12),
-    "odd_7": (2, 7),
-    "odd_13": (3, 13),
-    "long_non_aligned": (2, 2049),
-    "channels": (4, 3, 17),
-}
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
