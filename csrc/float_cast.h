@@ -11,13 +11,7 @@
 #include <cstdint>
 #include <cstring>
 
-#ifndef PDIFF_HD
-#if defined(__CUDACC__)
-#define PDIFF_HD __host__ __device__ __forceinline__
-#else
-#define PDIFF_HD inline
-#endif
-#endif
+#include "host_device.h"
 
 namespace pdiff_fast {
 

@@ -12,13 +12,7 @@
 #include <cmath>
 #include <cstdint>
 
-#ifndef PDIFF_HD
-#if defined(__CUDACC__)
-#define PDIFF_HD __host__ __device__ __forceinline__
-#else
-#define PDIFF_HD inline
-#endif
-#endif
+#include "host_device.h"
 
 namespace pdiff_fast {
 
