@@ -4,15 +4,96 @@
     pip install --no-build-isolation -e .          # builds pdiff_fast._C against the installed torch
 
 The extension `pdiff_fast._C` is built from csrc/ by naming convention (as torch-scatter):
-csrc/*.cpp (dispatch), csrc/cpu/*.cpp (CPU kernels) and, when CUDA is available or
-FORCE_CUDA=1, csrc/cuda/*.cu (CUDA kernels, compiled by nvcc without PyTorch headers).
-PDIFF_FAST_NO_EXT=1 skips the extension; pdiff_fast then falls back to PyTorch with a warning.
-The Triton kernels in kernels/ install as the subpackage pdiff_fast.kernels.
+csrc/*.cpp (dispatch), csrc/cpu/*.cpp (CPU kernels) and, for a CUDA build, csrc/cuda/*.cu
+(CUDA kernels, compiled by nvcc without PyTorch headers).
+
+Which build (`cuda_build()` below; a GPU need not be present, the build machine may have none):
+- CUDA when torch is a CUDA build (`torch.version.cuda` set) and nvcc is found (CUDA_HOME, or
+  nvcc on PATH), or when FORCE_CUDA=1 (then a missing nvcc or a CPU torch is an error);
+- CPU otherwise, or when PDIFF_FAST_NO_CUDA=1.
+nvcc's CUDA major version must equal torch's (`torch.version.cuda`): a mismatch is an error that
+names both, unless PDIFF_FAST_ALLOW_CUDA_MISMATCH=1. PDIFF_FAST_NO_EXT=1 skips the extension;
+pdiff_fast then falls back to PyTorch with a warning. The Triton kernels in kernels/ install as
+the subpackage pdiff_fast.kernels.
+
+No -std flag is passed: torch's cpp_extension adds the standard its own headers need (C++20
+for torch >= 2.10) to both g++ and nvcc. nvcc runs without --use_fast_math: flush-to-zero and
+approximate division would break the bit-exact float casts and norm results the tests check.
+
+The functions above the `setup()` call are plain Python with no side effects, so
+tests/test_build.py imports this file (its `__name__` is then not "__main__") and tests them.
 """
+from __future__ import annotations
+
 import glob
 import os
+import re
+import subprocess
 
 from setuptools import setup
+
+CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is serial without it
+NVCC_FLAGS = ["-O3"]  # no --use_fast_math (see above)
+
+
+class CudaBuildError(RuntimeError):
+    """The environment asks for a CUDA build that cannot work; the message says why and what to do."""
+
+
+def _major(version: str | None) -> int | None:
+    m = re.match(r"\s*(\d+)", version or "")
+    return int(m.group(1)) if m else None
+
+
+def nvcc_version(cuda_home: str | None) -> str | None:
+    """CUDA release of `cuda_home`/bin/nvcc (else nvcc on PATH) as "13.0", or None if none runs."""
+    nvcc = os.path.join(cuda_home, "bin", "nvcc") if cuda_home else "nvcc"
+    try:
+        out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    m = re.search(r"release (\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def check_cuda_versions(nvcc: str | None, torch_cuda: str | None, env=None) -> None:
+    """Raise CudaBuildError when nvcc's CUDA major version differs from torch's."""
+    env = os.environ if env is None else env
+    if nvcc is None or torch_cuda is None or _major(nvcc) == _major(torch_cuda):
+        return
+    if env.get("PDIFF_FAST_ALLOW_CUDA_MISMATCH", "0") == "1":
+        return
+    raise CudaBuildError(
+        f"pdiff_fast: nvcc is CUDA {nvcc} but torch was built with CUDA {torch_cuda}: the major "
+        f"versions differ ({_major(nvcc)} != {_major(torch_cuda)}), so the CUDA extension would not "
+        "load. Point CUDA_HOME at a CUDA " + str(_major(torch_cuda)) + ".x toolkit, install the torch "
+        "build for CUDA " + str(_major(nvcc)) + ", build without CUDA (PDIFF_FAST_NO_CUDA=1), or "
+        "set PDIFF_FAST_ALLOW_CUDA_MISMATCH=1 to try anyway.")
+
+
+def cuda_build(torch_cuda: str | None, nvcc: str | None, env=None) -> tuple[bool, str]:
+    """(build the CUDA kernels?, why). torch_cuda: `torch.version.cuda` (None for a CPU torch);
+    nvcc: `nvcc_version(CUDA_HOME)` (None when no nvcc runs). Raises CudaBuildError where the
+    environment asks for something that cannot work. Whether a GPU is present does not matter."""
+    env = os.environ if env is None else env
+    if env.get("PDIFF_FAST_NO_CUDA", "0") == "1":
+        return False, "PDIFF_FAST_NO_CUDA=1"
+    if env.get("FORCE_CUDA", "0") == "1":
+        if nvcc is None:
+            raise CudaBuildError("pdiff_fast: FORCE_CUDA=1 but no nvcc was found: set CUDA_HOME to a "
+                                 "CUDA toolkit (or put its bin/ on PATH)")
+        if torch_cuda is None:
+            raise CudaBuildError("pdiff_fast: FORCE_CUDA=1 but the installed torch is a CPU build "
+                                 "(torch.version.cuda is None) and has no CUDA headers: install a CUDA "
+                                 "build of torch first")
+        check_cuda_versions(nvcc, torch_cuda, env)
+        return True, f"FORCE_CUDA=1 (nvcc {nvcc}, torch CUDA {torch_cuda})"
+    if torch_cuda is None:
+        return False, "torch is a CPU build"
+    if nvcc is None:
+        return False, f"torch is built for CUDA {torch_cuda} but no nvcc was found (set CUDA_HOME)"
+    check_cuda_versions(nvcc, torch_cuda, env)
+    return True, f"nvcc {nvcc}, torch CUDA {torch_cuda}"
 
 
 def extensions():
@@ -30,52 +111,55 @@ def extensions():
     # turns into a nested `pip install -e . --use-pep517`: isolated again, without torch, so it
     # would silently build no extension. Keep the nested build in this environment too.
     os.environ.setdefault("PIP_NO_BUILD_ISOLATION", "0")
-    with_cuda = os.environ.get("FORCE_CUDA", "0") == "1" or (
-        torch.cuda.is_available() and cpp_extension.CUDA_HOME is not None
-    )
-    cxx = ["-O3", "-std=c++17", "-fopenmp"]  # OpenMP: at::parallel_for is serial without it
+    torch_cuda = torch.version.cuda
+    cuda_home = cpp_extension.CUDA_HOME  # CUDA_HOME, else nvcc on PATH, else /usr/local/cuda
+    asks = torch_cuda is not None or os.environ.get("FORCE_CUDA", "0") == "1"
+    nvcc = nvcc_version(cuda_home) if asks and cuda_home else None
+    with_cuda, why = cuda_build(torch_cuda, nvcc)
+    print(f"pdiff_fast: building pdiff_fast._C {'with' if with_cuda else 'without'} CUDA ({why})")
     define = []
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define.append(("WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension(
             "pdiff_fast._C", sources, define_macros=define,
-            extra_compile_args={"cxx": cxx, "nvcc": ["-O3", "--use_fast_math", "-std=c++17"]},
+            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
             extra_link_args=["-fopenmp"],
         )
     else:
         ext = cpp_extension.CppExtension(
             "pdiff_fast._C", sources, define_macros=define,
-            extra_compile_args={"cxx": cxx}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"],
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 
 
-ext_modules, cmdclass = extensions()
+if __name__ == "__main__":  # setuptools and pip run this file as __main__; tests import it
+    ext_modules, cmdclass = extensions()
 
-setup(
-    name="pdiff_fast",
-    version="0.1.0",
-    description="Fast neural-network parameter diffusion (p-diff) on Triton and CUDA",
-    long_description=open("README.md").read() if os.path.exists("README.md") else "",
-    long_description_content_type="text/markdown",
-    packages=["pdiff_fast", "pdiff_fast.ops", "pdiff_fast.kernels"],
-    package_dir={"pdiff_fast.kernels": "kernels"},
-    python_requires=">=3.10",
-    install_requires=[
-        "torch>=2.4",  # install torch==2.13.0 first on CPU machines (see README)
-        "numpy",
-        "safetensors",
-        "tqdm",
-        "matplotlib",
-        "scikit-learn",
-        "mnist1d",
-    ],
-    extras_require={
-        "triton": ["triton"],
-        "test": ["pytest", "pytest-benchmark", "hypothesis"],
-    },
-    entry_points={"console_scripts": ["pdiff-fast=pdiff_fast.cli:main"]},
-    ext_modules=ext_modules,
-    cmdclass=cmdclass,
-)
+    setup(
+        name="pdiff_fast",
+        version="0.1.0",
+        description="Fast neural-network parameter diffusion (p-diff) on Triton and CUDA",
+        long_description=open("README.md").read() if os.path.exists("README.md") else "",
+        long_description_content_type="text/markdown",
+        packages=["pdiff_fast", "pdiff_fast.ops", "pdiff_fast.kernels"],
+        package_dir={"pdiff_fast.kernels": "kernels"},
+        python_requires=">=3.10",
+        install_requires=[
+            "torch>=2.4",  # install torch==2.13.0 first on CPU machines (see README)
+            "numpy",
+            "safetensors",
+            "tqdm",
+            "matplotlib",
+            "scikit-learn",
+            "mnist1d",
+        ],
+        extras_require={
+            "triton": ["triton"],
+            "test": ["pytest", "pytest-benchmark", "hypothesis"],
+        },
+        entry_points={"console_scripts": ["pdiff-fast=pdiff_fast.cli:main"]},
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+    )

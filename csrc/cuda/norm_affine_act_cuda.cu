@@ -1,41 +1,44 @@
-// norm_affine_act_cuda.cu: one thread per output element with a grid stride; the activation
-// is a template parameter. The scale / shift terms are recomputed per element (a few flops,
-// cheaper than a second launch); sqrt, division and fma are the correctly rounded forms, so
-// the result matches the CPU kernel bit for bit for the piecewise-linear activations.
+// norm_affine_act_cuda.cu: a 2-D grid (norm_affine_act_rows.h): blockIdx.y over the N * C
+// (model, channel) rows, whose scale / shift each thread computes once per row, and the x axis
+// over a row's B * L elements, split into (sample, position) by a 32-bit FastDivmod (64-bit
+// division only when the output has 2^31 elements or more). The activation is a template
+// parameter. sqrt, division and fma are the correctly rounded forms and this file is compiled
+// without --use_fast_math, so the result matches the CPU kernel bit for bit for the
+// piecewise-linear activations.
 #include "norm_affine_act_cuda.h"
 
-#include <algorithm>
+#include <cstdint>
+
+#include "../norm_affine_act_rows.h"
 
 namespace pdiff_fast {
 namespace {
 
-constexpr int kThreads = 256;
-
-template <int Act, typename T>
+template <int Act, typename T, typename Index>
 __global__ void norm_affine_act_kernel(const T* __restrict__ x, NormAffineActParams<T> p,
-                                       T* __restrict__ out, NormAffineActShape s, int64_t total) {
-  const int64_t stride = static_cast<int64_t>(gridDim.x) * blockDim.x;
-  const int64_t per_model = s.b * s.c * s.l;
-  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += stride) {
-    const int64_t n = i / per_model;
-    const int64_t c = (i / s.l) % s.c;
-    T scale, shift;
-    affine_terms(p, n, c, s.c, &scale, &shift);
-    const T xv = x[s.x_shared ? i - n * per_model : i];
-    out[i] = activate<Act>(fused_mul_add(xv, scale, shift), p.negative_slope);
+                                       T* __restrict__ out, NormAffineActRows<Index> g) {
+  const Index j0 = static_cast<Index>(blockIdx.x) * blockDim.x + threadIdx.x;
+  const Index step = static_cast<Index>(gridDim.x) * blockDim.x;
+  for (Index row = blockIdx.y; row < g.rows; row += gridDim.y) {
+    norm_affine_act_row<Act>(x, p, out, g, row, j0, step);
   }
+}
+
+template <int Act, typename T, typename Index>
+cudaError_t launch_as(const T* x, const NormAffineActParams<T>& p, T* out,
+                      const NormAffineActShape& s, cudaStream_t stream) {
+  const NormAffineActRows<Index> g = make_rows<Index>(s);
+  const NormAffineActLaunch d = launch_dims(g);
+  norm_affine_act_kernel<Act, T, Index><<<dim3(d.grid_x, d.grid_y), d.threads, 0, stream>>>(x, p, out, g);
+  return cudaGetLastError();
 }
 
 template <int Act, typename T>
 cudaError_t launch(const T* x, const NormAffineActParams<T>& p, T* out,
                    const NormAffineActShape& s, cudaStream_t stream) {
-  const int64_t total = s.n * s.b * s.c * s.l;
-  if (total == 0) return cudaSuccess;
-  const int64_t blocks = std::min<int64_t>((total + kThreads - 1) / kThreads, 65535 * 8);
-  norm_affine_act_kernel<Act, T><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-      x, p, out, s, total);
-  return cudaGetLastError();
+  if (s.n * s.b * s.c * s.l == 0) return cudaSuccess;
+  return rows_fit_32bit(s) ? launch_as<Act, T, uint32_t>(x, p, out, s, stream)
+                           : launch_as<Act, T, int64_t>(x, p, out, s, stream);
 }
 
 }  // namespace
