@@ -2,11 +2,17 @@
 
     pdiff-fast run                          # collect -> train -> sample -> evaluate -> report
     pdiff-fast collect --run-dir runs/a     # or one step at a time, all in one run directory
-    pdiff-fast train   --run-dir runs/a
+    pdiff-fast train   --run-dir runs/a     # resumes an interrupted training (--restart: from scratch)
+    pdiff-fast train   --run-dir runs/a --only diffusion
     pdiff-fast sample  --run-dir runs/a --num-samples 1000
     pdiff-fast evaluate --run-dir runs/a
     pdiff-fast report  --run-dir runs/a
     pdiff-fast run --config my.json         # a JSON file with any Config fields
+
+`collect` and `run` start a run: their config is the defaults, then --config, then the flags.
+The other steps continue one: the run's config.json, then --config (only the fields it names),
+then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
+system problems) print one line each and exit 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
 
@@ -14,17 +20,20 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import Config
+from .config import Config, ConfigError, read_config_file
 
 STEPS = ("collect", "train", "sample", "evaluate", "report", "run")
+STARTS_A_RUN = ("collect", "run")
 HELP = {
     "collect": "train the base model and save K checkpoints of the parameter subset",
-    "train": "train the parameter autoencoder and the latent diffusion model",
+    "train": "train the parameter autoencoder and the latent diffusion model (resumes an interrupted run)",
     "sample": "generate parameter sets with the trained models",
     "evaluate": "measure the generated and original models and the IoU analysis",
     "report": "print the table and write the two PNG plots",
     "run": "all of the above with one config",
 }
+FLAG_FIELDS = ["device", "seed", "dataset", "model", "subset", "recipe", "epochs", "k", "autoencoder", "ae_steps",
+               "diffusion_steps", "num_samples", "sampler", "sample_steps"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -37,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument("--device", help="cpu, cuda, or auto")
         s.add_argument("--seed", type=int)
         s.add_argument("--quiet", action="store_true", help="no progress bars")
+        s.add_argument("--allow-stale", action="store_true",
+                       help="use artifacts even when they were made from other inputs or settings")
         if name in ("collect", "run"):
             s.add_argument("--dataset", choices=["mnist1d", "digits"])
             s.add_argument("--model", choices=["cnn1d", "resnet", "vit", "mlp"])
@@ -48,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--autoencoder", choices=["small", "medium"])
             s.add_argument("--ae-steps", type=int)
             s.add_argument("--diffusion-steps", type=int)
+            s.add_argument("--restart", action="store_true", help="ignore training checkpoints; train from scratch")
+        if name == "train":
+            s.add_argument("--only", choices=["autoencoder", "diffusion"],
+                           help="train one model; `diffusion` keeps the autoencoder on disk")
         if name in ("sample", "run"):
             s.add_argument("--num-samples", type=int)
             s.add_argument("--sampler", choices=["ddpm", "ddim"])
@@ -56,41 +71,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> Config:
-    run_dir = Path(args.run_dir)
+    run_json = Path(args.run_dir) / "config.json"
+    fields: dict = {}
+    if args.command not in STARTS_A_RUN and run_json.is_file():
+        fields.update(read_config_file(run_json))
     if args.config:
-        cfg = Config.from_file(args.config)
-    elif args.command != "run" and args.command != "collect" and (run_dir / "config.json").is_file():
-        cfg = Config.from_file(run_dir / "config.json")
-    else:
-        cfg = Config()
-    names = ["device", "seed", "dataset", "model", "subset", "recipe", "epochs", "k", "autoencoder", "ae_steps",
-             "diffusion_steps", "num_samples", "sampler", "sample_steps"]
-    return cfg.replace(**{n: getattr(args, n, None) for n in names})
+        fields.update(read_config_file(args.config))
+    source = args.config or (str(run_json) if fields else "config")
+    cfg = Config.from_dict(fields, source)
+    flags = {n: getattr(args, n, None) for n in FLAG_FIELDS}
+    return cfg.replace(**flags).validate("command-line flags" if any(v is not None for v in flags.values()) else source)
+
+
+def _steps(p, args) -> None:
+    if args.command in ("collect", "run"):
+        pop = p.collect()
+        print(f"collected {pop.params.shape[0]} checkpoints of {pop.spec.dim} parameters; "
+              f"test accuracy {pop.accuracy.min():.2f}..{pop.accuracy.max():.2f}")
+    if args.command in ("train", "run"):
+        p.fit(only=getattr(args, "only", None), restart=args.restart)
+        print(f"trained the {getattr(args, 'only', None) or 'autoencoder and the diffusion'} model -> {p.run_dir}")
+    if args.command in ("sample", "run"):
+        flat = p.sample()
+        print(f"generated {flat.shape[0]} parameter sets -> {p.path('generated')}")
+    if args.command in ("evaluate", "run"):
+        p.evaluate()
+    if args.command in ("report", "evaluate", "run"):
+        print(p.report())
+        print(f"\nartifacts in {p.run_dir}/ (report.json, report.md, accuracy_distribution.png, iou_vs_accuracy.png)")
 
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    from .pipeline import PDiff
-
     try:
-        p = PDiff(_config(args), args.run_dir, progress=not args.quiet)
-        if args.command in ("collect", "run"):
-            pop = p.collect()
-            print(f"collected {pop.params.shape[0]} checkpoints of {pop.spec.dim} parameters; "
-                  f"test accuracy {pop.accuracy.min():.2f}..{pop.accuracy.max():.2f}")
-        if args.command in ("train", "run"):
-            p.fit()
-            print(f"trained the autoencoder and the diffusion model -> {p.path('diffusion')}")
-        if args.command in ("sample", "run"):
-            flat = p.sample()
-            print(f"generated {flat.shape[0]} parameter sets -> {p.path('generated')}")
-        if args.command in ("evaluate", "run"):
-            p.evaluate()
-        if args.command in ("report", "evaluate", "run"):
-            print(p.report())
-            print(f"\nartifacts in {p.run_dir}/ (report.json, report.md, accuracy_distribution.png, iou_vs_accuracy.png)")
-    except (ValueError, FileNotFoundError, FloatingPointError) as exc:
-        print(f"pdiff-fast {args.command}: error: {exc}", file=sys.stderr)
+        from .pipeline import PDiff
+
+        p = PDiff(_config(args), args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
+                  log=lambda msg: print(msg, file=sys.stderr))
+        _steps(p, args)
+    except KeyboardInterrupt:
+        print(f"pdiff-fast {args.command}: interrupted; finished artifacts and checkpoints are kept", file=sys.stderr)
+        return 130
+    except ConfigError as exc:
+        for line in exc.problems:
+            print(f"pdiff-fast {args.command}: error: {line}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, FloatingPointError) as exc:
+        msg = " ".join(str(exc).split("\n")) if not isinstance(exc, OSError) or not exc.filename else \
+            f"{exc.filename}: {exc.strerror or exc}"
+        print(f"pdiff-fast {args.command}: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class Config:
     diffusion_weight_decay: float = 2e-6
     diffusion_batch_size: int | None = None  # None: full batch (K = 200), as the reference
     ema_decay: float = 0.995  # reference 0.9999 over 30k steps; scaled to the shorter schedule
+    checkpoint_every: int = 500  # training steps between resumable checkpoints (0: only at the end of a phase)
     # sampling
     sampler: str = "ddpm"  # ancestral DDPM over all 1000 steps (reference); or "ddim"
     sample_steps: int = 50  # DDIM steps
@@ -55,20 +57,179 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict, source: str = "config") -> "Config":
+        """A checked Config from a mapping; every problem is named (field and `source`) in one ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError([f"{source}: a config must be a JSON object of fields, not {type(d).__name__}"])
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise ValueError(f"unknown config keys: {unknown}")
+        problems = [f"{source}: unknown field {k!r}" for k in sorted(set(d) - known)]
+        problems += check_fields(d, source)
+        if problems:
+            raise ConfigError(problems)
         return cls(**d)
 
     @classmethod
     def from_file(cls, path) -> "Config":
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{path}: config is not valid JSON ({exc})") from exc
+        return cls.from_dict(read_config_file(path), str(path))
 
     def replace(self, **changes) -> "Config":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def validate(self, source: str = "config") -> "Config":
+        problems = check_fields(self.to_dict(), source)
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
+class ConfigError(ValueError):
+    """One or more config problems, one line each (field and file named)."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+def read_config_file(path) -> dict:
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError([f"{path}: is a directory, not a JSON config file"])
+    if not path.is_file():
+        raise ConfigError([f"{path}: no such config file"])
+    try:
+        return json.loads(path.read_bytes().decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{path}: config is not UTF-8 text ({exc})"]) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"{path}: config is not valid JSON ({exc})"]) from exc
+
+
+# --- validation: type and range of every field, checked when the config is read ----------------
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+
+
+def _int(lo=None, hi=None, none_ok=False):
+    def check(v):
+        if v is None and none_ok:
+            return None
+        if not _is_int(v):
+            return f"expected an integer{' or null' if none_ok else ''}, got {v!r}"
+        if lo is not None and v < lo:
+            return f"must be at least {lo}, got {v}"
+        if hi is not None and v > hi:
+            return f"must be at most {hi}, got {v}"
+        return None
+    return check
+
+
+def _num(lo=None, hi=None, lo_open=False, hi_open=False):
+    def check(v):
+        if not _is_num(v):
+            return f"expected a finite number, got {v!r}"
+        if lo is not None and (v <= lo if lo_open else v < lo):
+            return f"must be {'greater than' if lo_open else 'at least'} {lo}, got {v}"
+        if hi is not None and (v >= hi if hi_open else v > hi):
+            return f"must be {'less than' if hi_open else 'at most'} {hi}, got {v}"
+        return None
+    return check
+
+
+def _choice(*options):
+    def check(v):
+        return None if isinstance(v, str) and v in options else f"must be one of {list(options)}, got {v!r}"
+    return check
+
+
+def _type(t, what):
+    return lambda v: None if isinstance(v, t) and not (t is int and isinstance(v, bool)) else f"expected {what}, got {v!r}"
+
+
+def _subset(v):
+    if isinstance(v, str) and v:
+        return None
+    if isinstance(v, list) and v and all(isinstance(x, str) and x for x in v):
+        return None
+    return f"expected a pattern string or a non-empty list of parameter names, got {v!r}"
+
+
+def _channels(v):
+    if v is None or (isinstance(v, list) and v and all(_is_int(c) and c >= 1 for c in v)):
+        return None
+    return f"expected null or a non-empty list of positive integers, got {v!r}"
+
+
+def _sigmas(v):
+    if isinstance(v, list) and all(_is_num(s) and s >= 0 for s in v):
+        return None
+    return f"expected a list of non-negative numbers, got {v!r}"
+
+
+def _device(v):
+    if not isinstance(v, str):
+        return f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}"
+    if v in ("auto", "cpu"):
+        return None
+    if v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
+        import torch
+
+        if not torch.cuda.is_available():
+            return f"{v!r} was asked for but CUDA is not available on this machine (use 'cpu' or 'auto')"
+        if ":" in v and int(v[5:]) >= torch.cuda.device_count():
+            return f"{v!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+        return None
+    return f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}"
+
+
+CHECKS = {
+    "dataset": _type(str, "a dataset name"),
+    "model": _type(str, "a model name"),
+    "model_kwargs": _type(dict, "a JSON object"),
+    "subset": _subset,
+    "recipe": _choice("v1", "v2"),
+    "epochs": _int(1),
+    "k": _int(1),
+    "lr": _num(0, lo_open=True),
+    "subset_lr": _num(0, lo_open=True),
+    "batch_size": _int(1),
+    "autoencoder": _choice("small", "medium"),
+    "input_noise": _num(0, 1),
+    "latent_noise": _num(0, 1),
+    "standardize": _type(bool, "true or false"),
+    "ae_steps": _int(1),
+    "ae_lr": _num(0, lo_open=True),
+    "ae_weight_decay": _num(0),
+    "denoiser": _choice("AE_CNN_bottleneck", "ODUnet"),
+    "denoiser_channels": _channels,
+    "shared_timestep": _type(bool, "true or false"),
+    "diffusion_steps": _int(1),
+    "diffusion_lr": _num(0, lo_open=True),
+    "diffusion_weight_decay": _num(0),
+    "diffusion_batch_size": _int(1, none_ok=True),
+    "ema_decay": _num(0, 1, hi_open=True),
+    "checkpoint_every": _int(0),
+    "sampler": _choice("ddpm", "ddim"),
+    "sample_steps": _int(1, 1000),
+    "eta": _num(0),
+    "num_samples": _int(1),
+    "cuda_graph": _type(bool, "true or false"),
+    "memory_budget_mb": _int(1),
+    "noise_sigmas": _sigmas,
+    "device": _device,
+    "seed": _int(0, 2**63 - 1),
+}
+
+
+def check_fields(d: dict, source: str = "config") -> list[str]:
+    """One line per field of `d` whose type or range is wrong."""
+    problems = []
+    for name, value in d.items():
+        check = CHECKS.get(name)
+        problem = check(value) if check else None
+        if problem:
+            problems.append(f"{source}: field {name!r}: {problem}")
+    return problems

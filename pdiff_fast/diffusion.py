@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from . import backend
 from .ops import ddim_step, ddpm_step, q_sample
 
 
@@ -65,20 +66,32 @@ class DDPMScheduler:
     def sample_timesteps(self, batch: int, device, generator=None) -> torch.Tensor:
         return torch.randint(0, self.num_train_timesteps, (batch,), device=device, generator=generator)
 
-    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, generator=None):
-        """q(x_t | x_0) (Ho et al. eq. 4); returns (x_t, noise), the noise drawn on the device."""
-        return q_sample(x0, t, self.tables(x0.device)[0], noise, generator)
+    def add_noise(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None, generator=None,
+                  seed=None, seed_offset: int = 0):
+        """q(x_t | x_0) (Ho et al. eq. 4); returns (x_t, noise), the noise drawn on the device.
+
+        Without `noise`: from `generator` on the torch path; in the fused kernel on Triton, from
+        (`seed`, `seed_offset`) when a seed is given (no host sync), else from `generator`."""
+        if seed is None or noise is not None or backend.choose("q_sample", x0.device, ("triton",)) != "triton":
+            return q_sample(x0, t, self.tables(x0.device)[0], noise, generator)
+        return q_sample(x0, t, self.tables(x0.device)[0], noise, generator, seed=seed, seed_offset=seed_offset)
 
     def step(self, model_output: torch.Tensor, t: torch.Tensor, sample: torch.Tensor,
-             noise: torch.Tensor | None = None, generator=None, seed=None, seed_offset: int = 0) -> SchedulerOutput:
+             noise: torch.Tensor | None = None, generator=None, seed=None, seed_offset: int = 0,
+             row_offset=0) -> SchedulerOutput:
         """One ancestral step x_t -> x_{t-1} with the reference semantics (see ops/ddpm_step.py).
 
-        Without `noise`, it is drawn on the device (in the fused kernel on CUDA)."""
+        Without `noise`, it is drawn on the device (in the fused kernel on CUDA, as a function of
+        seed, seed_offset and the global row index row_offset + i)."""
         if t.dim() == 0:
             t = t.expand(sample.shape[0])
         prev, x0 = ddpm_step(sample, model_output, t, noise, self.tables(sample.device)[1], self.clip_sample,
-                             generator=generator, seed=seed, seed_offset=seed_offset)
+                             generator=generator, seed=seed, seed_offset=seed_offset, **_rows(row_offset))
         return SchedulerOutput(prev, x0)
+
+    def noise_draws(self) -> int:
+        """How many noise tensors one sampling loop consumes (the initial one and one per step)."""
+        return 1 + len(self.timesteps())
 
     def timesteps(self) -> list[int]:
         return list(range(self.num_train_timesteps - 1, -1, -1))
@@ -102,21 +115,34 @@ class DDIMScheduler(DDPMScheduler):
     def timesteps(self) -> list[int]:
         return list(self._timesteps)
 
-    def step(self, model_output, t, sample, noise=None, generator=None, seed=None, seed_offset: int = 0) -> SchedulerOutput:
+    def step(self, model_output, t, sample, noise=None, generator=None, seed=None, seed_offset: int = 0,
+             row_offset=0) -> SchedulerOutput:
         t_int = int(t.reshape(-1)[0]) if torch.is_tensor(t) else int(t)
         i = self._timesteps.index(t_int)
         t_prev = self._timesteps[i + 1] if i + 1 < len(self._timesteps) else -1
         a_t = float(self.alphas_cumprod_f64[t_int])
         a_prev = float(self.alphas_cumprod_f64[t_prev]) if t_prev >= 0 else 1.0
-        if noise is None and self.eta > 0:
+        if self.eta == 0:
+            noise = None  # deterministic: no noise is drawn
+        elif noise is None and seed is None:
             noise = torch.randn(sample.shape, device=sample.device, dtype=sample.dtype, generator=generator)
-        prev, x0 = ddim_step(sample, model_output, a_t, a_prev, noise, self.eta, self.clip_sample)
+        if noise is not None:
+            prev, x0 = ddim_step(sample, model_output, a_t, a_prev, noise, self.eta, self.clip_sample)
+        else:
+            prev, x0 = ddim_step(sample, model_output, a_t, a_prev, None, self.eta, self.clip_sample,
+                                 **({} if seed is None else {"seed": seed, "seed_offset": seed_offset,
+                                                             **_rows(row_offset)}))
         return SchedulerOutput(prev, x0)
+
+
+def _rows(row_offset) -> dict:
+    """Pass row_offset to the op only when it is not the default (keeps older op signatures working)."""
+    return {} if isinstance(row_offset, int) and row_offset == 0 else {"row_offset": row_offset}
 
 
 def make_scheduler(sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0) -> DDPMScheduler:
     if sampler == "ddpm":
         return DDPMScheduler()
     if sampler == "ddim":
-        return DDIMScheduler(num_inference_steps=steps or 50, eta=eta)
+        return DDIMScheduler(num_inference_steps=50 if steps is None else steps, eta=eta)
     raise ValueError(f"unknown sampler {sampler!r}; choose 'ddpm' or 'ddim'")

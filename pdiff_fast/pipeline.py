@@ -9,10 +9,24 @@
 
 Each step reads what the previous one wrote, so steps can also run in separate processes
 (that is what the `pdiff-fast` CLI does).
+
+Trust in the run directory:
+- Provenance. Each artifact records the config fields its step used (`config` in its metadata)
+  and the digests of the artifacts it was made from (`inputs`). A step checks that the files it
+  reads belong together and were made with the settings it is given, and refuses otherwise,
+  naming the stale file and the step to rerun (`allow_stale=True` / `--allow-stale` overrides).
+- config.json describes what is on disk: `collect` writes it, `train` and `sample` update their
+  own fields after their artifacts are saved; `evaluate` and `report` never change it.
+- Checkpoints. Training saves resumable state (`autoencoder.ckpt.safetensors`,
+  `diffusion.ckpt.safetensors`) every `checkpoint_every` steps; `fit()` resumes from a
+  checkpoint made from the same inputs and settings, to the same result as an uninterrupted
+  run (bitwise on CPU), unless `restart=True`. The autoencoder is saved as soon as it is
+  trained; if the diffusion checkpoint was made from it, it is kept and only diffusion resumes.
 """
 from __future__ import annotations
 
 import copy
+import os
 import time
 from pathlib import Path
 
@@ -23,14 +37,32 @@ from . import autoencoder as ae_lib
 from . import data as data_lib
 from . import denoiser as dn_lib
 from .collect import RECIPES, Population, rebuild_base
-from .config import Config
+from .config import Config, ConfigError, read_config_file
 from .diffusion import make_scheduler, DDPMScheduler
 from .evaluate import evaluate, format_table
-from .io import load_json, load_tensors, save_json, save_tensors
+from .io import clean_stale_temporaries, load_artifact, load_json, read_digest, save_json, save_tensors, save_text
 from .models import build_model
 from .params import ParamSpec, Standardizer
 from .sample import generate
 from .train import fit_autoencoder, fit_diffusion
+
+# The config fields each artifact depends on (besides the seed, which every step takes).
+STEP_FIELDS = {
+    "population": ("dataset", "model", "model_kwargs", "subset", "recipe", "epochs", "k", "lr", "subset_lr",
+                   "batch_size"),
+    "autoencoder": ("standardize", "autoencoder", "input_noise", "latent_noise", "ae_steps", "ae_lr",
+                    "ae_weight_decay"),
+    "diffusion": ("denoiser", "denoiser_channels", "shared_timestep", "diffusion_steps", "diffusion_lr",
+                  "diffusion_weight_decay", "diffusion_batch_size", "ema_decay"),
+    "generated": ("sampler", "sample_steps", "eta", "num_samples"),
+}
+MADE_BY = {"population": "collect", "autoencoder": "train", "diffusion": "train", "generated": "sample",
+           "report": "evaluate"}
+STEP_COUNT = {"autoencoder": "ae_steps", "diffusion": "diffusion_steps"}  # may grow on resume
+
+
+class StaleArtifact(ValueError):
+    """Files in the run directory that do not belong together."""
 
 
 def pick_device(name: str) -> torch.device:
@@ -39,23 +71,34 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def prepare_run_dir(run_dir: Path) -> Path:
+    """Make the run directory (or check the one there) and clear temporaries a killed write left."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir}: the run directory is a file, not a directory")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not os.access(run_dir, os.W_OK | os.X_OK):
+        raise PermissionError(f"{run_dir}: the run directory is not writable")
+    clean_stale_temporaries(run_dir)
+    return run_dir
+
+
 class PDiff:
     FILES = {
         "config": "config.json", "population": "population.safetensors", "autoencoder": "autoencoder.safetensors",
         "diffusion": "diffusion.safetensors", "generated": "generated.safetensors", "report": "report.json",
         "table": "report.md", "timings": "timings.json",
+        "autoencoder_ckpt": "autoencoder.ckpt.safetensors", "diffusion_ckpt": "diffusion.ckpt.safetensors",
     }
 
     def __init__(self, config: Config | None = None, run_dir: str | Path = "runs/default",
-                 model: nn.Module | None = None, data: data_lib.TensorData | None = None, progress: bool = True):
-        self.config = config or Config()
-        self.run_dir = Path(run_dir)
+                 model: nn.Module | None = None, data: data_lib.TensorData | None = None, progress: bool = True,
+                 allow_stale: bool = False, log=print):
+        self.config = (config or Config()).validate()
+        self.run_dir = prepare_run_dir(Path(run_dir))
         self.device = pick_device(self.config.device)
-        self.progress = progress
+        self.progress, self.allow_stale, self.log = progress, allow_stale, log or (lambda *a: None)
         self._user_model, self._data = model, data
         self.timings: dict[str, float] = {}
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        save_json(self.path("config"), self.config.to_dict())
         if self.device.type == "cpu":
             from .population import warm_allocator
 
@@ -68,6 +111,62 @@ class PDiff:
 
     def path(self, what: str) -> Path:
         return self.run_dir / self.FILES[what]
+
+    # --- provenance -----------------------------------------------------------------------
+    def _fields(self, artifact: str, **actual) -> dict:
+        cfg = {**self.config.to_dict(), **actual}
+        rec = {f: cfg[f] for f in STEP_FIELDS[artifact]}
+        if artifact == "diffusion":
+            rec["denoiser_channels"] = self.denoiser_channels()  # the resolved widths
+        rec["seed"] = cfg["seed"]
+        return rec
+
+    def _record(self, artifact: str, inputs: dict[str, str], **actual) -> dict:
+        return {"config": self._fields(artifact, **actual), "inputs": inputs}
+
+    def _check_settings(self, artifact: str, meta: dict) -> None:
+        """The artifact was made with the settings of this config (seed aside: a new seed is a new draw)."""
+        recorded = meta.get("config")
+        if recorded is None or self.allow_stale:
+            return
+        mine = self._fields(artifact)
+        for f in STEP_FIELDS[artifact]:
+            if f in recorded and recorded[f] != mine[f]:
+                raise StaleArtifact(
+                    f"{self.path(artifact).name} was made with {f}={recorded[f]!r} but the config says {f}={mine[f]!r}: "
+                    f"rerun `pdiff-fast {MADE_BY[artifact]}` to apply it, or leave {f} unchanged")
+
+    def _check_inputs(self, artifact: str, meta: dict, digests: dict[str, str | None]) -> None:
+        """Every input recorded by `artifact` that this step also reads is the file on disk now."""
+        if self.allow_stale:
+            return
+        for parent, recorded in meta.get("inputs", {}).items():
+            if parent in digests and digests[parent] is not None and recorded != digests[parent]:
+                raise StaleArtifact(
+                    f"{self.path(artifact).name} is stale: it was made from another {self.path(parent).name} than the "
+                    f"one in {self.run_dir}; rerun `pdiff-fast {MADE_BY[artifact]}` (or pass --allow-stale)")
+
+    def _load(self, artifact: str, digests: dict[str, str | None]) -> tuple[dict, dict, str | None]:
+        tensors, meta, digest = load_artifact(self.path(artifact))
+        self._check_inputs(artifact, meta, digests)
+        return tensors, meta, digest
+
+    def _save(self, artifact: str, tensors: dict, meta: dict, inputs: dict[str, str], **actual) -> str:
+        return save_tensors(self.path(artifact), tensors, {**meta, **self._record(artifact, inputs, **actual)})
+
+    def _update_config_json(self, artifact: str) -> None:
+        """config.json follows what is on disk: after a step saved `artifact`, its fields go in."""
+        path = self.path("config")
+        if artifact == "population" or not path.is_file():
+            save_json(path, self.config.to_dict())
+            return
+        try:
+            on_disk = read_config_file(path)
+        except ConfigError:
+            on_disk = {}
+        cfg = self.config.to_dict()
+        on_disk.update({f: cfg[f] for f in STEP_FIELDS[artifact]})
+        save_json(path, {**cfg, **on_disk})
 
     # --- pieces -------------------------------------------------------------------------
     @property
@@ -87,12 +186,20 @@ class PDiff:
         out = fn()
         self.timings[name] = time.perf_counter() - start
         path = self.path("timings")
-        old = load_json(path) if path.is_file() else {}
+        try:
+            old = load_json(path) if path.is_file() else {}
+        except ValueError:
+            old = {}
         save_json(path, {**old, **self.timings})
         return out
 
+    def _population(self) -> tuple[Population, str | None]:
+        pop = Population.load(self.path("population"))
+        self._check_settings("population", pop.meta)
+        return pop, read_digest(self.path("population"))
+
     def population(self) -> Population:
-        return Population.load(self.path("population"))
+        return self._population()[0]
 
     def base_model(self) -> nn.Module:
         return rebuild_base(self.new_model(), self.population()).to(self.device)
@@ -136,63 +243,166 @@ class PDiff:
         torch.manual_seed(c.seed)
         model = self.new_model()
         spec = ParamSpec.from_model(model, c.subset)
+        self.build_autoencoder(spec.dim)  # a subset the autoencoder cannot take fails now, not after collection
+        for split in ("train", "test"):
+            if not torch.isfinite(getattr(self.data, f"x_{split}")).all():
+                raise ValueError(f"dataset {self.data.name!r}: the {split} inputs contain NaN or Inf")
         pop = self._timed("collect", lambda: RECIPES[c.recipe](
             model, self.data, spec, epochs=c.epochs, k=c.k, lr=c.lr, subset_lr=c.subset_lr,
             batch_size=c.batch_size, seed=c.seed, progress=self.progress))
-        pop.meta.update({"dataset": self.data.name, "model": c.model, "model_kwargs": c.model_kwargs})
+        pop.meta.update({"dataset": self.data.name, "model": c.model, "model_kwargs": c.model_kwargs,
+                         **self._record("population", {})})
         pop.save(self.path("population"))
+        self._update_config_json("population")
         return pop
 
-    def fit(self) -> tuple[ae_lib.ODEncoder2Decoder, dn_lib.EMA]:
-        c = self.config
-        pop = self.population()
+    def _checkpoint_state(self, artifact: str, inputs: dict, restart: bool):
+        """A compatible checkpoint's (tensors, meta), or None (and why, in the log)."""
+        path = self.path(f"{artifact}_ckpt")
+        if restart or not path.is_file():
+            return None
+        try:
+            tensors, meta, _ = load_artifact(path)
+        except ValueError as exc:
+            self.log(f"ignoring an unreadable checkpoint ({exc})")
+            return None
+        mine = self._fields(artifact)
+        rec = meta.get("config", {})
+        steps = STEP_COUNT[artifact]
+        same = {k: v for k, v in rec.items() if k != steps} == {k: v for k, v in mine.items() if k != steps}
+        if not same or meta.get("inputs") != inputs or meta.get("device") != self.device.type \
+                or meta.get("step", 0) > mine[steps]:
+            self.log(f"{path.name} was made from other inputs or settings; training {artifact} from the start")
+            return None
+        self.log(f"resuming {artifact} training from step {meta['step']} ({path.name})")
+        return tensors, meta
+
+    def _checkpointer(self, artifact: str, inputs: dict):
+        def save(tensors, meta):
+            save_tensors(self.path(f"{artifact}_ckpt"), tensors,
+                         {**meta, **self._record(artifact, inputs), "device": self.device.type})
+        return save
+
+    def _autoencoder_is_current(self, pop_digest) -> bool:
+        """The autoencoder on disk was trained from this population with these settings, and the
+        diffusion checkpoint was made from it (an interrupted `train`)."""
+        ae_digest = read_digest(self.path("autoencoder"))
+        if ae_digest is None or not self.path("diffusion_ckpt").is_file():
+            return False
+        try:
+            _, ae_meta, _ = load_artifact(self.path("autoencoder"))
+            _, ck_meta, _ = load_artifact(self.path("diffusion_ckpt"))
+        except ValueError:
+            return False
+        return (ae_meta.get("inputs", {}).get("population") == pop_digest
+                and ae_meta.get("config") == self._fields("autoencoder")
+                and ck_meta.get("inputs", {}).get("autoencoder") == ae_digest)
+
+    def fit(self, only: str | None = None, restart: bool = False) -> tuple[ae_lib.ODEncoder2Decoder, dn_lib.EMA]:
+        """Train the autoencoder, then the diffusion model (`only="autoencoder"` / `"diffusion"`: one of them)."""
+        if only not in (None, "autoencoder", "diffusion"):
+            raise ValueError(f"fit: only must be 'autoencoder' or 'diffusion', not {only!r}")
+        pop, pop_digest = self._population()
         std = self.standardizer(pop)
         x = (std.transform(pop.params) if std else pop.params).to(self.device)
-        torch.manual_seed(c.seed)
-        ae = self.build_autoencoder(pop.spec.dim).to(self.device)
-        ae_losses = self._timed("train_autoencoder", lambda: fit_autoencoder(
-            ae, x, c.ae_steps, c.ae_lr, c.ae_weight_decay, seed=c.seed, progress=self.progress))
-        with torch.no_grad():
-            latents = ae.encode(x)  # (K, C, L), in [-1, 1] (tanh)
-        model = self.build_denoiser(latents[0].numel()).to(self.device)
-        dm_losses = self._timed("train_diffusion", lambda: fit_diffusion(
-            model, latents, DDPMScheduler(), c.diffusion_steps, c.diffusion_lr, c.diffusion_weight_decay,
-            c.diffusion_batch_size, seed=c.seed, progress=self.progress))
-        extra = std.state_dict() if std else {}
-        save_tensors(self.path("autoencoder"), {**ae.state_dict(), **extra},
-                     {"preset": c.autoencoder, "in_dim": pop.spec.dim, "losses": ae_losses})
-        save_tensors(self.path("diffusion"), model.state_dict(),
-                     {"denoiser": c.denoiser, "channels": self.denoiser_channels(), "latent_shape": list(latents.shape[1:]),
-                      "losses": dm_losses})
+        keep_ae = only == "diffusion" or (only is None and not restart and self._autoencoder_is_current(pop_digest))
+        if keep_ae:
+            if only is None:
+                self.log("keeping the trained autoencoder (an interrupted `train` is resumed)")
+            ae, _, ae_digest = self._load_autoencoder(pop, pop_digest)
+        else:
+            ae, ae_digest = self._fit_autoencoder(pop, pop_digest, x, std, restart)
+        if only == "autoencoder":
+            return ae, None
+        model = self._fit_diffusion(ae, ae_digest, pop_digest, x, restart)
         return ae, model
 
-    def load_models(self):
-        pop = self.population()
-        ae_sd, _ = load_tensors(self.path("autoencoder"))
+    def _fit_autoencoder(self, pop, pop_digest, x, std, restart):
+        c = self.config
+        inputs = {"population": pop_digest}
+        torch.manual_seed(c.seed)
+        ae = self.build_autoencoder(pop.spec.dim).to(self.device)
+        resume = self._checkpoint_state("autoencoder", inputs, restart)
+        losses = self._timed("train_autoencoder", lambda: fit_autoencoder(
+            ae, x, c.ae_steps, c.ae_lr, c.ae_weight_decay, seed=c.seed, progress=self.progress,
+            checkpoint=self._checkpointer("autoencoder", inputs), checkpoint_every=c.checkpoint_every,
+            resume=resume))
+        extra = std.state_dict() if std else {}
+        digest = self._save("autoencoder", {**ae.state_dict(), **extra},
+                            {"preset": c.autoencoder, "in_dim": pop.spec.dim, "losses": losses}, inputs)
+        self.path("autoencoder_ckpt").unlink(missing_ok=True)
+        self._update_config_json("autoencoder")
+        return ae, digest
+
+    def _fit_diffusion(self, ae, ae_digest, pop_digest, x, restart):
+        c = self.config
+        inputs = {"autoencoder": ae_digest, "population": pop_digest}
+        with torch.no_grad():
+            latents = ae.eval().encode(x)  # (K, C, L), in [-1, 1] (tanh)
+        torch.manual_seed(c.seed + 1)  # its own seed: the same initial denoiser whether or not the AE was retrained
+        model = self.build_denoiser(latents[0].numel()).to(self.device)
+        resume = self._checkpoint_state("diffusion", inputs, restart)
+        losses = self._timed("train_diffusion", lambda: fit_diffusion(
+            model, latents, DDPMScheduler(), c.diffusion_steps, c.diffusion_lr, c.diffusion_weight_decay,
+            c.diffusion_batch_size, seed=c.seed, progress=self.progress,
+            checkpoint=self._checkpointer("diffusion", inputs), checkpoint_every=c.checkpoint_every,
+            resume=resume))
+        self._save("diffusion", model.state_dict(),
+                   {"denoiser": c.denoiser, "channels": self.denoiser_channels(),
+                    "latent_shape": list(latents.shape[1:]), "losses": losses}, inputs)
+        self.path("diffusion_ckpt").unlink(missing_ok=True)
+        self._update_config_json("diffusion")
+        return model
+
+    def _load_autoencoder(self, pop, pop_digest):
+        ae_sd, meta, digest = self._load("autoencoder", {"population": pop_digest})
+        self._check_settings("autoencoder", meta)
         std = Standardizer.from_state_dict(pop.spec, ae_sd) if "standardizer.mean" in ae_sd else None
         ae = self.build_autoencoder(pop.spec.dim)
-        ae.load_state_dict({k: v for k, v in ae_sd.items() if not k.startswith("standardizer.")}, strict=True)
-        dm_sd, dm_meta = load_tensors(self.path("diffusion"))
+        try:
+            ae.load_state_dict({k: v for k, v in ae_sd.items() if not k.startswith("standardizer.")}, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{self.path('autoencoder')}: not an autoencoder of this run "
+                             f"({str(exc).splitlines()[0]})") from exc
+        return ae.to(self.device).eval(), std, digest
+
+    def load_models(self, _digests: dict | None = None):
+        pop, pop_digest = self._population()
+        ae, std, ae_digest = self._load_autoencoder(pop, pop_digest)
+        dm_sd, dm_meta, dm_digest = self._load("diffusion", {"population": pop_digest, "autoencoder": ae_digest})
+        self._check_settings("diffusion", dm_meta)
+        if "latent_shape" not in dm_meta:
+            raise ValueError(f"{self.path('diffusion')}: not a diffusion model file (no latent_shape in its metadata)")
         model = self.build_denoiser(int(torch.Size(dm_meta["latent_shape"]).numel()), dm_meta.get("channels"))
-        model.load_state_dict(dm_sd, strict=True)
-        return ae.to(self.device).eval(), model.to(self.device).eval(), std
+        try:
+            model.load_state_dict(dm_sd, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"{self.path('diffusion')}: not a diffusion model of this run "
+                             f"({str(exc).splitlines()[0]})") from exc
+        if _digests is not None:
+            _digests.update({"population": pop_digest, "autoencoder": ae_digest, "diffusion": dm_digest})
+        return ae, model.to(self.device).eval(), std
 
     def sample(self, n: int | None = None) -> torch.Tensor:
         c = self.config
         n = n or c.num_samples
-        ae, model, std = self.load_models()
+        digests: dict = {}
+        ae, model, std = self.load_models(digests)
         flat = self._timed("sample", lambda: generate(
             ae, model.ema, self.scheduler(), n, device=self.device, seed=c.seed,
             memory_budget_bytes=c.memory_budget_mb << 20, cuda_graph=c.cuda_graph, progress=self.progress))
         if std is not None:
             flat = std.inverse(flat)
-        save_tensors(self.path("generated"), {"params": flat}, {"n": n, "sampler": c.sampler})
+        self._save("generated", {"params": flat}, {"n": n, "sampler": c.sampler}, digests, num_samples=n)
+        self._update_config_json("generated")
         return flat
 
     def evaluate(self) -> dict:
         c = self.config
-        pop = self.population()
-        gen_t, _ = load_tensors(self.path("generated"))
+        pop, pop_digest = self._population()
+        gen_t, gen_meta, gen_digest = self._load("generated", {"population": pop_digest})
+        if "params" not in gen_t:
+            raise ValueError(f"{self.path('generated')}: not a generated-parameters file (no 'params' tensor)")
         base = self.base_model()
         d = self.data.to(self.device)
         report = self._timed("evaluate", lambda: evaluate(
@@ -200,14 +410,25 @@ class PDiff:
             noise_sigmas=c.noise_sigmas, seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20))
         report["device"] = str(self.device)
         report["timings"] = dict(self.timings)
+        report["inputs"] = {"population": pop_digest, "generated": gen_digest}
+        report["settings"] = {"population": pop.meta.get("config"), "generated": gen_meta.get("config"),
+                              "evaluate": {"noise_sigmas": c.noise_sigmas, "seed": c.seed}}
         save_json(self.path("report"), report)
-        (self.run_dir / self.FILES["table"]).write_text(format_table(report) + "\n")
+        save_text(self.path("table"), format_table(report) + "\n")
         return report
 
     def report(self) -> str:
         from .report import plot_report
 
         report = load_json(self.path("report"))
+        if not isinstance(report, dict) or "per_model" not in report:
+            raise ValueError(f"{self.path('report')}: not a pdiff_fast report (rerun `pdiff-fast evaluate`)")
+        if not self.allow_stale:
+            for name, recorded in report.get("inputs", {}).items():
+                now = read_digest(self.path(name))
+                if now is not None and recorded != now:
+                    raise StaleArtifact(f"{self.path('report').name} is stale: {self.path(name).name} changed since "
+                                        "it was evaluated; rerun `pdiff-fast evaluate` (or pass --allow-stale)")
         plot_report(report, self.run_dir)
         return format_table(report)
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 
 def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    os.replace(tmp, path)
+    from .io import _write_atomic
+
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
     return path
 
 
@@ -44,7 +44,7 @@ def plot_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     ax.axhline(max(orig), color="gray", linestyle="--", linewidth=1, label="best original")
     ax.set_xlabel("max IoU of wrong predictions to the originals")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("Generated models are not copies of the originals")
+    ax.set_title("Accuracy vs similarity of wrong predictions to the originals")
     ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir / "iou_vs_accuracy.png"))
     plt.close(fig)

@@ -2,6 +2,13 @@
 
 All noise is drawn on the device. N models are sampled in one batch, split into chunks that fit
 a memory budget, so thousands work.
+
+Reproducible and independent of chunking: the noise of model i (its initial latent and every
+step's noise) is a function of (seed, i) alone, so the same seed gives the same models whatever
+the memory budget, chunk size or batch. On the torch path each model has its own generator
+(seeded from (seed, i)) and its whole noise sequence is drawn at once per chunk; on the Triton
+path the initial latent comes from the same per-model generators and the step noise is drawn in
+the fused kernel from (seed, step, global row i).
 """
 from __future__ import annotations
 
@@ -12,51 +19,99 @@ from tqdm.auto import tqdm
 from . import backend
 from .diffusion import DDIMScheduler, DDPMScheduler
 
+_MASK64 = (1 << 64) - 1
+
+
+def model_seed(seed: int, index: int) -> int:
+    """A 63-bit seed for model `index` of a run seeded `seed` (splitmix64 of the pair)."""
+    z = (seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return (z ^ (z >> 31)) >> 1
+
+
+def model_noise(seed: int, start: int, m: int, draws: int, latent_shape, device) -> torch.Tensor:
+    """(draws, m, *latent_shape) standard normal noise for models start..start+m-1 (their own streams)."""
+    out = torch.empty((m, draws, *latent_shape), device=device)
+    for j in range(m):
+        g = torch.Generator(device=device).manual_seed(model_seed(seed, start + j))
+        torch.randn((draws, *latent_shape), generator=g, device=device, out=out[j])
+    return out.transpose(0, 1)
+
+
+def _fused_step_noise(scheduler: DDPMScheduler, device) -> bool:
+    """True when the step op draws its noise in the Triton kernel (so no noise tensor is made)."""
+    op = "ddim_step" if isinstance(scheduler, DDIMScheduler) else "ddpm_step"
+    return backend.choose(op, torch.device(device), ("triton",)) == "triton"
+
 
 @torch.no_grad()
 def sample_latents(denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent_shape: tuple[int, ...],
-                   device, generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-    """Run the reverse process for n samples at once; returns (n, *latent_shape) in [-1, 1]."""
-    x = torch.randn((n, *latent_shape), device=device, generator=generator)
-    for t in tqdm(scheduler.timesteps(), desc=f"sample {n}", disable=not progress, leave=False):
+                   device, generator: torch.Generator | None = None, progress: bool = False, *,
+                   seed: int | None = None, start: int = 0) -> torch.Tensor:
+    """Run the reverse process for n samples at once; returns (n, *latent_shape) in [-1, 1].
+
+    With `seed`, the samples are models start..start+n-1 of that seed's sequence (see the module
+    docstring); without it, noise comes from `generator` for the batch as a whole."""
+    steps = scheduler.timesteps()
+    noise = None
+    if seed is None:
+        x = torch.randn((n, *latent_shape), device=device, generator=generator)
+    elif _fused_step_noise(scheduler, device):
+        x = model_noise(seed, start, n, 1, latent_shape, device)[0]
+    else:
+        noise = model_noise(seed, start, n, 1 + len(steps), latent_shape, device)  # (1 + steps, n, ...)
+        x = noise[0]
+    for i, t in enumerate(tqdm(steps, desc=f"sample {n}", disable=not progress, leave=False)):
         tt = torch.full((n,), t, device=device, dtype=torch.long)
-        x = scheduler.step(denoiser(x, tt), tt, x, generator=generator).prev_sample
+        eps = denoiser(x, tt)
+        if seed is None:
+            x = scheduler.step(eps, tt, x, generator=generator).prev_sample
+        elif noise is not None:
+            x = scheduler.step(eps, tt, x, noise=noise[1 + i]).prev_sample
+        else:
+            x = scheduler.step(eps, tt, x, seed=seed, seed_offset=i, row_offset=start).prev_sample
     return x
 
 
 class GraphedLatentSampler:
     """The whole reverse process for a fixed batch, captured once as a CUDA graph and replayed
-    (CUDA + Triton only): noise is drawn inside the fused step kernel from a seed tensor that is
-    rewritten before each replay, so one replay samples a fresh batch with no host work per step."""
+    (CUDA + Triton only): noise is drawn inside the fused step kernel from seed and row-offset
+    tensors that are rewritten before each replay, so one replay samples the next chunk of a
+    seed's model sequence with no host work per step (the same models as the uncaptured path)."""
 
-    def __init__(self, denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent_shape, device,
-                 generator: torch.Generator | None = None):
+    def __init__(self, denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent_shape, device):
         if isinstance(scheduler, DDIMScheduler):
             raise ValueError("CUDA-graph sampling is implemented for the DDPM sampler")
         graphs = backend.load_triton_op("sample_graph")
         if isinstance(graphs, Exception):
             raise RuntimeError(f"CUDA-graph sampling needs Triton ({graphs})")
         self.seed = torch.zeros(1, dtype=torch.int64, device=device)
+        self.row_offset = torch.zeros(1, dtype=torch.int64, device=device)
         steps = [torch.full((n,), t, device=device, dtype=torch.long) for t in scheduler.timesteps()]
 
         def run(x):
             for i, tt in enumerate(steps):
-                x = scheduler.step(denoiser(x, tt), tt, x, seed=self.seed, seed_offset=i).prev_sample
+                x = scheduler.step(denoiser(x, tt), tt, x, seed=self.seed, seed_offset=i,
+                                   row_offset=self.row_offset).prev_sample
             return x
 
         with backend.use_backend("triton"):
             example = torch.zeros((n, *latent_shape), device=device)
-            self.graphed = graphs.GraphedSampler(run, example, seed=self.seed, generator=generator)
+            self.graphed = graphs.GraphedSampler(run, example, seed=self.seed, row_offset=self.row_offset)
         self.shape, self.device = (n, *latent_shape), device
 
-    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor:
-        x = torch.randn(self.shape, device=self.device, generator=generator)
-        return self.graphed.sample(x)
+    def sample(self, seed: int, start: int = 0) -> torch.Tensor:
+        """Models start..start+n-1 of `seed`'s sequence."""
+        x = model_noise(seed, start, self.shape[0], 1, self.shape[1:], self.device)[0]
+        return self.graphed.sample(x, seed=seed, row_offset=start)
 
 
-def chunk_size_for(latent_numel: int, in_dim: int, budget_bytes: int, denoiser_width: int = 512) -> int:
-    """Samples per chunk: the widest activation (denoiser and decoder) times 4 bytes, a few times over."""
-    per_sample = 4 * 8 * max(latent_numel * denoiser_width, in_dim * 64)
+def chunk_size_for(latent_numel: int, in_dim: int, budget_bytes: int, denoiser_width: int = 512,
+                   noise_draws: int = 0) -> int:
+    """Samples per chunk: the widest activation (denoiser and decoder) times 4 bytes, a few times over,
+    plus the sample's pre-drawn noise (noise_draws latents) on the torch path."""
+    per_sample = 4 * 8 * max(latent_numel * denoiser_width, in_dim * 64) + 4 * noise_draws * latent_numel
     return max(1, budget_bytes // per_sample)
 
 
@@ -66,18 +121,23 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
              cuda_graph: bool = False, progress: bool = True) -> torch.Tensor:
     """Sample n parameter vectors: latents by diffusion, then the autoencoder's decoder. Returns (n, D).
 
-    cuda_graph=True (CUDA + Triton, DDPM): capture the whole loop once per chunk size and replay it.
+    The same seed gives the same n models whatever the chunk size or memory budget (seed=None
+    draws one from torch's global RNG). cuda_graph=True (CUDA + Triton, DDPM): capture the whole
+    loop once per chunk size and replay it.
     """
     if n < 1:
-        raise ValueError("generate: n must be at least 1")
+        raise ValueError(f"generate: the number of samples must be at least 1, got {n}")
     device = torch.device(device or next(denoiser.parameters()).device)
     latent_shape = autoencoder.latent_shape()
-    if chunk_size is None:
-        chunk_size = chunk_size_for(int(torch.Size(latent_shape).numel()), autoencoder.in_dim, memory_budget_bytes)
-    gen = torch.Generator(device=device).manual_seed(seed) if seed is not None else None
-    autoencoder.eval(), denoiser.eval()
     if cuda_graph and device.type != "cuda":
         raise ValueError("cuda_graph=True needs a CUDA device")
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+    if chunk_size is None:
+        draws = 0 if (cuda_graph or _fused_step_noise(scheduler, device)) else scheduler.noise_draws()
+        chunk_size = chunk_size_for(int(torch.Size(latent_shape).numel()), autoencoder.in_dim,
+                                    memory_budget_bytes, noise_draws=draws)
+    autoencoder.eval(), denoiser.eval()
     graphed: dict[int, GraphedLatentSampler] = {}
     out = []
     for start in tqdm(range(0, n, chunk_size), desc="generate", disable=not progress):
@@ -85,8 +145,8 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
         if cuda_graph:
             if m not in graphed:
                 graphed[m] = GraphedLatentSampler(denoiser, scheduler, m, latent_shape, device)
-            z = graphed[m].sample(gen)
+            z = graphed[m].sample(seed, start)
         else:
-            z = sample_latents(denoiser, scheduler, m, latent_shape, device, gen)
+            z = sample_latents(denoiser, scheduler, m, latent_shape, device, seed=seed, start=start)
         out.append(autoencoder.decode(z))
     return torch.cat(out)  # (n, D)

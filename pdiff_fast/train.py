@@ -1,18 +1,39 @@
 """Training loops: the parameter autoencoder and the latent denoiser.
 
 Both follow the reference v1: AdamW (lr 1e-3, wd 2e-6), full batch by default, MSE losses.
-A non-finite loss stops training with an error naming the step.
+
+Resumable: every `checkpoint_every` steps (and at the end) the loops hand their whole state
+(model, optimiser, EMA, every random generator they use, the step and the loss record) to a
+`checkpoint` callback; passing that state back as `resume` continues to the same final result,
+bitwise on CPU, as an uninterrupted run.
+
+Divergence: the loss is read every CHECK_EVERY steps (one host sync per CHECK_EVERY steps). A
+non-finite loss, or one DIVERGE_FACTOR times its first value, stops training with
+TrainingDiverged; the caller's files are untouched and the last checkpoint is a good state.
 """
 from __future__ import annotations
 
+import random
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import nn
 from tqdm.auto import tqdm
 
 from .autoencoder import ODEncoder2Decoder
 from .denoiser import EMA
 from .diffusion import DDPMScheduler
 from .ops import eps_mse
+
+CHECK_EVERY = 50
+DIVERGE_FACTOR = 1e3
+
+Checkpoint = Callable[[dict, dict], None]  # (tensors, meta) -> saves them
+
+
+class TrainingDiverged(FloatingPointError):
+    """The loss became non-finite or grew far beyond its early value."""
 
 
 def _batches(n: int, batch_size: int | None, gen: torch.Generator, device):
@@ -21,26 +42,120 @@ def _batches(n: int, batch_size: int | None, gen: torch.Generator, device):
     return torch.randint(0, n, (batch_size,), generator=gen).to(device)
 
 
-def _check(loss: torch.Tensor, what: str, step: int) -> float:
-    value = loss.item()
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"{what} loss is {value} at step {step}; lower the learning rate or check the data")
-    return value
+class _Run:
+    """The bookkeeping both loops share: loss record, divergence check, checkpoints, resume."""
+
+    def __init__(self, what: str, lr_name: str, lr: float, modules: dict[str, nn.Module], opt, gens: dict,
+                 data: torch.Tensor, checkpoint: Checkpoint | None, checkpoint_every: int):
+        self.what, self.lr_name, self.lr = what, lr_name, lr
+        self.data_scale = data.detach().abs().max().item() if data.numel() else 0.0
+        device = data.device
+        self.modules, self.opt, self.gens, self.device = modules, opt, gens, torch.device(device)
+        self.checkpoint, self.every = checkpoint, checkpoint_every
+        self.losses: list[float] = []
+        self.start = 0
+
+    # --- state ---------------------------------------------------------------------------
+    def state(self, step: int) -> tuple[dict, dict]:
+        """Everything needed to continue after `step` steps: (tensors, JSON meta)."""
+        tensors = {f"{name}.{k}": v for name, m in self.modules.items() for k, v in m.state_dict().items()}
+        opt_sd = self.opt.state_dict()
+        for i, st in opt_sd["state"].items():
+            for k, v in st.items():
+                tensors[f"optim.{i}.{k}"] = v if torch.is_tensor(v) else torch.tensor(v)
+        tensors["rng.torch"] = torch.get_rng_state()
+        if self.device.type == "cuda":
+            tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
+        for name, g in self.gens.items():
+            tensors[f"rng.{name}"] = g.get_state()
+        meta = {"step": step, "losses": list(self.losses), "param_groups": opt_sd["param_groups"],
+                "python_random": _jsonable(random.getstate())}
+        return tensors, meta
+
+    def restore(self, tensors: dict, meta: dict) -> None:
+        for name, m in self.modules.items():
+            prefix = f"{name}."
+            m.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}, strict=True)
+        state: dict[int, dict] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, i, key = k.split(".", 2)
+                state.setdefault(int(i), {})[key] = v
+        self.opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+        torch.set_rng_state(tensors["rng.torch"])
+        if self.device.type == "cuda" and "rng.cuda" in tensors:
+            torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
+        for name, g in self.gens.items():
+            g.set_state(tensors[f"rng.{name}"])
+        random.setstate(_from_jsonable(meta["python_random"]))
+        self.losses = list(meta["losses"])
+        self.start = int(meta["step"])
+
+    # --- per step ------------------------------------------------------------------------
+    def after_step(self, step: int, steps: int, loss: torch.Tensor, bar) -> None:
+        done = step + 1
+        due = self.checkpoint is not None and self.every > 0 and done % self.every == 0 and done < steps
+        if step % CHECK_EVERY == 0 or done == steps or due:
+            value = loss.item()
+            self._check(value, step)
+            if step % CHECK_EVERY == 0 or done == steps:
+                self.losses.append(value)
+            bar.set_postfix(loss=f"{value:.2e}")
+        if due:
+            self.checkpoint(*self.state(done))  # taken right after a passed check: a good state
+
+    def _check(self, value: float, step: int) -> None:
+        first = self.losses[0] if self.losses else value
+        bad = not (value == value and abs(value) != float("inf"))
+        grown = not bad and value > DIVERGE_FACTOR * max(first, 1e-12)
+        if bad and step == self.start == 0:
+            raise TrainingDiverged(
+                f"{self.what} loss is {value} at step 0, before any update: the training data is the likely cause, "
+                f"not the learning rate (largest |value| {self.data_scale:.3g}; standardise it)")
+        if bad or grown:
+            how = f"is {value}" if bad else f"grew to {value:.3g}, over {DIVERGE_FACTOR:g}x its first value {first:.3g}"
+            raise TrainingDiverged(
+                f"{self.what} training diverged at step {step}: the loss {how}. The training data is finite, so "
+                f"the learning rate ({self.lr_name}={self.lr:g}) is the likely cause: lower it. "
+                f"Models already on disk were kept.")
+
+
+def _jsonable(x):
+    return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _from_jsonable(x):
+    return tuple(_from_jsonable(v) for v in x) if isinstance(x, list) else x
+
+
+def _check_data(x: torch.Tensor, what: str) -> None:
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"{what} contains {bad} NaN or Inf values: the data is broken, not the learning rate "
+                         "(check the collected checkpoints)")
 
 
 def fit_autoencoder(ae: ODEncoder2Decoder, params: torch.Tensor, steps: int = 30000, lr: float = 1e-3,
                     weight_decay: float = 2e-6, batch_size: int | None = None, seed: int = 0,
-                    progress: bool = True) -> list[float]:
-    """Train `ae` to reconstruct the (K, D) parameter vectors (with its noise augmentation)."""
+                    progress: bool = True, *, checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
+                    resume: tuple[dict, dict] | None = None) -> list[float]:
+    """Train `ae` to reconstruct the (K, D) parameter vectors (with its noise augmentation).
+
+    Its noise augmentation draws from torch's global RNG, so seed that before calling; it is part
+    of the checkpointed state."""
     if params.dim() != 2 or params.shape[1] != ae.in_dim:
         raise ValueError(f"autoencoder expects (K, {ae.in_dim}) training data, got {tuple(params.shape)}")
-    if not torch.isfinite(params).all():
-        raise ValueError("autoencoder training data contains NaN or Inf")
+    if steps < 1:
+        raise ValueError(f"autoencoder training needs at least 1 step, got {steps}")
+    _check_data(params, "autoencoder training data")
     opt = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
+    run = _Run("autoencoder", "ae_lr", lr, {"model": ae}, opt, {"batches": gen}, params,
+               checkpoint, checkpoint_every)
+    if resume is not None:
+        run.restore(*resume)
     ae.train()
-    losses = []
-    bar = tqdm(range(steps), desc="train autoencoder", disable=not progress)
+    bar = tqdm(range(run.start, steps), desc="train autoencoder", disable=not progress, initial=run.start, total=steps)
     for step in bar:
         idx = _batches(len(params), batch_size, gen, params.device)
         x = params if idx is None else params[idx]
@@ -48,37 +163,42 @@ def fit_autoencoder(ae: ODEncoder2Decoder, params: torch.Tensor, steps: int = 30
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        if step % 50 == 0 or step == steps - 1:
-            losses.append(_check(loss, "autoencoder", step))
-            bar.set_postfix(loss=f"{losses[-1]:.2e}")
+        run.after_step(step, steps, loss, bar)
     ae.eval()
-    return losses
+    return run.losses
 
 
 def fit_diffusion(model: EMA, latents: torch.Tensor, scheduler: DDPMScheduler, steps: int = 30000,
                   lr: float = 1e-3, weight_decay: float = 2e-6, batch_size: int | None = None,
-                  ema_decay: float | None = None, seed: int = 0, progress: bool = True) -> list[float]:
-    """Train the denoiser to predict the noise added to latents (B, C, L); EMA updated every step."""
-    if not torch.isfinite(latents).all():
-        raise ValueError("diffusion training data (latents) contains NaN or Inf")
+                  ema_decay: float | None = None, seed: int = 0, progress: bool = True, *,
+                  checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
+                  resume: tuple[dict, dict] | None = None) -> list[float]:
+    """Train the denoiser to predict the noise added to latents (B, C, L); EMA updated every step.
+
+    Timesteps and noise come from generators seeded with `seed` (on the device, so no host sync
+    per step); both are part of the checkpointed state."""
+    if steps < 1:
+        raise ValueError(f"diffusion training needs at least 1 step, got {steps}")
+    _check_data(latents, "diffusion training data (latents)")
     opt = torch.optim.AdamW(model.model.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     dev_gen = torch.Generator(device=latents.device).manual_seed(seed)
+    run = _Run("diffusion", "diffusion_lr", lr, {"model": model}, opt, {"batches": gen, "noise": dev_gen},
+               latents, checkpoint, checkpoint_every)
+    if resume is not None:
+        run.restore(*resume)
     model.train()
-    losses = []
-    bar = tqdm(range(steps), desc="train diffusion", disable=not progress)
+    bar = tqdm(range(run.start, steps), desc="train diffusion", disable=not progress, initial=run.start, total=steps)
     for step in bar:
         idx = _batches(len(latents), batch_size, gen, latents.device)
         x0 = latents if idx is None else latents[idx]
         t = scheduler.sample_timesteps(x0.shape[0], x0.device, dev_gen)
-        x_t, noise = scheduler.add_noise(x0, t, generator=dev_gen)
+        x_t, noise = scheduler.add_noise(x0, t, generator=dev_gen, seed=seed, seed_offset=step)
         loss = eps_mse(model(x_t, t), noise)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         model.update(ema_decay)
-        if step % 50 == 0 or step == steps - 1:
-            losses.append(_check(loss, "diffusion", step))
-            bar.set_postfix(loss=f"{losses[-1]:.2e}")
+        run.after_step(step, steps, loss, bar)
     model.eval()
-    return losses
+    return run.losses
