@@ -7,8 +7,9 @@
 
 Same semantics as `pdiff_fast.ops.ddim_step.ddim_step_torch`: a_t and a_prev are Python
 floats shared by the whole batch, so the scalar coefficients are computed on the host in
-float64 and the kernel is a flat elementwise pass. With eta > 0 the noise is either given or
-drawn inside the kernel with Philox (`tl.randn`), which removes the separate randn launch.
+float64 and the kernel is an elementwise pass over (rows, columns) tiles. With eta > 0 the noise
+is either given or drawn inside the kernel (kernels/noise.py: a function of the global row and
+the column, as in ddpm_step), which removes the separate randn launch.
 
 Floor (bytes moved per call, fp32, N = numel):
     sigma > 0, noise given:      read x_t, eps, noise + write x_prev, pred_x0 = 5 * 4 * N bytes
@@ -21,34 +22,50 @@ import torch
 import triton
 import triton.language as tl
 
-_BLOCK = 2048  # elements per program
+from .noise import first_row, noise_args, philox_key, randn_tile
+
+_TILE = 2048  # elements per program (rows * columns)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
 def _ddim_step_kernel(
-    x_ptr,  # (N,) x_t
-    eps_ptr,  # (N,) predicted noise
-    noise_ptr,  # (N,) standard normal; unused unless NOISE == 1
-    x_prev_ptr,  # (N,) output x_{t_prev}
-    x0_ptr,  # (N,) output pred_x0
+    x_ptr,  # (B, M) x_t
+    eps_ptr,  # (B, M) predicted noise
+    noise_ptr,  # (B, M) standard normal; unused unless NOISE == 1
+    x_prev_ptr,  # (B, M) output x_{t_prev}
+    x0_ptr,  # (B, M) output pred_x0
     seed_ptr,  # (1,) int64 device seed; unused unless SEED_FROM_PTR
-    seed,  # int: the Philox seed, or the offset added to *seed_ptr
-    N,  # number of elements
+    row_offset_ptr,  # (1,) int64 global index of row 0; unused unless ROW_OFFSET_FROM_PTR
+    seed,  # int Philox seed (unless SEED_FROM_PTR)
+    seed_offset,  # int, e.g. the step index: mixed into the Philox key
+    row_offset,  # int global index of row 0 (unless ROW_OFFSET_FROM_PTR)
+    B,  # rows
+    M,  # elements per row
     sqrt_a,  # sqrt(a_t)
     sqrt_1ma,  # sqrt(1 - a_t)
     sqrt_a_prev,  # sqrt(a_prev)
     direction,  # sqrt(max(1 - a_prev - sigma^2, 0))
     sigma,  # noise scale
     CLIP: tl.constexpr,  # clamp pred_x0 and re-derive eps
-    NOISE: tl.constexpr,  # 0: none, 1: read noise_ptr, 2: draw with tl.randn
-    SEED_FROM_PTR: tl.constexpr,  # effective seed = *seed_ptr + seed
-    BLOCK: tl.constexpr,  # elements per program
+    NOISE: tl.constexpr,  # 0: none, 1: read noise_ptr, 2: draw in the kernel (kernels/noise.py)
+    SEED_FROM_PTR: tl.constexpr,
+    ROW_OFFSET_FROM_PTR: tl.constexpr,
+    ROWS: tl.constexpr,  # rows per program
+    BLOCK_M: tl.constexpr,  # columns per program, a multiple of 4
 ):
+    # (rows, columns) tiles rather than a flat pass: the drawn noise is a function of the row
     pid = tl.program_id(0)
-    offs = pid.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)  # (BLOCK,)
-    mask = offs < N
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    eps = tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    n_col_blocks = tl.cdiv(M, BLOCK_M)
+    row0 = (pid // n_col_blocks) * ROWS
+    col0 = (pid % n_col_blocks) * BLOCK_M
+    rows = row0 + tl.arange(0, ROWS)  # (ROWS,)
+    cols = col0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    mask = (rows < B)[:, None] & (cols < M)[None, :]  # (ROWS, BLOCK_M)
+    # 64-bit only in the per-program base; the in-tile offsets fit in 32 bits
+    base = row0.to(tl.int64) * M + col0
+    offs = tl.arange(0, ROWS)[:, None] * M + tl.arange(0, BLOCK_M)[None, :]  # (ROWS, BLOCK_M)
+    x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    eps = tl.load(eps_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
 
     # 1. x0 prediction; with clipping, the eps consistent with the clipped x0
     x0 = (x - sqrt_1ma * eps) / sqrt_a
@@ -59,21 +76,27 @@ def _ddim_step_kernel(
     # 2. eq. 12: predicted x0, direction pointing to x_t, random noise
     x_prev = sqrt_a_prev * x0 + direction * eps
     if NOISE == 1:
-        x_prev += sigma * tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        x_prev += sigma * tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     elif NOISE == 2:
-        if SEED_FROM_PTR:
-            s = tl.load(seed_ptr) + seed
-        else:
-            s = seed
-        x_prev += sigma * tl.randn(s, offs)
+        key = philox_key(seed_ptr, seed, seed_offset, SEED_FROM_PTR)
+        grow0 = first_row(row_offset_ptr, row_offset, ROW_OFFSET_FROM_PTR) + row0
+        x_prev += sigma * randn_tile(key, grow0, col0, M, ROWS, BLOCK_M)
 
-    tl.store(x_prev_ptr + offs, x_prev, mask=mask)
-    tl.store(x0_ptr + offs, x0, mask=mask)
+    tl.store(x_prev_ptr + base + offs, x_prev, mask=mask)
+    tl.store(x0_ptr + base + offs, x0, mask=mask)
 
 
-def _draw_seed() -> int:
-    """A Philox seed from torch's default CPU generator (follows torch.manual_seed)."""
-    return int(torch.randint(0, 2**31 - 1, (1,)).item())
+def _tile(B: int, M: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row; BLOCK_M >= 4 so
+    the noise comes 4 columns per Philox call."""
+    block_m = max(4, min(triton.next_power_of_2(M), _TILE))
+    rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
+    return rows, block_m
+
+
+def sigma_of(a_t: float, a_prev: float, eta: float) -> float:
+    """The DDIM noise scale eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)."""
+    return eta * ((1.0 - a_prev) / (1.0 - a_t)) ** 0.5 * max(1.0 - a_t / a_prev, 0.0) ** 0.5
 
 
 def ddim_step(
@@ -85,19 +108,22 @@ def ddim_step(
     eta: float = 0.0,
     clip: bool = True,
     *,
+    generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     seed_offset: int = 0,
+    row_offset: int | torch.Tensor = 0,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDIM step; returns (x_prev, pred_x0), both shaped like x_t.
 
-    seed / seed_offset: as in `ddpm_step`; only used when sigma > 0 and noise is None.
+    generator / seed / seed_offset / row_offset: as in `ddpm_step`; only used when sigma > 0
+    and noise is None (the same noise as ddpm_step and q_sample for the same arguments).
     out: optional contiguous (x_prev, pred_x0) buffers shaped like x_t (x_prev may be x_t).
     """
     if eps.shape != x_t.shape or (noise is not None and noise.shape != x_t.shape):
         raise ValueError("ddim_step: x_t, eps and noise must have the same shape")
     a_t, a_prev, eta = float(a_t), float(a_prev), float(eta)
-    sigma = eta * ((1.0 - a_prev) / (1.0 - a_t)) ** 0.5 * max(1.0 - a_t / a_prev, 0.0) ** 0.5
+    sigma = sigma_of(a_t, a_prev, eta)
     direction = max(1.0 - a_prev - sigma**2, 0.0) ** 0.5
     if out is None:
         out = (torch.empty_like(x_t, memory_format=torch.contiguous_format),
@@ -106,27 +132,27 @@ def ddim_step(
     for buf in out:
         if buf.shape != x_t.shape or not buf.is_contiguous() or buf.device != x_t.device:
             raise ValueError("ddim_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
-    N = x_t.numel()
-    if N == 0:
-        return x_prev, x0
-
     x_c = x_t.contiguous()
-    seed_ptr, seed_from_ptr, seed_val = x_c, False, 0  # x_c: placeholder pointers when unused
+    rng = noise_args(0, 0, 0, None, x_c)  # x_c: placeholder pointers, never read
     if sigma <= 0.0:
         noise_c, mode = x_c, 0
     elif noise is not None:
         noise_c, mode = noise.contiguous(), 1
     else:
         noise_c, mode = x_c, 2
-        if isinstance(seed, torch.Tensor):
-            seed_ptr, seed_from_ptr, seed_val = seed.to(x_t.device, torch.int64), True, int(seed_offset)
-        else:
-            seed_val = (_draw_seed() if seed is None else int(seed)) + int(seed_offset)
+        rng = noise_args(seed, seed_offset, row_offset, generator, x_c)
+    if x_t.numel() == 0:
+        return x_prev, x0
+    B = x_t.shape[0] if x_t.dim() > 0 else 1
+    M = x_t.numel() // B
 
-    grid = (triton.cdiv(N, _BLOCK),)
+    rows, block_m = _tile(B, M)
+    grid = (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
     _ddim_step_kernel[grid](
-        x_c, eps.contiguous(), noise_c, x_prev, x0, seed_ptr, seed_val, N,
+        x_c, eps.contiguous(), noise_c, x_prev, x0,
+        rng.seed_ptr, rng.row_offset_ptr, rng.seed, rng.seed_offset, rng.row_offset, B, M,
         a_t**0.5, (1.0 - a_t) ** 0.5, a_prev**0.5, direction, sigma,
-        CLIP=bool(clip), NOISE=mode, SEED_FROM_PTR=seed_from_ptr, BLOCK=_BLOCK, num_warps=4,
+        CLIP=bool(clip), NOISE=mode, SEED_FROM_PTR=rng.seed_from_ptr,
+        ROW_OFFSET_FROM_PTR=rng.row_offset_from_ptr, ROWS=rows, BLOCK_M=block_m, num_warps=4,
     )
     return x_prev, x0

@@ -22,10 +22,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .noise import first_row, noise_args, philox_key, randn_tile
+
 _TILE = 2048  # elements per program (rows * columns); a memory-bound elementwise op
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
 def _ddpm_step_kernel(
     x_ptr,  # (B, M) x_t
     eps_ptr,  # (B, M) predicted noise
@@ -35,23 +37,31 @@ def _ddpm_step_kernel(
     x_prev_ptr,  # (B, M) output x_{t-1}
     x0_ptr,  # (B, M) output pred_x0
     seed_ptr,  # (1,) int64 device seed; unused unless SEED_FROM_PTR
-    seed,  # int: the Philox seed, or the offset added to *seed_ptr
+    row_offset_ptr,  # (1,) int64 global index of row 0; unused unless ROW_OFFSET_FROM_PTR
+    seed,  # int Philox seed (unless SEED_FROM_PTR)
+    seed_offset,  # int, e.g. the step index: mixed into the Philox key
+    row_offset,  # int global index of row 0 (unless ROW_OFFSET_FROM_PTR)
     B,  # rows
     M,  # elements per row
     T,  # number of timesteps (row length of coefs)
     CLIP: tl.constexpr,  # clamp pred_x0 to [-1, 1]
-    NOISE: tl.constexpr,  # 1: read noise_ptr, 2: draw with tl.randn
-    SEED_FROM_PTR: tl.constexpr,  # effective seed = *seed_ptr + seed
+    NOISE: tl.constexpr,  # 1: read noise_ptr, 2: draw in the kernel (kernels/noise.py)
+    SEED_FROM_PTR: tl.constexpr,
+    ROW_OFFSET_FROM_PTR: tl.constexpr,
     ROWS: tl.constexpr,  # rows per program
-    BLOCK_M: tl.constexpr,  # columns per program
+    BLOCK_M: tl.constexpr,  # columns per program, a multiple of 4
 ):
     pid = tl.program_id(0)
     n_col_blocks = tl.cdiv(M, BLOCK_M)
-    rows = (pid // n_col_blocks) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
-    cols = (pid % n_col_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    row0 = (pid // n_col_blocks) * ROWS
+    col0 = (pid % n_col_blocks) * BLOCK_M
+    rows = row0 + tl.arange(0, ROWS)  # (ROWS,)
+    cols = col0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     row_ok = rows < B
     mask = row_ok[:, None] & (cols < M)[None, :]  # (ROWS, BLOCK_M)
-    offs = rows.to(tl.int64)[:, None] * M + cols[None, :]  # (ROWS, BLOCK_M) flat index
+    # 64-bit only in the per-program base; the in-tile offsets fit in 32 bits
+    base = row0.to(tl.int64) * M + col0
+    offs = tl.arange(0, ROWS)[:, None] * M + tl.arange(0, BLOCK_M)[None, :]  # (ROWS, BLOCK_M)
 
     # 1. per-sample coefficients, gathered once per row
     t = tl.load(t_ptr + rows, mask=row_ok, other=0)  # (ROWS,)
@@ -62,8 +72,8 @@ def _ddpm_step_kernel(
     logvar = tl.load(coefs_ptr + 4 * T + t, mask=row_ok, other=0.0)
     sigma = tl.where(t > 0, tl.exp(0.5 * logvar), 0.0)[:, None]  # no noise at t == 0
 
-    x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
-    eps = tl.load(eps_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
+    eps = tl.load(eps_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
 
     # 2. x0 prediction (eq. 15), optionally clipped
     x0 = c_recip * x - c_recipm1 * eps
@@ -73,30 +83,23 @@ def _ddpm_step_kernel(
     # 3. posterior mean (eq. 7) plus fixed-variance noise, then the reference's clamp
     mean = c_mean1 * x0 + c_mean2 * x
     if NOISE == 1:
-        z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        if SEED_FROM_PTR:
-            s = tl.load(seed_ptr) + seed
-        else:
-            s = seed
-        z = tl.randn(s, offs)
+        key = philox_key(seed_ptr, seed, seed_offset, SEED_FROM_PTR)
+        grow0 = first_row(row_offset_ptr, row_offset, ROW_OFFSET_FROM_PTR) + row0
+        z = randn_tile(key, grow0, col0, M, ROWS, BLOCK_M)
     x_prev = tl.minimum(tl.maximum(mean + sigma * z, -1.0), 1.0)
 
-    tl.store(x_prev_ptr + offs, x_prev, mask=mask)
-    tl.store(x0_ptr + offs, x0, mask=mask)
+    tl.store(x_prev_ptr + base + offs, x_prev, mask=mask)
+    tl.store(x0_ptr + base + offs, x0, mask=mask)
 
 
 def _tile(B: int, M: int) -> tuple[int, int]:
-    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row."""
-    block_m = min(triton.next_power_of_2(M), _TILE)
+    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row; BLOCK_M >= 4 so
+    the noise comes 4 columns per Philox call."""
+    block_m = max(4, min(triton.next_power_of_2(M), _TILE))
     rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
     return rows, block_m
-
-
-def _draw_seed(generator: torch.Generator | None = None) -> int:
-    """A Philox seed from torch's RNG, so results follow torch.manual_seed."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device).item())
 
 
 def ddpm_step(
@@ -107,16 +110,22 @@ def ddpm_step(
     coefs: torch.Tensor,  # (5, T) float32
     clip: bool = True,
     *,
+    generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     seed_offset: int = 0,
+    row_offset: int | torch.Tensor = 0,
     out: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One DDPM step; returns (x_prev, pred_x0), both shaped like x_t.
 
-    seed: only used when noise is None. An int, a one-element int64 tensor on x_t's device
-        (read inside the kernel, so a captured CUDA graph can be re-seeded between replays),
-        or None: drawn from torch's default CPU generator.
-    seed_offset: added to the seed, e.g. the step index so one seed serves a whole loop.
+    Noise (only when noise is None), element (i, j) of the (B, M) view: a pure function of
+    (seed, seed_offset, row_offset + i, j), see kernels/noise.py.
+    seed: an int, a one-element int64 tensor on x_t's device (read inside the kernel, so a
+        captured CUDA graph can be re-seeded between replays), or None: an int drawn from
+        `generator` (else torch's default CPU generator).
+    seed_offset: e.g. the step index, so one seed serves a whole loop; mixed into the key.
+    row_offset: the global index of row 0 (int or one-element int64 device tensor), so a
+        sample gets the same noise whatever chunk of a larger batch it is drawn in.
     out: optional contiguous (x_prev, pred_x0) buffers shaped like x_t; x_prev may be x_t
         itself (every element is read before it is written, by the same program).
     """
@@ -134,30 +143,26 @@ def ddpm_step(
     for buf in out:
         if buf.shape != x_t.shape or not buf.is_contiguous() or buf.device != x_t.device:
             raise ValueError("ddpm_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
+    x_c = x_t.contiguous()
+    t_c = t.to(device=x_t.device, dtype=torch.int64).contiguous()
+    if noise is not None:
+        noise_c, mode = noise.contiguous(), 1
+        rng = noise_args(0, 0, 0, None, t_c)  # t_c: a placeholder pointer, never read
+    else:
+        noise_c, mode = x_c, 2  # x_c: a placeholder pointer, never read
+        rng = noise_args(seed, seed_offset, row_offset, generator, t_c)
     if x_t.numel() == 0:
         return x_prev, x0
     M = x_t.numel() // B
-
-    x_c = x_t.contiguous()
-    eps_c = eps.contiguous()
-    t_c = t.to(device=x_t.device, dtype=torch.int64).contiguous()
     coefs_c = coefs.to(device=x_t.device, dtype=torch.float32).contiguous()
-    seed_ptr, seed_from_ptr = t_c, False  # t_c: a placeholder pointer when unused
-    if noise is not None:
-        noise_c, mode, seed_val = noise.contiguous(), 1, 0
-    else:
-        noise_c, mode = x_c, 2  # x_c: a placeholder pointer, never read
-        if isinstance(seed, torch.Tensor):
-            seed_ptr, seed_from_ptr, seed_val = seed.to(x_t.device, torch.int64), True, int(seed_offset)
-        else:
-            seed_val = (_draw_seed() if seed is None else int(seed)) + int(seed_offset)
 
     rows, block_m = _tile(B, M)
     grid = (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
     _ddpm_step_kernel[grid](
-        x_c, eps_c, noise_c, t_c, coefs_c, x_prev, x0, seed_ptr, seed_val,
+        x_c, eps.contiguous(), noise_c, t_c, coefs_c, x_prev, x0,
+        rng.seed_ptr, rng.row_offset_ptr, rng.seed, rng.seed_offset, rng.row_offset,
         B, M, coefs_c.shape[1],
-        CLIP=bool(clip), NOISE=mode, SEED_FROM_PTR=seed_from_ptr,
-        ROWS=rows, BLOCK_M=block_m, num_warps=4,
+        CLIP=bool(clip), NOISE=mode, SEED_FROM_PTR=rng.seed_from_ptr,
+        ROW_OFFSET_FROM_PTR=rng.row_offset_from_ptr, ROWS=rows, BLOCK_M=block_m, num_warps=4,
     )
     return x_prev, x0

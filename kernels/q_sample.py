@@ -4,8 +4,8 @@
 
 Same semantics as `pdiff_fast.ops.q_sample.q_sample_torch`; `coefs` is the (2, T) table
 described there. Returns (x_t, noise): the noise actually used, so the epsilon target is exact.
-When noise is None it is drawn inside the kernel with Philox (`tl.randn`), seeded from
-torch's RNG, instead of a separate torch.randn launch whose output is then read back.
+When noise is None it is drawn inside the kernel (kernels/noise.py, the same noise as ddpm_step
+for the same seed arguments) instead of a separate torch.randn launch whose output is read back.
 
 Floor (bytes moved per call, fp32, N = B*M elements):
     noise drawn:  read x0        + write x_t, noise = 3 * 4 * N bytes   (torch: 4 * 4 * N, 2 launches)
@@ -20,10 +20,12 @@ import torch
 import triton
 import triton.language as tl
 
+from .noise import first_row, noise_args, philox_key, randn_tile
+
 _TILE = 2048  # elements per program (rows * columns)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
 def _q_sample_fwd_kernel(
     x0_ptr,  # (B, M) clean sample
     noise_ptr,  # (B, M) noise: read when NOISE == 1, written when NOISE == 2
@@ -31,38 +33,44 @@ def _q_sample_fwd_kernel(
     coefs_ptr,  # (2, T) float32: sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod
     x_t_ptr,  # (B, M) output
     seed_ptr,  # (1,) int64 device seed; unused unless SEED_FROM_PTR
-    seed,  # int: the Philox seed, or the offset added to *seed_ptr
+    row_offset_ptr,  # (1,) int64 global index of row 0; unused unless ROW_OFFSET_FROM_PTR
+    seed,  # int Philox seed (unless SEED_FROM_PTR)
+    seed_offset,  # int, e.g. the training step: mixed into the Philox key
+    row_offset,  # int global index of row 0 (unless ROW_OFFSET_FROM_PTR)
     B,  # rows
     M,  # elements per row
     T,  # number of timesteps
-    NOISE: tl.constexpr,  # 1: read noise_ptr, 2: draw with tl.randn and store to noise_ptr
-    SEED_FROM_PTR: tl.constexpr,  # effective seed = *seed_ptr + seed
+    NOISE: tl.constexpr,  # 1: read noise_ptr, 2: draw in the kernel and store to noise_ptr
+    SEED_FROM_PTR: tl.constexpr,
+    ROW_OFFSET_FROM_PTR: tl.constexpr,
     ROWS: tl.constexpr,  # rows per program
-    BLOCK_M: tl.constexpr,  # columns per program
+    BLOCK_M: tl.constexpr,  # columns per program, a multiple of 4
 ):
     pid = tl.program_id(0)
     n_col_blocks = tl.cdiv(M, BLOCK_M)
-    rows = (pid // n_col_blocks) * ROWS + tl.arange(0, ROWS)  # (ROWS,)
-    cols = (pid % n_col_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
+    row0 = (pid // n_col_blocks) * ROWS
+    col0 = (pid % n_col_blocks) * BLOCK_M
+    rows = row0 + tl.arange(0, ROWS)  # (ROWS,)
+    cols = col0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
     row_ok = rows < B
     mask = row_ok[:, None] & (cols < M)[None, :]  # (ROWS, BLOCK_M)
-    offs = rows.to(tl.int64)[:, None] * M + cols[None, :]  # (ROWS, BLOCK_M) flat index
+    # 64-bit only in the per-program base; the in-tile offsets fit in 32 bits
+    base = row0.to(tl.int64) * M + col0
+    offs = tl.arange(0, ROWS)[:, None] * M + tl.arange(0, BLOCK_M)[None, :]  # (ROWS, BLOCK_M)
 
     t = tl.load(t_ptr + rows, mask=row_ok, other=0)  # (ROWS,)
     c_signal = tl.load(coefs_ptr + t, mask=row_ok, other=0.0)[:, None]
     c_noise = tl.load(coefs_ptr + T + t, mask=row_ok, other=0.0)[:, None]
 
-    x0 = tl.load(x0_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+    x0 = tl.load(x0_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     if NOISE == 1:
-        z = tl.load(noise_ptr + offs, mask=mask, other=0.0).to(tl.float32)
+        z = tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        if SEED_FROM_PTR:
-            s = tl.load(seed_ptr) + seed
-        else:
-            s = seed
-        z = tl.randn(s, offs)
-        tl.store(noise_ptr + offs, z, mask=mask)
-    tl.store(x_t_ptr + offs, c_signal * x0 + c_noise * z, mask=mask)
+        key = philox_key(seed_ptr, seed, seed_offset, SEED_FROM_PTR)
+        grow0 = first_row(row_offset_ptr, row_offset, ROW_OFFSET_FROM_PTR) + row0
+        z = randn_tile(key, grow0, col0, M, ROWS, BLOCK_M)
+        tl.store(noise_ptr + base + offs, z, mask=mask)
+    tl.store(x_t_ptr + base + offs, c_signal * x0 + c_noise * z, mask=mask)
 
 
 @triton.jit
@@ -98,8 +106,9 @@ def _q_sample_bwd_kernel(
 
 
 def _tile(B: int, M: int) -> tuple[int, int]:
-    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row."""
-    block_m = min(triton.next_power_of_2(M), _TILE)
+    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row; BLOCK_M >= 4 so
+    the noise comes 4 columns per Philox call."""
+    block_m = max(4, min(triton.next_power_of_2(M), _TILE))
     rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
     return rows, block_m
 
@@ -108,31 +117,19 @@ def _grid(B: int, M: int, rows: int, block_m: int) -> tuple[int]:
     return (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
 
 
-def _draw_seed(generator: torch.Generator | None = None) -> int:
-    """A Philox seed from torch's RNG (`generator`, else the default CPU one)."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device).item())
-
-
-def _q_sample_forward(x0, t, coefs, noise, seed, seed_offset, generator, x_t, noise_out):
+def _q_sample_forward(x0, t, coefs, noise, rng, x_t, noise_out):
     """Launch the forward kernel on contiguous x0; fills x_t and (when drawn) noise_out."""
     if x0.numel() == 0:
         return
     B = x0.shape[0] if x0.dim() > 0 else 1
     M = x0.numel() // B
-    seed_ptr, seed_from_ptr, seed_val = t, False, 0  # t: a placeholder pointer when unused
-    if noise is not None:
-        noise_ptr, mode = noise, 1
-    else:
-        noise_ptr, mode = noise_out, 2
-        if isinstance(seed, torch.Tensor):
-            seed_ptr, seed_from_ptr, seed_val = seed.to(x0.device, torch.int64), True, int(seed_offset)
-        else:
-            seed_val = (_draw_seed(generator) if seed is None else int(seed)) + int(seed_offset)
+    noise_ptr, mode = (noise, 1) if noise is not None else (noise_out, 2)
     rows, block_m = _tile(B, M)
     _q_sample_fwd_kernel[_grid(B, M, rows, block_m)](
-        x0, noise_ptr, t, coefs, x_t, seed_ptr, seed_val, B, M, coefs.shape[1],
-        NOISE=mode, SEED_FROM_PTR=seed_from_ptr, ROWS=rows, BLOCK_M=block_m, num_warps=4,
+        x0, noise_ptr, t, coefs, x_t, rng.seed_ptr, rng.row_offset_ptr,
+        rng.seed, rng.seed_offset, rng.row_offset, B, M, coefs.shape[1],
+        NOISE=mode, SEED_FROM_PTR=rng.seed_from_ptr, ROW_OFFSET_FROM_PTR=rng.row_offset_from_ptr,
+        ROWS=rows, BLOCK_M=block_m, num_warps=4,
     )
 
 
@@ -157,10 +154,10 @@ class QSampleFunction(torch.autograd.Function):
     """x_t = c_signal[t] * x0 + c_noise[t] * noise; differentiable in x0 and a given noise."""
 
     @staticmethod
-    def forward(ctx, x0, noise, noise_out, t, coefs, seed, seed_offset, generator):
+    def forward(ctx, x0, noise, noise_out, t, coefs, rng):
         x0 = x0.contiguous()
         x_t = torch.empty_like(x0)
-        _q_sample_forward(x0, t, coefs, noise, seed, seed_offset, generator, x_t, noise_out)
+        _q_sample_forward(x0, t, coefs, noise, rng, x_t, noise_out)
         ctx.save_for_backward(t, coefs)
         ctx.mark_non_differentiable(noise_out)
         return x_t, noise_out
@@ -171,9 +168,9 @@ class QSampleFunction(torch.autograd.Function):
         t, coefs = ctx.saved_tensors
         need_x0, need_noise = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if grad_x_t is None or not (need_x0 or need_noise):
-            return (None,) * 8
+            return (None,) * 6
         grad_x0, grad_noise = _q_sample_backward(grad_x_t, t, coefs, need_x0, need_noise)
-        return grad_x0, grad_noise, None, None, None, None, None, None
+        return grad_x0, grad_noise, None, None, None, None
 
 
 def q_sample(
@@ -185,14 +182,16 @@ def q_sample(
     *,
     seed: int | torch.Tensor | None = None,
     seed_offset: int = 0,
+    row_offset: int | torch.Tensor = 0,
     out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise x0 to timestep t; returns (x_t, noise), both shaped like x0.
 
-    When noise is None the kernel draws it with Philox, seeded by `seed` (an int, or a
-    one-element int64 device tensor read in the kernel) or, when seed is None, by an int
-    drawn with torch.randint from `generator` (default: torch's CPU generator).
-    out: an optional contiguous buffer for x_t (only without autograd).
+    When noise is None the kernel draws it as in `ddpm_step` (kernels/noise.py): element (i, j)
+    is a function of (seed, seed_offset, row_offset + i, j). seed: an int, a one-element int64
+    device tensor read in the kernel, or None: an int drawn with torch.randint from `generator`
+    (default: torch's CPU generator). out: an optional contiguous buffer for x_t (only without
+    autograd).
     """
     B = x0.shape[0] if x0.dim() > 0 else 1
     if noise is not None and noise.shape != x0.shape:
@@ -205,6 +204,10 @@ def q_sample(
     coefs_c = coefs[:2].to(device=x0.device, dtype=torch.float32).contiguous()
     noise_c = noise.contiguous() if noise is not None else None
     noise_out = torch.empty_like(x0, memory_format=torch.contiguous_format) if noise is None else None
+    if noise is None:
+        rng = noise_args(seed, seed_offset, row_offset, generator, t_c)
+    else:
+        rng = noise_args(0, 0, 0, None, t_c)  # t_c: a placeholder pointer, never read
 
     needs_grad = torch.is_grad_enabled() and (
         x0.requires_grad or (noise is not None and noise.requires_grad))
@@ -212,13 +215,12 @@ def q_sample(
         if out is not None:
             raise ValueError("q_sample: out= is not supported when x0 or noise requires grad")
         placeholder = noise_out if noise_out is not None else torch.empty(0, device=x0.device)
-        x_t, _ = QSampleFunction.apply(x0, noise_c, placeholder, t_c, coefs_c, seed, seed_offset, generator)
+        x_t, _ = QSampleFunction.apply(x0, noise_c, placeholder, t_c, coefs_c, rng)
         return x_t, (noise_out if noise is None else noise)
 
     if out is None:
         out = torch.empty_like(x0, memory_format=torch.contiguous_format)
     elif out.shape != x0.shape or not out.is_contiguous() or out.device != x0.device:
         raise ValueError("q_sample: out must be contiguous, on x0's device, shaped like x0")
-    _q_sample_forward(x0.contiguous(), t_c, coefs_c, noise_c, seed, seed_offset, generator,
-                      out, noise_out)
+    _q_sample_forward(x0.contiguous(), t_c, coefs_c, noise_c, rng, out, noise_out)
     return out, (noise_out if noise is None else noise)

@@ -36,8 +36,24 @@ def ddim_step_torch(
     return x_prev, x0
 
 
-def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip: bool = True):
-    """Dispatching entry point; returns (x_prev, pred_x0)."""
-    if backend.choose("ddim_step", x_t.device, ("triton",)) == "triton":
-        return backend.load_triton_op("ddim_step").ddim_step(x_t, eps, a_t, a_prev, noise, eta, clip)
+def _kernel_dtypes(*tensors) -> bool:
+    """The Triton kernels compute in fp32: other dtypes (fp64, ...) take the torch path."""
+    return all(x is None or x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in tensors)
+
+
+def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip: bool = True, *,
+              generator=None, seed=None, seed_offset: int = 0, row_offset=0):
+    """Dispatching entry point; returns (x_prev, pred_x0).
+
+    With eta > 0 and noise=None the noise is drawn on the device, as in `ddpm_step`: in the
+    fused kernel on Triton (from seed, seed_offset, row_offset; seed=None draws an int seed from
+    `generator`), with torch.randn(generator=...) on the torch path.
+    """
+    if (backend.choose("ddim_step", x_t.device, ("triton",)) == "triton"
+            and _kernel_dtypes(x_t, eps, noise)):
+        return backend.load_triton_op("ddim_step").ddim_step(
+            x_t, eps, a_t, a_prev, noise, eta, clip, generator=generator, seed=seed, seed_offset=seed_offset,
+            row_offset=row_offset)
+    if noise is None and eta > 0:
+        noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
     return ddim_step_torch(x_t, eps, a_t, a_prev, noise, eta, clip)

@@ -38,16 +38,26 @@ def ddpm_step_torch(
     return x_prev.clamp(-1.0, 1.0), x0
 
 
-def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, seed=None, seed_offset: int = 0):
+def _kernel_dtypes(*tensors) -> bool:
+    """The Triton kernels compute in fp32: other dtypes (fp64, ...) take the torch path."""
+    return all(x is None or x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in tensors)
+
+
+def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, seed=None, seed_offset: int = 0,
+              row_offset=0):
     """Dispatching entry point; returns (x_prev, pred_x0).
 
-    noise=None draws it on the device: inside the fused kernel on Triton (from `seed`, which
-    may be a one-element CUDA tensor so a captured CUDA graph can be re-seeded), with
-    torch.randn(generator=...) on the torch path.
+    noise=None draws it on the device. On Triton, inside the fused kernel: element (i, j) of the
+    (B, M) view is a pure function of (seed, seed_offset, row_offset + i, j) (kernels/noise.py);
+    seed and row_offset may be one-element int64 device tensors (re-seeding a captured CUDA
+    graph); seed=None draws an int seed from `generator` (else torch's CPU generator). On the
+    torch path: torch.randn(generator=...); seed, seed_offset and row_offset are not used.
     """
-    if backend.choose("ddpm_step", x_t.device, ("triton",)) == "triton":
-        return backend.load_triton_op("ddpm_step").ddpm_step(x_t, eps, t, noise, coefs, clip,
-                                                              seed=seed, seed_offset=seed_offset)
+    if (backend.choose("ddpm_step", x_t.device, ("triton",)) == "triton"
+            and _kernel_dtypes(x_t, eps, noise)):
+        return backend.load_triton_op("ddpm_step").ddpm_step(
+            x_t, eps, t, noise, coefs, clip, generator=generator, seed=seed, seed_offset=seed_offset,
+            row_offset=row_offset)
     if noise is None:
         noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
     return ddpm_step_torch(x_t, eps, t, noise, coefs, clip)

@@ -100,8 +100,10 @@ def test_in_kernel_noise_is_standard_normal_and_seeded():
     a = in_kernel_noise((3, 257), seed=7)
     assert torch.equal(a, in_kernel_noise((3, 257), seed=7))
     assert not torch.equal(a, in_kernel_noise((3, 257), seed=8))
-    seed_t = torch.tensor([6], dtype=torch.int64, device=device)
-    assert torch.equal(a, in_kernel_noise((3, 257), seed=seed_t, seed_offset=1))
+    assert not torch.equal(a, in_kernel_noise((3, 257), seed=6, seed_offset=1))  # mixed, not added
+    seed_t = torch.tensor([7], dtype=torch.int64, device=device)
+    assert torch.equal(a, in_kernel_noise((3, 257), seed=seed_t))
+    assert torch.equal(a[2:], in_kernel_noise((1, 257), seed=7, row_offset=2))
     torch.manual_seed(1)
     b = in_kernel_noise((3, 257))
     torch.manual_seed(1)

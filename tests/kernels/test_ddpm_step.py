@@ -126,10 +126,15 @@ def test_in_kernel_noise_seeding():
     a = in_kernel_noise((3, 257), 500, seed=7)
     assert torch.equal(a, in_kernel_noise((3, 257), 500, seed=7))
     assert not torch.equal(a, in_kernel_noise((3, 257), 500, seed=8))
-    # seed_offset shifts the seed; a device tensor seed reads the same stream
-    assert torch.equal(in_kernel_noise((3, 257), 500, seed=5, seed_offset=2), a)
-    seed_t = torch.tensor([4], dtype=torch.int64, device=device)
-    assert torch.equal(in_kernel_noise((3, 257), 500, seed=seed_t, seed_offset=3), a)
+    # seed_offset is mixed into the key (not added to the seed); a device tensor seed reads the
+    # same stream as the int (the full contract: test_noise.py)
+    assert not torch.equal(in_kernel_noise((3, 257), 500, seed=6, seed_offset=1), a)
+    seed_t = torch.tensor([7], dtype=torch.int64, device=device)
+    assert torch.equal(in_kernel_noise((3, 257), 500, seed=seed_t), a)
+    assert torch.equal(in_kernel_noise((2, 257), 500, seed=7, row_offset=1), a[1:])
+    # a generator gives the int seed when none is given
+    b = in_kernel_noise((3, 257), 500, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(b, in_kernel_noise((3, 257), 500, generator=torch.Generator().manual_seed(3)))
     # no seed: drawn from torch's generator, so torch.manual_seed reproduces it
     torch.manual_seed(0)
     b = in_kernel_noise((3, 257), 500)
@@ -143,7 +148,7 @@ def test_in_kernel_noise_step_matches_reference_with_that_noise(clip):
     coefs = schedule()
     x_t, eps, _, t = inputs((5, 129), seed=3)
     x_prev, x0 = kmod.ddpm_step(x_t, eps, t, None, coefs, clip, seed=99, out=poisoned(x_t))
-    z = in_kernel_noise((5, 129), 500, seed=99)  # same seed, same flat offsets -> same noise
+    z = in_kernel_noise((5, 129), 500, seed=99)  # same seed, same rows -> same noise
     ref_prev, ref_x0 = ddpm_step_torch(x_t, eps, t, z, coefs, clip)
     torch.testing.assert_close(x0, ref_x0, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(x_prev, ref_prev, rtol=1e-5, atol=2e-5)

@@ -81,8 +81,9 @@ def test_in_kernel_noise_seeding():
     a = kmod.q_sample(x0, t, coefs, seed=11)[1]
     assert torch.equal(a, kmod.q_sample(x0, t, coefs, seed=11)[1])
     assert not torch.equal(a, kmod.q_sample(x0, t, coefs, seed=12)[1])
-    seed_t = torch.tensor([10], dtype=torch.int64, device=device)
-    assert torch.equal(a, kmod.q_sample(x0, t, coefs, seed=seed_t, seed_offset=1)[1])
+    assert not torch.equal(a, kmod.q_sample(x0, t, coefs, seed=10, seed_offset=1)[1])  # mixed, not added
+    seed_t = torch.tensor([11], dtype=torch.int64, device=device)
+    assert torch.equal(a, kmod.q_sample(x0, t, coefs, seed=seed_t)[1])
     gen = torch.Generator().manual_seed(5)
     b = kmod.q_sample(x0, t, coefs, generator=gen)[1]
     assert torch.equal(b, kmod.q_sample(x0, t, coefs, generator=torch.Generator().manual_seed(5))[1])
