@@ -28,9 +28,19 @@ How it runs (the model in eval mode: BatchNorm uses the base model's running sta
 On CPU, the first call runs `warm_allocator()` (see there: glibc page-faults multi-MB tensors
 in again on every allocation otherwise).
 
+Memory: besides the activations of one tile (bounded by memory_budget_bytes), a call keeps
+per model only its wrong-prediction bitset (ceil(n_test / 8) bytes), a few scalars and the
+smallest top-2 gap of each test batch (4 bytes per batch); the generated parameters are
+unflattened chunk by chunk (all at once when they take under a quarter of the budget).
+`predictions` (N, n_test) int64 is kept only when keep_predictions=True (the default;
+evaluate() does not keep them).
+
 `evaluate_one_by_one` is the slow reference (one model at a time, as the original code), and
 `iou_matrix` the IoU of wrong-prediction sets (|A & B| / |A | B|, 1.0 for two empty sets) with
 the popcount kernel of the extension; `iou_matrix_torch` is its reference on bool tensors.
+`iou_stats` reduces the IoU matrix of two populations (or of one with itself, diagonal left
+out) to its mean, row maxima and maximum block by block, within a memory budget, without ever
+holding the whole (Na, Nb) matrix.
 """
 from __future__ import annotations
 
@@ -58,7 +68,7 @@ CALIBRATION_MARGIN = 64.0  # recheck gaps within 64x the observed batched-vs-ref
 class PopulationResult:
     accuracy: torch.Tensor  # (N,) float32, percent; NaN where finite is False
     wrong: torch.Tensor  # (N, W) uint8, W = ceil(n_test / 8): bit k of byte w = sample 8w + k wrong
-    predictions: torch.Tensor  # (N, n_test) int64; -1 where finite is False
+    predictions: torch.Tensor | None  # (N, n_test) int64; -1 where finite is False; None unless kept
     finite: torch.Tensor  # (N,) bool: all parameters finite (the model was evaluated)
     rechecked: int = 0  # (model, batch) pairs recomputed by the reference path
 
@@ -92,16 +102,110 @@ def iou_matrix_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.where(union == 0, torch.ones_like(iou), iou)
 
 
-def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
-    """(Na, W), (Nb, W) packed bitsets (uint8 / int64) -> (Na, Nb) float32 IoU."""
+def _check_bitsets(op: str, wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> None:
     if wrong_a.dim() != 2 or wrong_b.dim() != 2 or wrong_a.shape[1] != wrong_b.shape[1]:
-        raise ValueError(f"iou_matrix: expected (Na, W) and (Nb, W) bitsets, got "
+        raise ValueError(f"{op}: expected (Na, W) and (Nb, W) bitsets, got "
                          f"{tuple(wrong_a.shape)} and {tuple(wrong_b.shape)}")
     if wrong_a.dtype != wrong_b.dtype:
-        raise ValueError(f"iou_matrix: mismatched dtypes {wrong_a.dtype} and {wrong_b.dtype}")
+        raise ValueError(f"{op}: mismatched dtypes {wrong_a.dtype} and {wrong_b.dtype}")
+
+
+def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
+    """(Na, W), (Nb, W) packed bitsets (uint8 / int64) -> (Na, Nb) float32 IoU."""
+    _check_bitsets("iou_matrix", wrong_a, wrong_b)
     if backend.choose("iou_matrix", wrong_a.device, ("ext",)) == "ext":
         return backend.load_extension().iou_matrix(wrong_a, wrong_b)
     return iou_matrix_torch(unpack_bits(wrong_a), unpack_bits(wrong_b))
+
+
+@dataclass
+class IoUStats:
+    """What the memorisation analysis needs of an (Na, Nb) IoU matrix (see iou_stats)."""
+    mean: float  # mean over the pairs (a self-comparison leaves out the diagonal); NaN without pairs
+    max: float  # largest IoU of any pair; NaN without pairs
+    row_max: torch.Tensor | None  # (Na,) float32 max of each row's pairs (NaN for a row without any)
+    pairs: int  # number of pairs averaged
+
+
+IOU_BLOCK_BYTES_PER_VALUE = 24  # float32 IoU (4) + the float64 copy sum(dtype=float64) makes (8), x2 slack
+IOU_TORCH_BYTES_PER_BIT = 34  # unpacking path: (uint8 + bool + float64) per bit of a row, both sides
+IOU_TORCH_BYTES_PER_VALUE = 48  # unpacking path: float64 inter / union / iou per pair
+
+
+def _iou_blocks(na: int, nb: int, n_bits: int, use_ext: bool, budget: int) -> tuple[int, int]:
+    """Rows and columns of one IoU block whose working memory stays within budget bytes."""
+    budget = max(1, budget)
+    if use_ext:  # the popcount kernel reads the packed bits: only the (rows, cols) output counts
+        cols = min(nb, max(1, budget // IOU_BLOCK_BYTES_PER_VALUE))
+        rows = min(na, max(1, budget // (IOU_BLOCK_BYTES_PER_VALUE * cols)))
+        return rows, cols
+    # torch reference: both sides unpacked to float64: s * n_bits * 34 + s^2 * 48 <= budget
+    a, b = IOU_TORCH_BYTES_PER_VALUE, IOU_TORCH_BYTES_PER_BIT * n_bits
+    side = int((-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a))
+    return min(na, max(1, side)), min(nb, max(1, side))
+
+
+def iou_stats(wrong_a: torch.Tensor, wrong_b: torch.Tensor | None = None, *, row_max: bool = True,
+              memory_budget_bytes: int = 2 ** 30, block_rows: int | None = None,
+              block_cols: int | None = None) -> IoUStats:
+    """Mean, maximum and row maxima of iou_matrix(wrong_a, wrong_b) (Na, Nb), computed in
+    blocks of rows (and of columns when needed) sized to memory_budget_bytes, never holding
+    the whole matrix: each block is one iou_matrix call (the extension's popcount kernel when
+    available) reduced on the spot.
+
+    wrong_b None: wrong_a against itself, the diagonal (each model with itself) left out of
+    the mean and the maxima; with row_max=False only the upper triangle is computed (the IoU
+    is symmetric), half the work. block_rows / block_cols override the sizes (tests).
+
+    The mean is the exactly rounded sum of the per-row float64 sums divided by the number of
+    pairs: each row sum of float32 IoUs (multiples of 2^-(23 + ceil(log2 n_bits))) is exact
+    while Nb * n_bits <= 2^29, so the result then depends neither on the block sizes nor on
+    the order of the blocks, and equals the mean of the whole matrix in float64.
+    """
+    self_pairs = wrong_b is None
+    b_bits = wrong_a if self_pairs else wrong_b
+    _check_bitsets("iou_stats", wrong_a, b_bits)
+    na, nb = wrong_a.shape[0], b_bits.shape[0]
+    device = wrong_a.device
+    triangle = self_pairs and not row_max
+    use_ext = backend.choose("iou_matrix", device, ("ext",)) == "ext"
+    n_bits = wrong_a.shape[1] * wrong_a.element_size() * 8
+    rows, cols = _iou_blocks(na, nb, n_bits, use_ext, memory_budget_bytes)
+    rows, cols = max(1, block_rows or rows), max(1, block_cols or cols)
+    row_sum = torch.zeros(na, dtype=torch.float64, device=device)
+    rmax = torch.full((na,), -math.inf, device=device) if row_max else None
+    best = -math.inf
+    for r0 in range(0, na, rows):
+        r1 = min(na, r0 + rows)
+        for c0 in range(r0 if triangle else 0, nb, cols):
+            c1 = min(nb, c0 + cols)
+            block = iou_matrix(wrong_a[r0:r1], b_bits[c0:c1])  # (r, c) float32
+            if triangle:
+                if c0 < r1:  # keep column j > row i only
+                    block.triu_(r0 - c0 + 1)
+                row_sum[r0:r1] += block.sum(1, dtype=torch.float64)
+                best = max(best, block.max().item())
+                continue
+            lo, hi = max(r0, c0), min(r1, c1)
+            diag = torch.arange(lo, hi, device=device) if self_pairs and lo < hi else None
+            if diag is not None:
+                block[diag - r0, diag - c0] = 0.0
+            row_sum[r0:r1] += block.sum(1, dtype=torch.float64)
+            if diag is not None:
+                block[diag - r0, diag - c0] = -math.inf
+            block_max = block.amax(1)
+            if rmax is not None:
+                torch.maximum(rmax[r0:r1], block_max, out=rmax[r0:r1])
+            best = max(best, block_max.max().item())
+    pairs = na * nb - (na if self_pairs else 0)
+    if triangle:
+        pairs = na * (na - 1)
+    total = math.fsum(row_sum.tolist()) * (2 if triangle else 1)
+    if rmax is not None:
+        rmax[torch.isinf(rmax)] = math.nan  # rows without a pair (a self-comparison of one model)
+    if pairs == 0:
+        return IoUStats(math.nan, math.nan, rmax, 0)
+    return IoUStats(total / pairs, best, rmax, pairs)
 
 
 # --- fused norm affine + activation ----------------------------------------------------------
@@ -410,12 +514,64 @@ def _check(spec: ParamSpec, flat: torch.Tensor, x_test: torch.Tensor, y_test: to
                          f"same (non-zero) number of samples, y_test 1-D")
 
 
-def _result(preds: torch.Tensor, finite: torch.Tensor, y_test: torch.Tensor, rechecked: int) -> PopulationResult:
-    correct = preds == y_test.to(preds.device)  # (N, n)
-    wrong = ~correct
-    accuracy = correct.float().mean(1) * 100
+def check_test_set(base_model: nn.Module, x_test: torch.Tensor, y_test: torch.Tensor) -> None:
+    """Raise ValueError when the test inputs hold NaN / Inf (every model would be scored on
+    garbage) or a label lies outside [0, num_classes), num_classes read from the model's
+    output on one sample. Cheap: one pass over x_test (in chunks of about 16 MB of masks) and
+    y_test, one forward of one sample."""
+    if x_test.is_floating_point() or x_test.is_complex():
+        step = max(1, (16 << 20) // max(1, x_test[0].numel()))
+        bad = sum(int((~torch.isfinite(x_test[i:i + step])).sum()) for i in range(0, x_test.shape[0], step))
+        if bad:
+            raise ValueError(f"test inputs contain NaN or Inf: {bad} non-finite values in x_test "
+                             f"{tuple(x_test.shape)}")
+    if y_test.dtype == torch.bool or y_test.is_complex() or y_test.numel() == 0 or x_test.shape[0] == 0:
+        return
+    device = next(base_model.parameters()).device
+    with torch.no_grad(), _eval_mode(base_model):
+        out = base_model(x_test[:1].to(device))
+    if not isinstance(out, torch.Tensor) or out.dim() != 2:
+        return  # evaluate_population reports outputs that are not (batch, classes) logits
+    num_classes = out.shape[1]
+    outside = ~((y_test >= 0) & (y_test < num_classes))  # NaN labels count as outside
+    if outside.any():
+        first = outside.nonzero()[0, 0].item()
+        raise ValueError(f"test labels must lie in [0, {num_classes}) (the model outputs {num_classes} "
+                         f"classes): {int(outside.sum())} do not, e.g. y_test[{first}] = {y_test[first].item()}")
+
+
+_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
+
+
+def _wrong_counts(bits: torch.Tensor, budget: int = 64 << 20) -> torch.Tensor:
+    """(N, W) uint8 bitsets -> (N,) int64 number of set bits, in row blocks."""
+    table = _POPCOUNT.to(bits.device)
+    step = max(1, budget // (16 * max(1, bits.shape[1])))
+    return torch.cat([table[bits[i:i + step].long()].sum(1) for i in range(0, bits.shape[0], step)])
+
+
+def _accuracy(wrong: torch.Tensor, finite: torch.Tensor, n_test: int) -> torch.Tensor:
+    """Percent correct from the wrong bitsets; NaN where finite is False. Same float32 values
+    as (preds == y).float().mean(1) * 100: the count is exact, then one division."""
+    accuracy = (n_test - _wrong_counts(wrong)).float() / n_test * 100
     accuracy[~finite] = float("nan")
-    return PopulationResult(accuracy, pack_bits(wrong), preds, finite, rechecked)
+    return accuracy
+
+
+def _write_bits(bits: torch.Tensor, rows, c0: int, mask: torch.Tensor) -> None:
+    """Set bits[rows] columns c0 .. c0 + n to the (m, n) bool mask, leaving the others."""
+    n = mask.shape[1]
+    lo, w0, w1 = c0 % 8, c0 // 8, (c0 + n + 7) // 8
+    padded = torch.zeros(mask.shape[0], (w1 - w0) * 8, dtype=torch.bool)
+    padded[:, lo:lo + n] = mask.cpu()
+    keep = torch.ones(1, (w1 - w0) * 8, dtype=torch.bool)
+    keep[:, lo:lo + n] = False
+    bits[rows, w0:w1] = (bits[rows, w0:w1] & pack_bits(keep)) | pack_bits(padded)
+
+
+def _result(preds: torch.Tensor, finite: torch.Tensor, y_test: torch.Tensor, rechecked: int) -> PopulationResult:
+    wrong = pack_bits(preds != y_test.to(preds.device))  # (N, W)
+    return PopulationResult(_accuracy(wrong, finite, preds.shape[1]), wrong, preds, finite, rechecked)
 
 
 def evaluate_one_by_one(base_model: nn.Module, spec: ParamSpec, flat: torch.Tensor, x_test: torch.Tensor,
@@ -423,6 +579,7 @@ def evaluate_one_by_one(base_model: nn.Module, spec: ParamSpec, flat: torch.Tens
     """The slow reference: one deep copy of the base model, each row loaded into it and run
     over the test set in batches of `batch_size` (eval mode), one model at a time."""
     _check(spec, flat, x_test, y_test)
+    check_test_set(base_model, x_test, y_test)
     device = next(base_model.parameters()).device
     model = copy.deepcopy(base_model).eval()
     finite = torch.isfinite(flat).all(1).cpu()
@@ -449,14 +606,36 @@ def _top2_gap(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return pred, gap
 
 
-def _batched_pass(plan: _Plan, stacked: dict[str, torch.Tensor], x_test: torch.Tensor, device, *,
-                  batch_size: int, tile: int, max_models_per_chunk: int | None, calib: tuple[int, ...]):
-    """Steps 1-3: predictions and top-2 logit gaps (n_run, n_test) of every model, and the
+class _Rows:
+    """The models to run, n_run rows of flat (the finite ones), fetched chunk by chunk: no
+    copy of all of them is made."""
+
+    def __init__(self, flat: torch.Tensor, finite: torch.Tensor):
+        self.flat = flat
+        self.all = bool(finite.all())
+        self.idx = None if self.all else finite.nonzero().flatten()  # rows of flat, on the CPU
+        self.n = flat.shape[0] if self.all else self.idx.numel()
+
+    def out_rows(self, r0: int, r1: int):
+        """Rows r0 .. r1 of the run, as rows of the result tensors (a slice or an index)."""
+        return slice(r0, r1) if self.all else self.idx[r0:r1]
+
+    def get(self, r0: int, r1: int) -> torch.Tensor:
+        return self.flat[r0:r1] if self.all else self.flat[self.idx[r0:r1].to(self.flat.device)]
+
+
+def _batched_pass(plan: _Plan, spec: ParamSpec, rows: _Rows, x_test: torch.Tensor, y_test: torch.Tensor, device,
+                  wrong: torch.Tensor, preds: torch.Tensor | None, *, batch_size: int, tile: int,
+                  max_models_per_chunk: int | None, calib: tuple[int, ...], memory_budget_bytes: int):
+    """Steps 1-3: writes the wrong bits (and predictions, when kept) of every model run; returns
+    the smallest top-2 logit gap of each (model run, test batch) (n_run, n_batches) and the
     logits of the calibration models on the first batch."""
-    n_run, n_test = next(iter(stacked.values())).shape[0], x_test.shape[0]
-    preds = torch.empty(n_run, n_test, dtype=torch.int64)
-    gaps = torch.empty(n_run, n_test)
+    n_run, n_test = rows.n, x_test.shape[0]
+    min_gaps = torch.full((n_run, -(-n_test // batch_size)), math.inf)
     calib_logits: dict[int, list[torch.Tensor]] = {}
+    all_params = None  # unflattened once when they take under a quarter of the budget, else per chunk
+    if n_run * spec.dim * rows.flat.element_size() <= memory_budget_bytes // 4:
+        all_params = spec.unflatten_stacked(rows.get(0, n_run).to(device))
     for s in range(0, n_test, batch_size):
         h = x_test[s:s + batch_size].to(device)
         b = h.shape[0]
@@ -467,74 +646,105 @@ def _batched_pass(plan: _Plan, stacked: dict[str, torch.Tensor], x_test: torch.T
         sub = -(-b // -(-b // sub))  # samples per tile, balanced: 1000 -> 2 x 500, not 964 + 36
         for m0 in range(0, n_run, m):
             m1 = min(n_run, m0 + m)
-            params = {k: v[m0:m1] for k, v in stacked.items()}
+            if all_params is not None:
+                params = {k: v[m0:m1] for k, v in all_params.items()}  # {name: (m, *shape)}
+            else:
+                params = spec.unflatten_stacked(rows.get(m0, m1).to(device))
+            out_rows = rows.out_rows(m0, m1)
             for u in range(0, b, sub):
                 out = _run_suffix(plan, h[u:u + sub], params, m1 - m0)  # (m, sub, K)
                 if out.dim() != 3:
                     raise ValueError(f"evaluate_population: the model must output (batch, classes) "
                                      f"logits, got {tuple(out.shape[1:])} per model")
                 p, g = _top2_gap(out)
-                cols = slice(s + u, s + u + out.shape[1])
-                preds[m0:m1, cols], gaps[m0:m1, cols] = p.cpu(), g.cpu()
+                p = p.cpu()
+                c0 = s + u
+                _write_bits(wrong, out_rows, c0, p != y_test[c0:c0 + p.shape[1]])
+                if preds is not None:
+                    preds[out_rows, c0:c0 + p.shape[1]] = p
+                g = torch.where(torch.isnan(g), -math.inf, g).amin(1).cpu()  # NaN: always rechecked
+                torch.minimum(min_gaps[m0:m1, s // batch_size], g, out=min_gaps[m0:m1, s // batch_size])
                 for c in calib:
                     if s == 0 and m0 <= c < m1:
                         calib_logits.setdefault(c, []).append(out[c - m0].float().cpu())
-    return preds, gaps, {c: torch.cat(parts) for c, parts in calib_logits.items()}
+            del params
+    return min_gaps, {c: torch.cat(parts) for c, parts in calib_logits.items()}
 
 
-def _recheck(ref_model: nn.Module, spec: ParamSpec, rows: torch.Tensor, x_test: torch.Tensor, device,
-             preds: torch.Tensor, gaps: torch.Tensor, calib_logits: dict[int, torch.Tensor], batch_size: int) -> int:
+def _recheck(ref_model: nn.Module, spec: ParamSpec, rows: _Rows, x_test: torch.Tensor, y_test: torch.Tensor,
+             device, wrong: torch.Tensor, preds: torch.Tensor | None, min_gaps: torch.Tensor,
+             calib_logits: dict[int, torch.Tensor], batch_size: int) -> int:
     """Step 4: measure how far the batched logits are from the reference's on the first batch,
     then recompute with the reference every (model, batch) with a top-2 gap within 64x that
-    distance (every exact tie when there is none). Updates preds; returns the pairs redone."""
+    distance (every exact tie when there is none). Updates the wrong bits (and predictions);
+    returns the pairs redone."""
     diff = 0.0
     for c, got in calib_logits.items():
-        spec.load_into(ref_model, rows[c].to(device))
+        spec.load_into(ref_model, rows.get(c, c + 1)[0].to(device))
         ref = ref_model(x_test[:batch_size].to(device)).float().cpu()
         delta = (ref - got).abs()
         delta[(ref.isnan() & got.isnan()) | ((ref == got) & ref.isinf())] = 0  # same non-finite
         diff = max(diff, delta.max().item() if torch.isfinite(delta).all() else math.inf)
-    ambiguous = ~(gaps > CALIBRATION_MARGIN * diff)  # NaN gaps (non-finite logits) count too
+    ambiguous = ~(min_gaps > CALIBRATION_MARGIN * diff)  # (n_run, n_batches); NaN gaps count too
     redone = 0
     for r in ambiguous.any(1).nonzero().flatten().tolist():
-        spec.load_into(ref_model, rows[r].to(device))
-        for s in range(0, x_test.shape[0], batch_size):
-            if ambiguous[r, s:s + batch_size].any():
-                preds[r, s:s + batch_size] = ref_model(x_test[s:s + batch_size].to(device)).argmax(-1).cpu()
-                redone += 1
+        spec.load_into(ref_model, rows.get(r, r + 1)[0].to(device))
+        out_rows = rows.out_rows(r, r + 1)
+        for bi in ambiguous[r].nonzero().flatten().tolist():
+            s = bi * batch_size
+            p = ref_model(x_test[s:s + batch_size].to(device)).argmax(-1).cpu()[None]  # (1, b)
+            _write_bits(wrong, out_rows, s, p != y_test[s:s + p.shape[1]])
+            if preds is not None:
+                preds[out_rows, s:s + p.shape[1]] = p
+            redone += 1
     return redone
+
+
+def _finite_rows(flat: torch.Tensor, budget: int) -> torch.Tensor:
+    """(N, D) -> (N,) bool on the CPU: all of the row finite; in row blocks (no (N, D) mask)."""
+    step = max(1, budget // (4 * max(1, flat.shape[1])))
+    return torch.cat([torch.isfinite(flat[i:i + step]).all(1).cpu() for i in range(0, flat.shape[0], step)])
 
 
 def evaluate_population(base_model: nn.Module, spec: ParamSpec, flat: torch.Tensor, x_test: torch.Tensor,
                         y_test: torch.Tensor, *, batch_size: int = 1024, max_models_per_chunk: int | None = None,
-                        memory_budget_bytes: int = 2 ** 30) -> PopulationResult:
+                        memory_budget_bytes: int = 2 ** 30, keep_predictions: bool = True) -> PopulationResult:
     """Accuracy, predictions and wrong-prediction bitsets of N parameter sets (rows of flat,
     laid out by spec) in base_model, on (x_test, y_test). Same predictions as
     evaluate_one_by_one(..., batch_size=batch_size); see the module docstring for how.
 
     memory_budget_bytes bounds the activations of one (models x samples) tile (at least one
     model on one sample, or on a whole batch when the model mixes samples);
-    max_models_per_chunk caps the models per tile."""
+    max_models_per_chunk caps the models per tile. Besides, the result holds per model its
+    wrong bitset (n_test / 8 bytes) and, with keep_predictions (the default), its predictions
+    (8 * n_test bytes; predictions is None otherwise).
+
+    Raises ValueError when x_test holds NaN / Inf or y_test a label outside [0, classes)."""
     _check(spec, flat, x_test, y_test)
+    check_test_set(base_model, x_test, y_test)
     spec.check(base_model)
     device = next(base_model.parameters()).device
-    finite = torch.isfinite(flat).all(1).cpu()
-    idx = finite.nonzero().flatten()  # the models to run
-    preds = torch.full((flat.shape[0], x_test.shape[0]), -1, dtype=torch.int64)
-    if idx.numel() == 0:
-        return _result(preds, finite, y_test.cpu(), 0)
-    if device.type == "cpu":
-        warm_allocator()
-    rows = flat[idx.to(flat.device)]  # (n_run, D)
-    with torch.no_grad(), _eval_mode(base_model):
-        stacked = spec.unflatten_stacked(rows.to(device))  # {name: (n_run, *shape)}
-        plan = _plan(base_model, spec, x_test[:2].to(device))
-        tile = max(1, min(memory_budget_bytes // (MEMORY_SAFETY * plan.pair_bytes),
-                          CACHE_TILE_BYTES // plan.pair_bytes))
-        calib = (0, len(idx) - 1) if len(idx) >= 64 else (0,)
-        fast, gaps, calib_logits = _batched_pass(plan, stacked, x_test, device, batch_size=batch_size, tile=tile,
-                                                 max_models_per_chunk=max_models_per_chunk, calib=calib)
-        ref_model = copy.deepcopy(base_model).eval()
-        redone = _recheck(ref_model, spec, rows, x_test, device, fast, gaps, calib_logits, batch_size)
-    preds[idx] = fast
-    return _result(preds, finite, y_test.cpu(), redone)
+    n, n_test = flat.shape[0], x_test.shape[0]
+    y_cpu = y_test.cpu()
+    finite = _finite_rows(flat, memory_budget_bytes)
+    wrong = torch.zeros(n, (n_test + 7) // 8, dtype=torch.uint8)
+    if not finite.all():  # models not run: every sample wrong, padding bits clear
+        wrong[~finite] = pack_bits(torch.ones(1, n_test, dtype=torch.bool))
+    preds = torch.full((n, n_test), -1, dtype=torch.int64) if keep_predictions else None
+    rows = _Rows(flat, finite)
+    redone = 0
+    if rows.n:
+        if device.type == "cpu":
+            warm_allocator()
+        with torch.no_grad(), _eval_mode(base_model):
+            plan = _plan(base_model, spec, x_test[:2].to(device))
+            tile = max(1, min(memory_budget_bytes // (MEMORY_SAFETY * plan.pair_bytes),
+                              CACHE_TILE_BYTES // plan.pair_bytes))
+            calib = (0, rows.n - 1) if rows.n >= 64 else (0,)
+            min_gaps, calib_logits = _batched_pass(
+                plan, spec, rows, x_test, y_cpu, device, wrong, preds, batch_size=batch_size, tile=tile,
+                max_models_per_chunk=max_models_per_chunk, calib=calib, memory_budget_bytes=memory_budget_bytes)
+            ref_model = copy.deepcopy(base_model).eval()
+            redone = _recheck(ref_model, spec, rows, x_test, y_cpu, device, wrong, preds, min_gaps,
+                              calib_logits, batch_size)
+    return PopulationResult(_accuracy(wrong, finite, n_test), wrong, preds, finite, redone)

@@ -19,6 +19,7 @@ from pdiff_fast import backend
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.population import (
     _plan,
+    _write_bits,
     evaluate_one_by_one,
     evaluate_population,
     iou_matrix,
@@ -29,6 +30,7 @@ from pdiff_fast.population import (
 )
 
 HAS_EXT = not isinstance(backend.load_extension(), Exception)
+EXT_HAS_CUDA = HAS_EXT and bool(backend.load_extension().has_cuda())
 needs_ext = pytest.mark.skipif(not HAS_EXT, reason="the extension pdiff_fast._C is not built")
 
 
@@ -41,9 +43,21 @@ def _one_thread():
     torch.set_num_threads(threads)
 
 
-def devices():
-    """cpu, plus cuda when a GPU is present."""
-    return ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+def devices(ext_cuda: bool = False):
+    """cpu, and cuda: skipped without a GPU and, for tests that call the extension's CUDA
+    kernels (ext_cuda=True), when the extension was built without CUDA (has_cuda() False: a
+    CPU-only build on a CUDA machine)."""
+    if not torch.cuda.is_available():
+        cuda_skip = "needs a CUDA GPU"
+    elif ext_cuda and not HAS_EXT:
+        cuda_skip = "the extension pdiff_fast._C is not built"
+    elif ext_cuda and not EXT_HAS_CUDA:
+        cuda_skip = ("the extension pdiff_fast._C was built without CUDA (has_cuda() is False); "
+                     "rebuild it with CUDA (FORCE_CUDA=1) to test its CUDA kernels")
+    else:
+        cuda_skip = None
+    marks = [pytest.mark.skip(reason=cuda_skip)] if cuda_skip else []
+    return ["cpu", pytest.param("cuda", marks=marks)]
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -218,8 +232,55 @@ def test_bad_inputs_raise():
         evaluate_population(base, spec, flat, x, y[:-1])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_without_predictions_the_rest_is_the_same():
+    """keep_predictions=False (what evaluate() uses): no (N, n_test) predictions, the same bits,
+    accuracy and rechecks, also with non-finite models and tiles that split bytes of the bitset."""
+    base, spec, flat, x, y = setup_case("cnn1d-bn", n_models=9, n_test=77)
+    flat[2, 1] = math.nan
+    for kwargs in ({}, {"memory_budget_bytes": 1}, {"max_models_per_chunk": 4}):
+        full = evaluate_population(base, spec, flat, x, y, batch_size=13, **kwargs)
+        lean = evaluate_population(base, spec, flat, x, y, batch_size=13, keep_predictions=False, **kwargs)
+        assert lean.predictions is None
+        assert torch.equal(lean.wrong, full.wrong) and torch.equal(lean.finite, full.finite)
+        assert torch.allclose(lean.accuracy, full.accuracy, equal_nan=True, rtol=0, atol=0)
+        assert lean.rechecked == full.rechecked
+        assert_same_result(full, evaluate_one_by_one(base, spec, flat, x, y, batch_size=13))
+
+
+@pytest.mark.parametrize("n", [1, 5, 8, 21, 64])
+def test_write_bits_at_any_offset(n):
+    mask = torch.rand(4, 70) < 0.5
+    bits = pack_bits(torch.rand(4, 70) < 0.5)  # overwritten piece by piece, at unaligned offsets
+    for c0 in range(0, 70, n):
+        _write_bits(bits, slice(0, 4), c0, mask[:, c0:c0 + n])
+    assert torch.equal(bits, pack_bits(mask))
+    _write_bits(bits, torch.tensor([1, 3]), 3, torch.ones(2, 10, dtype=torch.bool))
+    mask[[1, 3], 3:13] = True
+    assert torch.equal(bits, pack_bits(mask))
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_non_finite_test_inputs_raise(bad):
+    base, spec, flat, x, y = setup_case("cnn1d-bn", n_models=2, n_test=10)
+    x[7, 0, 3] = bad
+    for fn in (evaluate_population, evaluate_one_by_one):
+        with pytest.raises(ValueError, match="test inputs contain NaN or Inf"):
+            fn(base, spec, flat, x, y)
+
+
+@pytest.mark.parametrize("label", [10, -1, 1000])
+def test_labels_outside_the_classes_raise(label):
+    base, spec, flat, x, y = setup_case("cnn1d-bn", n_models=2, n_test=10)
+    y[4] = label
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 10\)"):
+        evaluate_population(base, spec, flat, x, y)
+    with pytest.raises(ValueError, match="labels"):
+        evaluate_population(base, spec, flat, x, y.float().where(y != label, math.nan))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_population_matches_reference():
+    """Runs whatever the extension's build: its ops fall back to PyTorch on a CPU-only build."""
     base, spec, flat, x, y = setup_case("cnn1d-bn")
     base = base.cuda()
     assert_same_result(evaluate_population(base, spec, flat.cuda(), x.cuda(), y.cuda(), batch_size=64),
@@ -242,7 +303,7 @@ def random_bits(n_rows, n_bits, density=0.3):
     return mask
 
 
-@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("device", devices(ext_cuda=True))
 @pytest.mark.parametrize("words", [torch.uint8, torch.int64])
 @pytest.mark.parametrize("n_bits", [7, 64, 1000])
 def test_iou_matrix_matches_torch_reference(device, words, n_bits):
@@ -291,7 +352,7 @@ torch_bn_uses_fma = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
 
 
 @needs_ext
-@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("device", devices(ext_cuda=True))
 @pytest.mark.parametrize("shape", [(7, 16, 36), (5, 16, 1), (3, 4, 2, 16, 5)])
 def test_norm_affine_act_batchnorm_matches_torch(device, shape):
     """shared (B, C, L) or per-model (N, B, C, L) input; bit-identical to F.batch_norm + ReLU
