@@ -140,14 +140,17 @@ def _stats_finalize_kernel(
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     r_mask = r < R
     acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    t0 = 0
+    while t0 < T:  # while loops: runtime range() bounds break Triton 3.6's interpreter (NumPy >= 2.4)
         t = t0 + tl.arange(0, BLOCK_T)
         mask = (t < T)[:, None] & r_mask[None, :]
         count = tl.minimum(L - t * tile_len, tile_len).to(tl.float32)
         acc += count[:, None] * tl.load(pmean_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
+        t0 += BLOCK_T
     mean = tl.sum(acc, axis=0) / L  # (BLOCK_R,)
     acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-    for t0 in range(0, T, BLOCK_T):
+    t0 = 0
+    while t0 < T:
         t = t0 + tl.arange(0, BLOCK_T)
         mask = (t < T)[:, None] & r_mask[None, :]
         count = tl.minimum(L - t * tile_len, tile_len).to(tl.float32)
@@ -155,6 +158,7 @@ def _stats_finalize_kernel(
         pm2 = tl.load(pm2_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
         d = pm - mean[None, :]
         acc += tl.where(mask, pm2 + count[:, None] * d * d, 0.0)
+        t0 += BLOCK_T
     var = tl.sum(acc, axis=0) / L
     tl.store(mean_ptr + r, mean, mask=r_mask)
     tl.store(rstd_ptr + r, 1.0 / tl.sqrt(var + eps), mask=r_mask)
@@ -196,7 +200,8 @@ def _conv_kernel(
     n_mask = (b < B) & (j < Lo)  # (BLOCK_N,)
     o_mask = o < Co
     acc = tl.zeros([BLOCK_O, BLOCK_N], dtype=tl.float32)
-    for c0 in range(0, Ci, BLOCK_C):
+    c0 = 0
+    while c0 < Ci:  # not range(): see _stats_finalize_kernel
         c = c0 + tl.arange(0, BLOCK_C)  # (BLOCK_C,)
         c_mask = c < Ci
         cn_mask = c_mask[:, None] & n_mask[None, :]  # (BLOCK_C, BLOCK_N)
@@ -224,6 +229,7 @@ def _conv_kernel(
                 w = tl.load(w_ptr + o[:, None] * stride_wo + c[None, :] * stride_wc + k * stride_wk,
                             mask=w_mask, other=0.0)  # (BLOCK_O, BLOCK_C)
                 acc = tl.dot(w, h.to(w.dtype), acc, input_precision=DOT_PRECISION)
+        c0 += BLOCK_C
     if HAS_BIAS:
         acc += tl.load(bias_ptr + o, mask=o_mask, other=0.0).to(tl.float32)[:, None]
     out_mask = o_mask[:, None] & n_mask[None, :]
@@ -275,7 +281,8 @@ def _weight_grad_kernel(
     M = B * Ld
     acc = tl.zeros([BLOCK_D, BLOCK_S], dtype=tl.float32)
     m_lo = split * m_per_split
-    for m0 in range(m_lo, m_lo + m_per_split, BLOCK_M):
+    m0 = m_lo
+    while m0 < m_lo + m_per_split:  # not range(): see _stats_finalize_kernel
         m = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) flattened (b, dense position)
         m_mask = m < M
         b = m // Ld
@@ -306,6 +313,7 @@ def _weight_grad_kernel(
             st = tl.where(s_mask, (_act(a, PRE_ACT, NEG_SLOPE) - mean) * rstd, 0.0)
         dot_t = g_ptr.dtype.element_ty
         acc = tl.dot(dt.to(dot_t), st.to(dot_t), acc, input_precision=DOT_PRECISION)
+        m0 += BLOCK_M
     out = dw_ptr + split * stride_ws + dc[:, None] * stride_wd + sc[None, :] * stride_wsc + k * stride_wk
     tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=dc_mask[:, None] & sc_mask[None, :])
 
@@ -326,10 +334,12 @@ def _sum_kernel(
     base = in_ptr + p * stride_ip + s * stride_is  # (BLOCK_U,) pointers
     acc = tl.zeros([BLOCK_Q, BLOCK_U], dtype=tl.float32)
     q_lo = split * q_per_split
-    for q0 in range(q_lo, q_lo + q_per_split, BLOCK_Q):
+    q0 = q_lo
+    while q0 < q_lo + q_per_split:  # not range(): see _stats_finalize_kernel
         q = q0 + tl.arange(0, BLOCK_Q)  # (BLOCK_Q,)
         mask = (q < Q)[:, None] & u_mask[None, :]
         acc += tl.load(base[None, :] + q[:, None].to(tl.int64) * stride_iq, mask=mask, other=0.0).to(tl.float32)
+        q0 += BLOCK_Q
     total = tl.sum(acc, axis=0)
     tl.store(out_ptr + split.to(tl.int64) * stride_osplit + p * stride_op + s * stride_os,
              total.to(out_ptr.dtype.element_ty), mask=u_mask)

@@ -36,13 +36,17 @@ def _eps_mse_partial_kernel(
 ):
     pid = tl.program_id(0)
     acc = tl.zeros([BLOCK], dtype=tl.float32)  # (BLOCK,)
-    for blk in range(pid, n_blocks, n_programs):
-        offs = tl.cast(blk, tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    # a while loop, not range(pid, n_blocks, n_programs): Triton 3.6's interpreter turns a
+    # runtime range bound into an int with int(shape-(1,) array), which NumPy >= 2.4 rejects
+    blk = pid
+    while blk < n_blocks:
+        offs = blk.to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
         mask = offs < N
         p = tl.load(pred_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         q = tl.load(target_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         d = p - q
         acc += d * d
+        blk += n_programs
     tl.store(partial_ptr + pid, tl.sum(acc, axis=0))
 
 
@@ -55,9 +59,11 @@ def _eps_mse_finish_kernel(
     BLOCK: tl.constexpr,  # >= n_partials is typical; loops otherwise
 ):
     acc = tl.zeros([BLOCK], dtype=tl.float32)  # (BLOCK,)
-    for start in range(0, n_partials, BLOCK):
+    start = 0
+    while start < n_partials:  # not range(): see _eps_mse_partial_kernel
         offs = start + tl.arange(0, BLOCK)
         acc += tl.load(partial_ptr + offs, mask=offs < n_partials, other=0.0)
+        start += BLOCK
     tl.store(loss_ptr, tl.sum(acc, axis=0) / n_elements)
 
 
