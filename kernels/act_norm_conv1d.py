@@ -42,9 +42,9 @@ Nw = Cout*Cin*K + Cout):
     2 * B * Cin * L * Cout * K); backward FLOPs = 2 x forward (d_x conv + d_weight GEMM).
     The elementwise norm / activation work (~10 FLOPs per input element) is not counted.
 
-fp32 dots use input_precision "tf32" on CUDA when torch.backends.cudnn.allow_tf32 is set (as
-torch's own conv does), else "ieee". fp16 / bf16 inputs run the dots in that dtype with fp32
-accumulation; statistics are always fp32.
+fp32 dots use input_precision "tf32" on CUDA when torch's conv allows TF32
+(torch.backends.cudnn.conv.fp32_precision, or cudnn.allow_tf32 on older torch), else "ieee".
+fp16 / bf16 inputs run the dots in that dtype with fp32 accumulation; statistics are always fp32.
 """
 from __future__ import annotations
 
@@ -446,11 +446,26 @@ def _tile(device: torch.device, gpu: int, interpreted: int) -> int:
 
 
 def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
-    """For the dot operands' dtype: fp32 follows torch's conv (TF32 on CUDA when
-    cudnn.allow_tf32); 16-bit operands take Triton's default, which they ignore."""
-    if dtype != torch.float32 or (device.type == "cuda" and torch.backends.cudnn.allow_tf32):
+    """For the dot operands' dtype: fp32 follows torch's conv (TF32 on CUDA when torch's conv
+    allows it); 16-bit operands take Triton's default, which they ignore."""
+    if dtype != torch.float32 or (device.type == "cuda" and _conv_allows_tf32()):
         return "tf32"
     return "ieee"
+
+
+def _conv_allows_tf32() -> bool:
+    """torch's conv TF32 setting. Recent torch has the fp32_precision API ("ieee" / "tf32", or
+    "none": inherit from the level above), and reading the old allow_tf32 flag raises there once
+    the new API was used; older torch only has the flag."""
+    levels = [getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
+              getattr(torch.backends.cudnn, "fp32_precision", None),
+              getattr(torch.backends, "fp32_precision", None)]
+    if levels[0] is None:
+        return bool(torch.backends.cudnn.allow_tf32)
+    for level in levels:
+        if level is not None and level != "none":
+            return level == "tf32"
+    return False
 
 
 def _pow2(n: int, lo: int, hi: int) -> int:

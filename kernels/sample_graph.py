@@ -7,20 +7,22 @@ torch.cuda.CUDAGraph, the whole loop replays with a single host call.
     def run(x):                                    # static shapes, CUDA tensors, no host sync
         for i, t in enumerate(timesteps):          # t: precomputed CUDA tensors
             eps = denoiser(x, t)
-            x, _ = ddpm_step(x, eps, t, None, coefs, seed=seed, seed_offset=i)
+            x, _ = ddpm_step(x, eps, t, None, coefs, seed=seed, seed_offset=i, row_offset=row_offset)
         return x
 
     seed = torch.zeros(1, dtype=torch.int64, device="cuda")
-    sampler = GraphedSampler(run, torch.randn(B, C, L, device="cuda"), seed=seed)
-    x = sampler.sample(torch.randn(B, C, L, device="cuda"))
+    row_offset = torch.zeros(1, dtype=torch.int64, device="cuda")
+    sampler = GraphedSampler(run, torch.randn(B, C, L, device="cuda"), seed=seed, row_offset=row_offset)
+    x = sampler.sample(x_init, seed=1234, row_offset=start)   # models start .. start + B - 1
 
 Rules for `run` (those of CUDA graph capture, see the torch.cuda.graphs documentation):
 static shapes; no host synchronisation (.item(), printing, CPU<->GPU copies) and no
 host-side decisions on tensor values; in-kernel noise instead of torch.randn-per-step.
 Anything computed on the host during capture (an int seed drawn by the launcher, for
-instance) is frozen into the graph: every replay reuses it. For fresh noise on each replay,
-pass a one-element int64 CUDA tensor as `seed` to the kernels and to GraphedSampler, which
-rewrites it before every replay.
+instance) is frozen into the graph: every replay reuses it. To choose the noise of each replay,
+pass one-element int64 CUDA tensors as `seed` (and `row_offset`) to the kernels and to
+GraphedSampler; `sample` writes the values it is given into them before the replay (explicit
+values, no global RNG), so a replay draws exactly the noise of the uncaptured loop.
 """
 from __future__ import annotations
 
@@ -37,21 +39,24 @@ class GraphedSampler:
         run: Callable[[torch.Tensor], torch.Tensor],
         example_x: torch.Tensor,  # a CUDA tensor of the shape and dtype of x_init
         seed: torch.Tensor | None = None,  # (1,) int64 CUDA tensor that `run` reads as its seed
-        warmup_iters: int = 3,
-        generator: torch.Generator | None = None,  # CPU generator for the per-replay seeds
+        row_offset: torch.Tensor | None = None,  # (1,) int64 CUDA tensor: `run`'s global row 0
+        warmup_iters: int = 1,
     ):
         if not example_x.is_cuda:
             raise ValueError("GraphedSampler needs CUDA tensors")
-        if seed is not None and (not seed.is_cuda or seed.dtype != torch.int64 or seed.numel() != 1):
-            raise ValueError("GraphedSampler: seed must be a one-element int64 CUDA tensor")
+        for name, v in (("seed", seed), ("row_offset", row_offset)):
+            if v is not None and (not v.is_cuda or v.dtype != torch.int64 or v.numel() != 1):
+                raise ValueError(f"GraphedSampler: {name} must be a one-element int64 CUDA tensor")
         self.run = run
         self.seed = seed
-        self.generator = generator
+        self.row_offset = row_offset
         self.static_x = example_x.detach().clone()
 
-        # Warm up on a side stream (compiles Triton kernels, initialises cuBLAS workspaces and
-        # lazily allocated buffers) so none of that lands inside the capture.
-        # Sampling is inference: no autograd graph is recorded in warmup or capture.
+        # Warm up on a side stream so that nothing lazy lands inside the capture: the first run
+        # compiles the Triton kernels and initialises cuBLAS workspaces and cached allocations.
+        # One run does all of that (the kernels' specialisations do not change between runs:
+        # seed, seed_offset and row_offset are do_not_specialize); a second would only repeat
+        # the whole sampling loop. Sampling is inference: no autograd graph is recorded.
         with torch.no_grad():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
@@ -65,14 +70,21 @@ class GraphedSampler:
                 self.static_out = run(self.static_x)
 
     @torch.no_grad()
-    def sample(self, x_init: torch.Tensor) -> torch.Tensor:
-        """Run the captured loop from x_init; returns a fresh tensor (not the graph's buffer)."""
+    def sample(self, x_init: torch.Tensor, seed: int | None = None, row_offset: int = 0) -> torch.Tensor:
+        """Run the captured loop from x_init with the noise of (seed, row_offset); returns a fresh
+        tensor (not the graph's buffer). seed is required when the sampler has a seed tensor."""
         if x_init.shape != self.static_x.shape:
             raise ValueError(f"GraphedSampler: captured for shape {tuple(self.static_x.shape)}, "
                              f"got {tuple(x_init.shape)}")
+        if (seed is None) != (self.seed is None):
+            raise ValueError("GraphedSampler: pass seed exactly when the sampler was built with a seed tensor")
+        if row_offset and self.row_offset is None:
+            raise ValueError("GraphedSampler: row_offset needs a row_offset tensor at construction")
         self.static_x.copy_(x_init)
+        # fill_ on the device: no host-to-device copy, no sync
         if self.seed is not None:
-            fresh = torch.randint(0, 2**31 - 1, (1,), generator=self.generator, dtype=torch.int64)
-            self.seed.copy_(fresh)
+            self.seed.fill_(int(seed))
+        if self.row_offset is not None:
+            self.row_offset.fill_(int(row_offset))
         self.graph.replay()
         return self.static_out.clone()

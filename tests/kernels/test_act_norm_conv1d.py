@@ -5,6 +5,7 @@ backend 'triton' vs 'torch'.
 Runs on CUDA when present, else on CPU tensors in Triton's interpreter (small sizes).
 """
 import contextlib
+import types
 
 import torch
 
@@ -213,3 +214,29 @@ def test_denoiser_triton_matches_torch():
     x = torch.randn(5, 12, device=device)
     t = torch.randint(0, 1000, (5,), device=device)
     _compare_backends(model, lambda m: m(x, t))
+
+
+def test_dot_precision_follows_torch_conv_tf32_setting(monkeypatch):
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only the device type is read
+    assert kmod._dot_precision(torch.float16, cpu) == "tf32"  # 16-bit operands ignore it
+    assert kmod._dot_precision(torch.float32, cpu) == "ieee"
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):  # the fp32_precision API
+        before = conv.fp32_precision
+        try:
+            conv.fp32_precision = "ieee"
+            assert kmod._dot_precision(torch.float32, cuda) == "ieee"
+            conv.fp32_precision = "tf32"
+            assert kmod._dot_precision(torch.float32, cuda) == "tf32"
+        finally:
+            conv.fp32_precision = before
+    # older torch: only the allow_tf32 flag
+    monkeypatch.setattr(torch.backends.cudnn, "conv", types.SimpleNamespace(), raising=False)
+    before = torch.backends.cudnn.allow_tf32
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        assert kmod._dot_precision(torch.float32, cuda) == "ieee"
+        torch.backends.cudnn.allow_tf32 = True
+        assert kmod._dot_precision(torch.float32, cuda) == "tf32"
+    finally:
+        torch.backends.cudnn.allow_tf32 = before

@@ -25,6 +25,16 @@ def test_rejects_cpu_tensors():
         GraphedSampler(lambda x: x, torch.zeros(2, 3))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the seed checks come after the CUDA check")
+def test_rejects_bad_seed_and_row_offset_tensors():
+    x = torch.zeros(2, 3, device="cuda")
+    for kw in (dict(seed=torch.zeros(1, dtype=torch.int64)),
+               dict(row_offset=torch.zeros(2, dtype=torch.int64, device="cuda")),
+               dict(seed=torch.zeros(1, dtype=torch.int32, device="cuda"))):
+        with pytest.raises(ValueError):
+            GraphedSampler(lambda v: v, x, **kw)
+
+
 def schedule(dev) -> torch.Tensor:
     betas = torch.linspace(1e-4, 2e-2, T, dtype=torch.float64)
     alphas = 1.0 - betas
@@ -48,21 +58,25 @@ def test_graph_replay_matches_eager_loop():
     weight = torch.randn(M, M, device=dev) / M**0.5  # a stand-in denoiser: eps = tanh(x @ W)
     steps = [torch.full((B,), T - 1 - i * 50, dtype=torch.int64, device=dev) for i in range(n_steps)]
     seed = torch.zeros(1, dtype=torch.int64, device=dev)
+    row_offset = torch.zeros(1, dtype=torch.int64, device=dev)
 
     def run(x):
         for i, t in enumerate(steps):
             eps = torch.tanh(x @ weight)
-            x, _ = ddpm_step(x, eps, t, None, coefs, True, seed=seed, seed_offset=i)
+            x, _ = ddpm_step(x, eps, t, None, coefs, True, seed=seed, seed_offset=i, row_offset=row_offset)
         return x
 
-    sampler = GraphedSampler(run, torch.randn(B, M, device=dev), seed=seed)
+    sampler = GraphedSampler(run, torch.randn(B, M, device=dev), seed=seed, row_offset=row_offset)
     x_init = torch.randn(B, M, device=dev)
-    torch.manual_seed(0)
-    graphed = sampler.sample(x_init)
-    torch.manual_seed(0)
-    seed.copy_(torch.randint(0, 2**31 - 1, (1,), dtype=torch.int64))  # the seed sample() drew
-    eager = run(x_init.clone())
-    torch.testing.assert_close(graphed, eager, rtol=1e-5, atol=1e-5)
+    graphed = sampler.sample(x_init, seed=1234, row_offset=40)
+
+    def eager(x, s, r):
+        for i, t in enumerate(steps):
+            x, _ = ddpm_step(x, torch.tanh(x @ weight), t, None, coefs, True, seed=s, seed_offset=i, row_offset=r)
+        return x
+
+    torch.testing.assert_close(graphed, eager(x_init.clone(), 1234, 40), rtol=1e-5, atol=1e-5)
     assert graphed.data_ptr() != sampler.static_out.data_ptr()
-    again = sampler.sample(x_init)  # a fresh seed: different noise
-    assert not torch.equal(again, graphed)
+    assert not torch.equal(sampler.sample(x_init, seed=1235, row_offset=40), graphed)  # another seed
+    assert not torch.equal(sampler.sample(x_init, seed=1234, row_offset=41), graphed)  # other rows
+    assert torch.equal(sampler.sample(x_init, seed=1234, row_offset=40), graphed)  # replay is exact
