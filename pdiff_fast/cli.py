@@ -9,9 +9,8 @@
     pdiff-fast report  --run-dir runs/a
     pdiff-fast run --config my.json         # a JSON file with any Config fields
 
-`collect` and `run` start a run: their config is the defaults, then --config, then the flags.
-The other steps continue one: the run's config.json, then --config (only the fields it names),
-then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
+A step's config is the run's config.json (the defaults in a new run directory), then the fields
+that --config names, then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
 system problems) print one line each and exit 2; Ctrl-C exits 130.
 """
 from __future__ import annotations
@@ -23,7 +22,6 @@ from pathlib import Path
 from .config import Config, ConfigError, read_config_file
 
 STEPS = ("collect", "train", "sample", "evaluate", "report", "run")
-STARTS_A_RUN = ("collect", "run")
 HELP = {
     "collect": "train the base model and save K checkpoints of the parameter subset",
     "train": "train the parameter autoencoder and the latent diffusion model (resumes an interrupted run)",
@@ -73,7 +71,7 @@ def _parser() -> argparse.ArgumentParser:
 def _config(args) -> Config:
     run_json = Path(args.run_dir) / "config.json"
     fields: dict = {}
-    if args.command not in STARTS_A_RUN and run_json.is_file():
+    if run_json.is_file():
         fields.update(read_config_file(run_json))
     if args.config:
         fields.update(read_config_file(args.config))
