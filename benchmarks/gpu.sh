@@ -16,7 +16,8 @@
 #   bench    pytest benchmarks/ --full, one file at a time (a time-out loses one file, not all),
 #            first without the torch.compile peer, then the compile peer with the time left;
 #            merged into bench.json, report.py -> bench.md
-#   scaling  benchmarks/scaling.py --full (--steps PDIFF_GPU_SCALING_STEPS, default 100)
+#   scaling  benchmarks/scaling.py --steps 100 (PDIFF_GPU_SCALING_STEPS; PDIFF_GPU_SCALING_ARGS=--full
+#            for the larger N and D where a window has the time)
 #   cmake    the CMake build WITH_CUDA and ctest (the C++ unit tests), with what time is left
 # OUT_DIR gets at most 7 files (the run tool returns 8): summary.md env.txt tests.txt bench.md
 # bench.json scaling.md all.tar.gz (every log, junit.xml, per-file JSON, PNGs).
@@ -248,7 +249,9 @@ phase_scaling() {
   if [ "$REHEARSAL" = 1 ]; then
     args+=(--steps "${PDIFF_GPU_SCALING_STEPS:-1}" --budget 0.2)
   else
-    args+=(--full --steps "${PDIFF_GPU_SCALING_STEPS:-100}" --budget 1)
+    # the default N and D (up to N = 200, D = 127k), 100 DDPM steps: about a minute; scaling.py
+    # writes nothing if cut short, so --full (N = 1000, D = 500k) only where a window has time
+    args+=(--steps "${PDIFF_GPU_SCALING_STEPS:-100}" --budget 1 ${PDIFF_GPU_SCALING_ARGS:-})
   fi
   "$PY" -m benchmarks.scaling "${args[@]}" || return $?
   cp "$ALL"/scaling/scaling_*.md "$OUT/scaling.md"
@@ -334,10 +337,10 @@ if [ "$REHEARSAL" = 1 ]; then run_phase build 900 260; else run_phase build 240 
 if [ "$REHEARSAL" = 1 ]; then run_phase tests 600 200; else run_phase tests 170 200; fi
 BENCH_START=$(now)
 export BENCH_START
-BENCH_END=$(( DEADLINE - 85 ))  # scaling 60 s, report 15 s, cmake what is left after them
-run_phase bench 100000 85 "$(( BENCH_END - 20 ))"
-run_phase report 20 65
-run_phase scaling 60 5
+BENCH_END=$(( DEADLINE - 100 ))  # report 15 s, scaling 75 s, cmake what is left after them
+run_phase bench 100000 100 "$(( BENCH_END - 20 ))"
+run_phase report 20 80
+run_phase scaling 75 0
 run_phase cmake 300 0
 
 # ---- summary and packing --------------------------------------------------------------------
@@ -352,7 +355,7 @@ run_phase cmake 300 0
   echo
   echo "total: $(( $(now) - START )) s"
   echo
-  echo "build: $(grep -h "pdiff_fast: building\|has_cuda" "$ALL/build.log" 2>/dev/null | tr '\n' ' ')"
+  echo "build: $(grep -h "pdiff_fast: building\|has_cuda" "$ALL/build.log" 2>/dev/null | sort -u | tr '\n' ' ')"
   echo "tests: $(grep -E "passed|failed|error" "$ALL/tests.log" 2>/dev/null | tail -1)"
   echo "bench: $(grep -h "^report:" "$ALL/report.log" 2>/dev/null | tail -1)"
   echo
