@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import torch
 
-from . import backend
 from .ops import ddim_step, ddpm_step, q_sample
 
 
@@ -72,8 +71,6 @@ class DDPMScheduler:
 
         Without `noise`: from `generator` on the torch path; in the fused kernel on Triton, from
         (`seed`, `seed_offset`) when a seed is given (no host sync), else from `generator`."""
-        if seed is None or noise is not None or backend.choose("q_sample", x0.device, ("triton",)) != "triton":
-            return q_sample(x0, t, self.tables(x0.device)[0], noise, generator)
         return q_sample(x0, t, self.tables(x0.device)[0], noise, generator, seed=seed, seed_offset=seed_offset)
 
     def step(self, model_output: torch.Tensor, t: torch.Tensor, sample: torch.Tensor,
@@ -86,7 +83,7 @@ class DDPMScheduler:
         if t.dim() == 0:
             t = t.expand(sample.shape[0])
         prev, x0 = ddpm_step(sample, model_output, t, noise, self.tables(sample.device)[1], self.clip_sample,
-                             generator=generator, seed=seed, seed_offset=seed_offset, **_rows(row_offset))
+                             generator=generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
         return SchedulerOutput(prev, x0)
 
     def noise_draws(self) -> int:
@@ -122,22 +119,9 @@ class DDIMScheduler(DDPMScheduler):
         t_prev = self._timesteps[i + 1] if i + 1 < len(self._timesteps) else -1
         a_t = float(self.alphas_cumprod_f64[t_int])
         a_prev = float(self.alphas_cumprod_f64[t_prev]) if t_prev >= 0 else 1.0
-        if self.eta == 0:
-            noise = None  # deterministic: no noise is drawn
-        elif noise is None and seed is None:
-            noise = torch.randn(sample.shape, device=sample.device, dtype=sample.dtype, generator=generator)
-        if noise is not None:
-            prev, x0 = ddim_step(sample, model_output, a_t, a_prev, noise, self.eta, self.clip_sample)
-        else:
-            prev, x0 = ddim_step(sample, model_output, a_t, a_prev, None, self.eta, self.clip_sample,
-                                 **({} if seed is None else {"seed": seed, "seed_offset": seed_offset,
-                                                             **_rows(row_offset)}))
+        prev, x0 = ddim_step(sample, model_output, a_t, a_prev, noise, self.eta, self.clip_sample,
+                             generator=generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
         return SchedulerOutput(prev, x0)
-
-
-def _rows(row_offset) -> dict:
-    """Pass row_offset to the op only when it is not the default (keeps older op signatures working)."""
-    return {} if isinstance(row_offset, int) and row_offset == 0 else {"row_offset": row_offset}
 
 
 def make_scheduler(sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0) -> DDPMScheduler:

@@ -9,6 +9,12 @@ the memory budget, chunk size or batch. On the torch path each model has its own
 (seeded from (seed, i)) and its whole noise sequence is drawn at once per chunk; on the Triton
 path the initial latent comes from the same per-model generators and the step noise is drawn in
 the fused kernel from (seed, step, global row i).
+
+Same noise is not yet the same models: batched convolutions round differently for different
+batch sizes (oneDNN and cuDNN pick kernels by shape), and 1000 sampling steps amplify a last-bit
+difference. So the networks always run on micro-batches of exactly `grain` rows (the last one
+padded): model i is computed at row i % grain of a grain-row batch whatever the chunk size, and
+chunk sizes are multiples of the grain. The memory budget then never changes a result.
 """
 from __future__ import annotations
 
@@ -39,6 +45,25 @@ def model_noise(seed: int, start: int, m: int, draws: int, latent_shape, device)
     return out.transpose(0, 1)
 
 
+def default_grain(device) -> int:
+    """Rows per network call: small on CPU (no loss there), large on a GPU (keeps it busy)."""
+    return 1024 if torch.device(device).type == "cuda" else 64
+
+
+def in_grains(fn, grain: int, x: torch.Tensor, *per_row: torch.Tensor) -> torch.Tensor:
+    """fn(x, *per_row) computed on micro-batches of exactly `grain` rows, the last padded with
+    copies of row 0 (dropped from the result), so a row's result never depends on the batch size."""
+    n = x.shape[0]
+    pad = (-n) % grain
+    if pad:
+        x = torch.cat([x, x[:1].expand(pad, *x.shape[1:])])
+        per_row = tuple(torch.cat([r, r[:1].expand(pad, *r.shape[1:])]) for r in per_row)
+    if x.shape[0] == grain:
+        return fn(x, *per_row)[:n]
+    outs = [fn(x[i:i + grain], *(r[i:i + grain] for r in per_row)) for i in range(0, x.shape[0], grain)]
+    return torch.cat(outs)[:n]
+
+
 def _fused_step_noise(scheduler: DDPMScheduler, device) -> bool:
     """True when the step op draws its noise in the Triton kernel (so no noise tensor is made)."""
     op = "ddim_step" if isinstance(scheduler, DDIMScheduler) else "ddpm_step"
@@ -48,11 +73,12 @@ def _fused_step_noise(scheduler: DDPMScheduler, device) -> bool:
 @torch.no_grad()
 def sample_latents(denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent_shape: tuple[int, ...],
                    device, generator: torch.Generator | None = None, progress: bool = False, *,
-                   seed: int | None = None, start: int = 0) -> torch.Tensor:
+                   seed: int | None = None, start: int = 0, grain: int | None = None) -> torch.Tensor:
     """Run the reverse process for n samples at once; returns (n, *latent_shape) in [-1, 1].
 
-    With `seed`, the samples are models start..start+n-1 of that seed's sequence (see the module
-    docstring); without it, noise comes from `generator` for the batch as a whole."""
+    With `seed`, the samples are models start..start+n-1 of that seed's sequence, the denoiser run
+    on `grain`-row micro-batches (see the module docstring; start must be a multiple of grain);
+    without it, noise comes from `generator` and the denoiser sees the batch as a whole."""
     steps = scheduler.timesteps()
     noise = None
     if seed is None:
@@ -64,7 +90,7 @@ def sample_latents(denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent
         x = noise[0]
     for i, t in enumerate(tqdm(steps, desc=f"sample {n}", disable=not progress, leave=False)):
         tt = torch.full((n,), t, device=device, dtype=torch.long)
-        eps = denoiser(x, tt)
+        eps = denoiser(x, tt) if seed is None else in_grains(denoiser, grain or default_grain(device), x, tt)
         if seed is None:
             x = scheduler.step(eps, tt, x, generator=generator).prev_sample
         elif noise is not None:
@@ -108,22 +134,23 @@ class GraphedLatentSampler:
 
 
 def chunk_size_for(latent_numel: int, in_dim: int, budget_bytes: int, denoiser_width: int = 512,
-                   noise_draws: int = 0) -> int:
+                   noise_draws: int = 0, grain: int = 1) -> int:
     """Samples per chunk: the widest activation (denoiser and decoder) times 4 bytes, a few times over,
-    plus the sample's pre-drawn noise (noise_draws latents) on the torch path."""
+    plus the sample's pre-drawn noise (noise_draws latents) on the torch path; a multiple of `grain`."""
     per_sample = 4 * 8 * max(latent_numel * denoiser_width, in_dim * 64) + 4 * noise_draws * latent_numel
-    return max(1, budget_bytes // per_sample)
+    return max(1, budget_bytes // per_sample // grain) * grain
 
 
 @torch.no_grad()
 def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMScheduler, n: int = 200, *,
              device=None, seed: int | None = 0, memory_budget_bytes: int = 1 << 30, chunk_size: int | None = None,
-             cuda_graph: bool = False, progress: bool = True) -> torch.Tensor:
+             cuda_graph: bool = False, progress: bool = True, grain: int | None = None) -> torch.Tensor:
     """Sample n parameter vectors: latents by diffusion, then the autoencoder's decoder. Returns (n, D).
 
-    The same seed gives the same n models whatever the chunk size or memory budget (seed=None
-    draws one from torch's global RNG). cuda_graph=True (CUDA + Triton, DDPM): capture the whole
-    loop once per chunk size and replay it.
+    The same seed (and grain) gives the same n models whatever the chunk size or memory budget
+    (seed=None draws one from torch's global RNG). Chunks are multiples of `grain` rows (default:
+    64 on CPU, 1024 on CUDA). cuda_graph=True (CUDA + Triton, DDPM): capture the whole loop once
+    per chunk size and replay it.
     """
     if n < 1:
         raise ValueError(f"generate: the number of samples must be at least 1, got {n}")
@@ -133,10 +160,13 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
         raise ValueError("cuda_graph=True needs a CUDA device")
     if seed is None:
         seed = int(torch.randint(0, 2**62, (1,)).item())
+    grain = grain or default_grain(device)
     if chunk_size is None:
         draws = 0 if (cuda_graph or _fused_step_noise(scheduler, device)) else scheduler.noise_draws()
         chunk_size = chunk_size_for(int(torch.Size(latent_shape).numel()), autoencoder.in_dim,
-                                    memory_budget_bytes, noise_draws=draws)
+                                    memory_budget_bytes, noise_draws=draws, grain=grain)
+    elif not cuda_graph:
+        chunk_size = max(1, chunk_size // grain) * grain
     autoencoder.eval(), denoiser.eval()
     graphed: dict[int, GraphedLatentSampler] = {}
     out = []
@@ -147,6 +177,6 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
                 graphed[m] = GraphedLatentSampler(denoiser, scheduler, m, latent_shape, device)
             z = graphed[m].sample(seed, start)
         else:
-            z = sample_latents(denoiser, scheduler, m, latent_shape, device, seed=seed, start=start)
-        out.append(autoencoder.decode(z))
+            z = sample_latents(denoiser, scheduler, m, latent_shape, device, seed=seed, start=start, grain=grain)
+        out.append(in_grains(autoencoder.decode, grain, z))
     return torch.cat(out)  # (n, D)
