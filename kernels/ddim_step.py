@@ -22,9 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import first_row, noise_args, philox_key, randn_tile
+from .noise import first_row, noise_args, philox_key, randn_tile, row_tile
 
-_TILE = 2048  # elements per program (rows * columns)
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -86,14 +85,6 @@ def _ddim_step_kernel(
     tl.store(x0_ptr + base + offs, x0, mask=mask)
 
 
-def _tile(B: int, M: int) -> tuple[int, int]:
-    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row; BLOCK_M >= 4 so
-    the noise comes 4 columns per Philox call."""
-    block_m = max(4, min(triton.next_power_of_2(M), _TILE))
-    rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
-    return rows, block_m
-
-
 def sigma_of(a_t: float, a_prev: float, eta: float) -> float:
     """The DDIM noise scale eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)."""
     return eta * ((1.0 - a_prev) / (1.0 - a_t)) ** 0.5 * max(1.0 - a_t / a_prev, 0.0) ** 0.5
@@ -146,7 +137,7 @@ def ddim_step(
     B = x_t.shape[0] if x_t.dim() > 0 else 1
     M = x_t.numel() // B
 
-    rows, block_m = _tile(B, M)
+    rows, block_m = row_tile(B, M)
     grid = (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
     _ddim_step_kernel[grid](
         x_c, eps.contiguous(), noise_c, x_prev, x0,

@@ -22,9 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import first_row, noise_args, philox_key, randn_tile
+from .noise import first_row, noise_args, philox_key, randn_tile, row_tile
 
-_TILE = 2048  # elements per program (rows * columns); a memory-bound elementwise op
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -94,14 +93,6 @@ def _ddpm_step_kernel(
     tl.store(x0_ptr + base + offs, x0, mask=mask)
 
 
-def _tile(B: int, M: int) -> tuple[int, int]:
-    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row; BLOCK_M >= 4 so
-    the noise comes 4 columns per Philox call."""
-    block_m = max(4, min(triton.next_power_of_2(M), _TILE))
-    rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
-    return rows, block_m
-
-
 def ddpm_step(
     x_t: torch.Tensor,  # (B, ...)
     eps: torch.Tensor,  # (B, ...)
@@ -156,7 +147,7 @@ def ddpm_step(
     M = x_t.numel() // B
     coefs_c = coefs.to(device=x_t.device, dtype=torch.float32).contiguous()
 
-    rows, block_m = _tile(B, M)
+    rows, block_m = row_tile(B, M)
     grid = (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
     _ddpm_step_kernel[grid](
         x_c, eps.contiguous(), noise_c, t_c, coefs_c, x_prev, x0,

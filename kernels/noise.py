@@ -119,6 +119,17 @@ def _check_scalar_tensor(v: torch.Tensor, name: str, device: torch.device) -> No
                          f"got {v.dtype} {tuple(v.shape)} on {v.device}")
 
 
+TILE = 2048  # elements per program (rows * columns) of the elementwise noise ops
+
+
+def row_tile(B: int, M: int) -> tuple[int, int]:
+    """(ROWS, BLOCK_M) for a (B, M) elementwise op: whole short rows per program, or a slice of a
+    long row; BLOCK_M >= 4 so the noise comes 4 columns per Philox call."""
+    block_m = max(4, min(triton.next_power_of_2(M), TILE))
+    rows = min(triton.next_power_of_2(B), max(1, TILE // block_m))
+    return rows, block_m
+
+
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A Philox seed from torch's RNG (`generator`, else the default CPU one), so results follow
     torch.manual_seed."""

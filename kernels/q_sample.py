@@ -20,9 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import first_row, noise_args, philox_key, randn_tile
+from .noise import first_row, noise_args, philox_key, randn_tile, row_tile
 
-_TILE = 2048  # elements per program (rows * columns)
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -105,14 +104,6 @@ def _q_sample_bwd_kernel(
         tl.store(grad_noise_ptr + offs, c_noise * g, mask=mask)
 
 
-def _tile(B: int, M: int) -> tuple[int, int]:
-    """(ROWS, BLOCK_M): whole short rows per program, or a slice of a long row; BLOCK_M >= 4 so
-    the noise comes 4 columns per Philox call."""
-    block_m = max(4, min(triton.next_power_of_2(M), _TILE))
-    rows = min(triton.next_power_of_2(B), max(1, _TILE // block_m))
-    return rows, block_m
-
-
 def _grid(B: int, M: int, rows: int, block_m: int) -> tuple[int]:
     return (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
 
@@ -124,7 +115,7 @@ def _q_sample_forward(x0, t, coefs, noise, rng, x_t, noise_out):
     B = x0.shape[0] if x0.dim() > 0 else 1
     M = x0.numel() // B
     noise_ptr, mode = (noise, 1) if noise is not None else (noise_out, 2)
-    rows, block_m = _tile(B, M)
+    rows, block_m = row_tile(B, M)
     _q_sample_fwd_kernel[_grid(B, M, rows, block_m)](
         x0, noise_ptr, t, coefs, x_t, rng.seed_ptr, rng.row_offset_ptr,
         rng.seed, rng.seed_offset, rng.row_offset, B, M, coefs.shape[1],
@@ -141,7 +132,7 @@ def _q_sample_backward(grad, t, coefs, need_x0, need_noise):
         return grad_x0, grad_noise
     B = grad.shape[0] if grad.dim() > 0 else 1
     M = grad.numel() // B
-    rows, block_m = _tile(B, M)
+    rows, block_m = row_tile(B, M)
     _q_sample_bwd_kernel[_grid(B, M, rows, block_m)](
         grad, t, coefs, grad_x0 if need_x0 else grad, grad_noise if need_noise else grad,
         B, M, coefs.shape[1],
