@@ -243,7 +243,8 @@ class PDiff:
         torch.manual_seed(c.seed)
         model = self.new_model()
         spec = ParamSpec.from_model(model, c.subset)
-        self.build_autoencoder(spec.dim)  # a subset the autoencoder cannot take fails now, not after collection
+        with torch.random.fork_rng(devices=[]):  # leaves the RNG as collection expects it
+            self.build_autoencoder(spec.dim)  # a subset the autoencoder cannot take fails now, not after collection
         for split in ("train", "test"):
             if not torch.isfinite(getattr(self.data, f"x_{split}")).all():
                 raise ValueError(f"dataset {self.data.name!r}: the {split} inputs contain NaN or Inf")
