@@ -72,6 +72,15 @@ def load_extension():
     return _import_or_none("pdiff_fast._C")
 
 
+TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def triton_dtypes(*tensors) -> bool:
+    """True when every given tensor (None skipped) has a dtype the Triton kernels take; they
+    compute in fp32, so fp64 and others go to torch."""
+    return all(x is None or x.dtype in TRITON_DTYPES for x in tensors)
+
+
 def _warn_once(op: str, message: str) -> None:
     if op not in _warned:
         _warned.add(op)

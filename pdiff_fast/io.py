@@ -105,15 +105,22 @@ def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") ->
     return tensors, meta
 
 
-def read_digest(path: str | os.PathLike) -> str | None:
-    """The digest in a tensor file's header (reads the header only), or None if the file is missing."""
+def read_meta(path: str | os.PathLike) -> tuple[dict, str | None] | None:
+    """(metadata, digest) from a tensor file's header alone, or None if the file is missing."""
     path = Path(path)
     if not path.is_file():
         return None
     try:
-        return _header(path).get(DIGEST_KEY)
-    except (SafetensorError, OSError, RuntimeError) as exc:
+        header = _header(path)
+        return json.loads(header.get(META_KEY, "{}")), header.get(DIGEST_KEY)
+    except (SafetensorError, OSError, RuntimeError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: corrupt or truncated safetensors file ({exc})") from exc
+
+
+def read_digest(path: str | os.PathLike) -> str | None:
+    """The digest in a tensor file's header (reads the header only), or None if the file is missing."""
+    found = read_meta(path)
+    return None if found is None else found[1]
 
 
 def save_json(path: str | os.PathLike, obj: Any) -> Path:

@@ -40,7 +40,8 @@ from .collect import RECIPES, Population, rebuild_base
 from .config import Config, ConfigError, read_config_file
 from .diffusion import make_scheduler, DDPMScheduler
 from .evaluate import evaluate, format_table
-from .io import clean_stale_temporaries, load_artifact, load_json, read_digest, save_json, save_tensors, save_text
+from .io import (clean_stale_temporaries, load_artifact, load_json, read_digest, read_meta, save_json,
+                 save_tensors, save_text)
 from .models import build_model
 from .params import ParamSpec, Standardizer
 from .sample import generate
@@ -263,7 +264,7 @@ class PDiff:
         if restart or not path.is_file():
             return None
         try:
-            tensors, meta, _ = load_artifact(path)
+            meta, _ = read_meta(path)  # the header decides; the tensors are read only to resume
         except ValueError as exc:
             self.log(f"ignoring an unreadable checkpoint ({exc})")
             return None
@@ -274,6 +275,11 @@ class PDiff:
         if not same or meta.get("inputs") != inputs or meta.get("device") != self.device.type \
                 or meta.get("step", 0) > mine[steps]:
             self.log(f"{path.name} was made from other inputs or settings; training {artifact} from the start")
+            return None
+        try:
+            tensors, meta, _ = load_artifact(path)
+        except ValueError as exc:
+            self.log(f"ignoring an unreadable checkpoint ({exc})")
             return None
         self.log(f"resuming {artifact} training from step {meta['step']} ({path.name})")
         return tensors, meta
@@ -287,14 +293,13 @@ class PDiff:
     def _autoencoder_is_current(self, pop_digest) -> bool:
         """The autoencoder on disk was trained from this population with these settings, and the
         diffusion checkpoint was made from it (an interrupted `train`)."""
-        ae_digest = read_digest(self.path("autoencoder"))
-        if ae_digest is None or not self.path("diffusion_ckpt").is_file():
-            return False
         try:
-            _, ae_meta, _ = load_artifact(self.path("autoencoder"))
-            _, ck_meta, _ = load_artifact(self.path("diffusion_ckpt"))
+            ae, ckpt = read_meta(self.path("autoencoder")), read_meta(self.path("diffusion_ckpt"))
         except ValueError:
             return False
+        if ae is None or ckpt is None:
+            return False
+        (ae_meta, ae_digest), (ck_meta, _) = ae, ckpt
         return (ae_meta.get("inputs", {}).get("population") == pop_digest
                 and ae_meta.get("config") == self._fields("autoencoder")
                 and ck_meta.get("inputs", {}).get("autoencoder") == ae_digest)

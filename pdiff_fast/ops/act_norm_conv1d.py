@@ -49,16 +49,11 @@ def act_norm_conv1d_torch(
     return y  # (B, Cout, Lout)
 
 
-def _kernel_dtypes(*tensors) -> bool:
-    """The Triton kernels compute in fp32: other dtypes (fp64, ...) take the torch path."""
-    return all(x is None or x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in tensors)
-
-
 def act_norm_conv1d(x, weight, bias, **kwargs) -> torch.Tensor:
     """Dispatching entry point; same arguments as `act_norm_conv1d_torch`."""
     if x.dim() != 3:
         raise ValueError(f"act_norm_conv1d expects x of shape (B, C, L), got {tuple(x.shape)}")
     if (backend.choose("act_norm_conv1d", x.device, ("triton",)) == "triton"
-            and _kernel_dtypes(x, weight, bias, kwargs.get("add"), kwargs.get("residual"))):
+            and backend.triton_dtypes(x, weight, bias, kwargs.get("add"), kwargs.get("residual"))):
         return backend.load_triton_op("act_norm_conv1d").act_norm_conv1d(x, weight, bias, **kwargs)
     return act_norm_conv1d_torch(x, weight, bias, **kwargs)

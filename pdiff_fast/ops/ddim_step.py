@@ -36,11 +36,6 @@ def ddim_step_torch(
     return x_prev, x0
 
 
-def _kernel_dtypes(*tensors) -> bool:
-    """The Triton kernels compute in fp32: other dtypes (fp64, ...) take the torch path."""
-    return all(x is None or x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in tensors)
-
-
 def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip: bool = True, *,
               generator=None, seed=None, seed_offset: int = 0, row_offset=0):
     """Dispatching entry point; returns (x_prev, pred_x0).
@@ -50,7 +45,7 @@ def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip
     `generator`), with torch.randn(generator=...) on the torch path.
     """
     if (backend.choose("ddim_step", x_t.device, ("triton",)) == "triton"
-            and _kernel_dtypes(x_t, eps, noise)):
+            and backend.triton_dtypes(x_t, eps, noise)):
         return backend.load_triton_op("ddim_step").ddim_step(
             x_t, eps, a_t, a_prev, noise, eta, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)

@@ -38,11 +38,6 @@ def ddpm_step_torch(
     return x_prev.clamp(-1.0, 1.0), x0
 
 
-def _kernel_dtypes(*tensors) -> bool:
-    """The Triton kernels compute in fp32: other dtypes (fp64, ...) take the torch path."""
-    return all(x is None or x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in tensors)
-
-
 def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, seed=None, seed_offset: int = 0,
               row_offset=0):
     """Dispatching entry point; returns (x_prev, pred_x0).
@@ -54,7 +49,7 @@ def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, s
     torch path: torch.randn(generator=...); seed, seed_offset and row_offset are not used.
     """
     if (backend.choose("ddpm_step", x_t.device, ("triton",)) == "triton"
-            and _kernel_dtypes(x_t, eps, noise)):
+            and backend.triton_dtypes(x_t, eps, noise)):
         return backend.load_triton_op("ddpm_step").ddpm_step(
             x_t, eps, t, noise, coefs, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)

@@ -14,15 +14,10 @@ def eps_mse_torch(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return torch.mean((pred - target) ** 2)
 
 
-def _kernel_dtypes(*tensors) -> bool:
-    """The Triton kernels compute in fp32: other dtypes (fp64, ...) take the torch path."""
-    return all(x is None or x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in tensors)
-
-
 def eps_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Dispatching entry point; a 0-dim tensor that backpropagates into `pred`."""
     if pred.shape != target.shape:
         raise ValueError(f"eps_mse: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    if backend.choose("eps_mse", pred.device, ("triton",)) == "triton" and _kernel_dtypes(pred, target):
+    if backend.choose("eps_mse", pred.device, ("triton",)) == "triton" and backend.triton_dtypes(pred, target):
         return backend.load_triton_op("eps_mse").eps_mse(pred, target)
     return eps_mse_torch(pred, target)

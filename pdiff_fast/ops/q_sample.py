@@ -26,11 +26,6 @@ def q_sample_torch(
     return x_t, noise
 
 
-def _kernel_dtypes(*tensors) -> bool:
-    """The Triton kernels compute in fp32: other dtypes (fp64, ...) take the torch path."""
-    return all(x is None or x.dtype in (torch.float32, torch.float16, torch.bfloat16) for x in tensors)
-
-
 def q_sample(x0, t, coefs, noise=None, generator=None, *, seed=None, seed_offset: int = 0, row_offset=0):
     """Dispatching entry point; returns (x_t, noise).
 
@@ -39,7 +34,7 @@ def q_sample(x0, t, coefs, noise=None, generator=None, *, seed=None, seed_offset
     torch path, where seed, seed_offset and row_offset are not used.
     """
     if (backend.choose("q_sample", x0.device, ("triton",)) == "triton"
-            and _kernel_dtypes(x0, noise)):
+            and backend.triton_dtypes(x0, noise)):
         return backend.load_triton_op("q_sample").q_sample(
             x0, t, coefs, noise, generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
     return q_sample_torch(x0, t, coefs, noise, generator)
