@@ -22,7 +22,7 @@ import copy
 import functools
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -30,14 +30,14 @@ import torch
 from pdiff_fast import AE_CNN_bottleneck, DDIMScheduler, DDPMScheduler, EMA, ParamSpec, use_backend
 from pdiff_fast.autoencoder import PRESETS
 from pdiff_fast.models import build_model
-from pdiff_fast.sample import chunk_size_for, sample_latents
+from pdiff_fast.sample import chunk_size_for, default_grain, sample_latents
 from pdiff_fast.train import fit_autoencoder, fit_diffusion
 
 from . import reference_loop as ref
 
 PEERS = ("auto", "torch", "compile", "reference")
-PEER_NAMES = {"auto": "pdiff_fast (auto)", "torch": "pdiff_fast (torch)", "compile": "torch.compile",
-              "reference": "reference loop"}
+PEER_NAMES = {"auto": "pdiff_fast (auto)", "graph": "pdiff_fast (CUDA graph)", "torch": "pdiff_fast (torch)",
+              "compile": "torch.compile", "reference": "reference loop"}
 DDIM_STEPS, DDIM_ETA = 50, 0.05  # reference v2 samples with DDIM at a small eta
 RESNET18_SUBSET = [f"layer4.1.bn{i}.{p}" for i in (1, 2) for p in ("weight", "bias")]
 
@@ -72,7 +72,17 @@ def configs(full: bool) -> dict[str, BenchConfig]:
             "whole-net": BenchConfig("whole-net", "small", whole, (64, 128, 256))}
 
 
-def sizes(full: bool) -> Sizes:
+def sizes(full: bool, ns: tuple[int, ...] | None = None, ddpm_steps: int | None = None,
+          ddim_steps: int | None = None, cfgs: tuple[str, ...] | None = None) -> Sizes:
+    """The sizes of a default or --full run; ns / steps / cfgs (conftest's --n, --ddpm-steps,
+    --ddim-steps, --configs) narrow them for a short GPU window."""
+    base = _sizes(full)
+    chosen = {c: (ns or v) for c, v in base.ns.items() if not cfgs or c in cfgs}
+    return replace(base, ns=chosen, ddpm_steps=ddpm_steps or base.ddpm_steps,
+                   ddim_steps=ddim_steps or base.ddim_steps)
+
+
+def _sizes(full: bool) -> Sizes:
     if full:
         every = (1, 10, 100, 200, 1000)
         return Sizes(True, {"resnet18": every, "whole-net": every}, 1000, DDIM_STEPS,
@@ -108,7 +118,8 @@ class Setup:
         self.latent_shape = tuple(self.ae.latent_shape())
         self.latent_numel = math.prod(self.latent_shape)
         self.den = AE_CNN_bottleneck(self.latent_numel, 1, channel_list=list(cfg.denoiser_channels)).to(device)
-        self.chunk = chunk_size_for(self.latent_numel, self.D, 1 << 30)  # what generate() uses
+        self.grain = default_grain(device)  # what generate() uses: chunks are multiples of the grain
+        self.chunk = max(1, chunk_size_for(self.latent_numel, self.D, 1 << 30) // self.grain) * self.grain
         self._compiled: dict[str, object] = {}
 
     def describe(self) -> dict:
@@ -194,10 +205,11 @@ def make_scheduler(sampler: str, steps_run: int):
     return sched, full
 
 
-def pdiff_sample(denoiser, scheduler, n: int, s: Setup, generator=None) -> torch.Tensor:
-    """What pdiff_fast.generate does before decoding: chunks of s.chunk samples, all noise on the device."""
-    return torch.cat([sample_latents(denoiser, scheduler, min(s.chunk, n - i), s.latent_shape, s.device, generator)
-                      for i in range(0, n, s.chunk)])
+def pdiff_sample(denoiser, scheduler, n: int, s: Setup, seed: int = 0) -> torch.Tensor:
+    """What pdiff_fast.generate does before decoding: chunks of s.chunk samples, model i's noise from
+    (seed, i), the denoiser on fixed micro-batches (grain rows), the noise drawn on the device."""
+    return torch.cat([sample_latents(denoiser, scheduler, min(s.chunk, n - i), s.latent_shape, s.device,
+                                     seed=seed, start=i, grain=s.grain) for i in range(0, n, s.chunk)])
 
 
 @torch.no_grad()
@@ -211,7 +223,7 @@ def pdiff_decode_unflatten(decode, s: Setup, z: torch.Tensor) -> dict:
 
 @contextlib.contextmanager
 def peer_backend(peer: str):
-    name = {"auto": "auto", "torch": "torch", "compile": "torch"}.get(peer)
+    name = {"auto": "auto", "graph": "auto", "torch": "torch", "compile": "torch"}.get(peer)
     with (use_backend(name) if name else contextlib.nullcontext()):
         yield
 

@@ -33,6 +33,21 @@ def pytest_addoption(parser):
     group.addoption("--threads", type=int, default=None,
                     help="torch CPU threads (default: 1 when there is no GPU, 0: leave torch's default)")
     group.addoption("--no-compile", action="store_true", default=False, help="skip the torch.compile peer")
+    group.addoption("--n", default=None, help="comma-separated N values for every configuration (e.g. 1000)")
+    group.addoption("--ddpm-steps", type=int, default=None, help="DDPM reverse steps per timed call")
+    group.addoption("--ddim-steps", type=int, default=None, help="DDIM reverse steps per timed call")
+    group.addoption("--configs", default=None, help="comma-separated configurations (resnet18, whole-net)")
+
+
+def run_sizes(config) -> common.Sizes:
+    """common.sizes narrowed by the command line."""
+    def ints(text):
+        return tuple(int(v) for v in text.split(",")) if text else None
+    cfgs = config.getoption("--configs", default=None)
+    return common.sizes(config.getoption("--full"), ns=ints(config.getoption("--n", default=None)),
+                        ddpm_steps=config.getoption("--ddpm-steps", default=None),
+                        ddim_steps=config.getoption("--ddim-steps", default=None),
+                        cfgs=tuple(cfgs.split(",")) if cfgs else None)
 
 
 def pytest_configure(config):
@@ -59,9 +74,8 @@ def _explicit(metafunc, name: str) -> bool:
 
 
 def pytest_generate_tests(metafunc):
-    full = metafunc.config.getoption("--full")
-    sizes = common.sizes(full)
-    names = list(common.configs(full))
+    sizes = run_sizes(metafunc.config)
+    names = list(sizes.ns)
     fixtures = metafunc.fixturenames
     if "cfg_name" in fixtures and "n" in fixtures and not _explicit(metafunc, "cfg_name"):
         cases = [(c, n) for c in names for n in sizes.ns[c]]
@@ -74,7 +88,7 @@ def pytest_generate_tests(metafunc):
 
 @pytest.fixture(scope="session")
 def sizes(request) -> common.Sizes:
-    return common.sizes(request.config.getoption("--full"))
+    return run_sizes(request.config)
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,9 @@
 # Knobs: PYTHON (python3), PDIFF_GPU_WHEELS (.gpu_wheels), PDIFF_GPU_DEADLINE_S (540: the whole
 # script, packing included), PDIFF_GPU_TESTS (tests/), PDIFF_GPU_TEST_WORKERS (4 with
 # pytest-xdist, 0: none), PDIFF_GPU_BENCH_ARGS (extra pytest args), PDIFF_GPU_SCALING_STEPS,
-# PDIFF_GPU_SKIP ("tests cmake": phases to leave out, e.g. in a second window for benchmarks).
+# PDIFF_GPU_SKIP ("tests cmake": phases to leave out, e.g. in a second window for benchmarks),
+# PDIFF_GPU_BENCH_FILES ("test_sampling test_population": which benchmark files, default all;
+# with PDIFF_GPU_BENCH_ARGS="--n 1000 --configs resnet18 --ddpm-steps 100" for a short window).
 # Rehearsal (PDIFF_GPU_REHEARSAL=1, a CPU machine): the same steps with a CPU build, a subset of
 # the tests, the -m quick benchmarks and a small scaling run; a longer default deadline.
 set -uo pipefail
@@ -173,7 +175,11 @@ phase_bench() {
   # file with the time left (compiling is slow, the other peers come first)
   local deadline=$1 full=() sel=(-m "not quick") files=() f rc=0 r left share t0 name w
   [ "$REHEARSAL" = 1 ] && sel=(-m quick) || full=(--full)
-  files=($(ls benchmarks/test_*.py))
+  if [ -n "${PDIFF_GPU_BENCH_FILES:-}" ]; then
+    for name in $PDIFF_GPU_BENCH_FILES; do files+=("benchmarks/$name.py"); done
+  else
+    files=($(ls benchmarks/test_*.py))
+  fi
   local weights="test_sampling:4 test_autoencoder:2 test_denoiser:2 test_decode:2 test_population:2 test_flatten_params:1"
   weight() { local v; v=$(tr ' ' '\n' <<<"$weights" | grep "^$1:" | cut -d: -f2); echo "${v:-1}"; }
   local left_w=0
@@ -206,7 +212,7 @@ phase_bench() {
     "$PY" -m pytest benchmarks/ -q -p no:cacheprovider -k compile --collect-only >"$ALL/bench_compile.log" 2>&1
     echo "bench: compile: $(tail -1 "$ALL/bench_compile.log")"
   elif [ "$share" -ge 10 ]; then
-    bench_one compile "$share" benchmarks/ "${sel[@]}" -k compile
+    bench_one compile "$share" "${files[@]}" "${sel[@]}" -k compile
   else
     echo "bench: compile: no time left"
   fi
@@ -337,8 +343,10 @@ if [ "$REHEARSAL" = 1 ]; then run_phase build 900 260; else run_phase build 240 
 if [ "$REHEARSAL" = 1 ]; then run_phase tests 600 200; else run_phase tests 170 200; fi
 BENCH_START=$(now)
 export BENCH_START
-BENCH_END=$(( DEADLINE - 100 ))  # report 15 s, scaling 75 s, cmake what is left after them
-run_phase bench 100000 100 "$(( BENCH_END - 20 ))"
+BENCH_END=$(( DEADLINE - 25 ))  # report 15 s, scaling 75 s (unless skipped), cmake what is left after them
+BENCH_RESERVE=25
+case " ${PDIFF_GPU_SKIP:-} " in *" scaling "*) ;; *) BENCH_END=$(( BENCH_END - 75 )); BENCH_RESERVE=100 ;; esac
+run_phase bench 100000 "$BENCH_RESERVE" "$(( BENCH_END - 20 ))"
 run_phase report 20 80
 run_phase scaling 75 0
 run_phase cmake 300 0

@@ -59,19 +59,40 @@ PEERS = {
 SUBSETS = {"last2bn": "last-2-norm-layers", "last1bn": "last-1-norm-layers"}
 
 
+def _to(args, device):
+    base, spec, flat, x, y = args
+    return base.to(device), spec, flat.to(device), x.to(device), y.to(device)
+
+
 @pytest.mark.parametrize("peer", list(PEERS))
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
 @pytest.mark.parametrize("subset,n_models", [pytest.param("last2bn", 10, marks=pytest.mark.quick),
-                                             ("last2bn", 200), ("last1bn", 200)])
-def test_population_eval(benchmark, peer, subset, n_models):
+                                             ("last2bn", 200), ("last1bn", 200),
+                                             ("last2bn", 1000), ("last1bn", 1000)])
+def test_population_eval(benchmark, peer, where, subset, n_models):
+    device = where
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if device == "cpu" and n_models > 200:
+        pytest.skip("N = 1000 is timed on CUDA only (minutes on a CPU for the loop)")
     warm_allocator()
-    args = population(n_models, SUBSETS[subset])
+    args = _to(population(n_models, SUBSETS[subset]), device)
     if n_models <= 10:  # the cheap case also checks the two peers agree
         a, b = (fn(*args) for fn in PEERS.values())
         assert torch.equal(a.predictions, b.predictions)
     fn = PEERS[peer]
-    fn(*args)  # warm-up: oneDNN primitives, allocator
-    benchmark.group = f"population/cnn1d-{subset}/N{n_models}"
+
+    def call():
+        out = fn(*args)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return out
+
+    call()  # warm-up: oneDNN primitives / CUDA kernels, allocator
+    benchmark.group = f"population/cnn1d-{subset}/N{n_models}/{device}"
     benchmark.extra_info.update({"stage": "population", "peer": peer, "N": n_models, "D": args[1].dim,
-                                 "n_test": N_TEST, "device": "cpu", "torch_threads": torch.get_num_threads()})
-    result = benchmark.pedantic(fn, args=args, rounds=3 if n_models <= 10 else 2, iterations=1)
+                                 "n_test": N_TEST, "device": device if device == "cpu" else
+                                 f"cuda ({torch.cuda.get_device_name()})",
+                                 "torch_threads": torch.get_num_threads()})
+    result = benchmark.pedantic(call, rounds=3 if n_models <= 10 or device == "cuda" else 2, iterations=1)
     assert result.finite.all()

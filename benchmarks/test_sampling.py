@@ -1,6 +1,7 @@
 """Throughput of sampling N latents by reverse diffusion (DDPM, 1000 steps; DDIM, 50 steps,
-eta 0.05): pdiff_fast's `sample_latents` in generate()'s chunks under its automatic backend and
-under use_backend("torch"), the same loop on torch.compile(denoiser), and the reference loop
+eta 0.05): pdiff_fast's `sample_latents` as generate() runs it (seeded micro-batches, in chunks) under
+its automatic backend and under use_backend("torch"), generate(cuda_graph=True)'s captured
+GraphedLatentSampler (DDPM on CUDA), the same loop on torch.compile(denoiser), and the reference loop
 (host noise, host timesteps, `extract` gathers and a host copy of x_t at every step, one batch).
 
 A timed call runs the first `steps_run` reverse steps of the schedule (extra_info says how many
@@ -11,6 +12,8 @@ With --full every step of the schedule runs. Decoding is timed in test_decode.py
 """
 import pytest
 import torch
+
+from pdiff_fast.sample import GraphedLatentSampler
 
 from . import common
 from . import reference_loop as ref
@@ -28,12 +31,18 @@ def _case(benchmark, s, sizes, peer, sampler, n, steps, group):
         else:
             def fn():
                 diffusion.sample_ddim(model, shape, timesteps, schedule, common.DDIM_ETA, s.device)
-    else:
-        model = s.compiled("denoiser") if peer == "compile" else s.den
-        gen = torch.Generator(device=s.device).manual_seed(0)
+    elif peer == "graph":
+        if s.device.type != "cuda" or sampler != "ddpm":
+            pytest.skip("CUDA-graph sampling: DDPM on CUDA only")
+        graphed = GraphedLatentSampler(s.den, scheduler, n, s.latent_shape, s.device)  # captured once
 
         def fn():
-            common.pdiff_sample(model, scheduler, n, s, gen)
+            graphed.sample(seed=0)
+    else:
+        model = s.compiled("denoiser") if peer == "compile" else s.den
+
+        def fn():
+            common.pdiff_sample(model, scheduler, n, s, seed=0)
     info = {"N": n, "sampler": sampler, "steps_run": steps, "steps_schedule": len(schedule),
             "timed": f"first {steps} of {len(schedule)} {sampler.upper()} steps for N={n}; per step = time / {steps}; "
                      "not extrapolated",
@@ -41,6 +50,7 @@ def _case(benchmark, s, sizes, peer, sampler, n, steps, group):
     common.time_case(benchmark, fn, s=s, sizes=sizes, peer=peer, stage=f"sample_{sampler}", group=group, info=info)
 
 
+@pytest.mark.parametrize("peer", [*common.PEERS, "graph"])
 @pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
 def test_sample(benchmark, setup_for, sizes, cfg_name, n, peer, sampler):
     s = setup_for(cfg_name)

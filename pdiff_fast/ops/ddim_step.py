@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import backend
+from .noise import randn_like
 
 
 def ddim_step_torch(
@@ -50,5 +51,5 @@ def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip
             x_t, eps, a_t, a_prev, noise, eta, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)
     if noise is None and eta > 0:
-        noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
+        noise = randn_like(x_t, generator)
     return ddim_step_torch(x_t, eps, a_t, a_prev, noise, eta, clip)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import backend
+from .noise import randn_like
 
 
 def _gather(row: torch.Tensor, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -54,5 +55,5 @@ def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, s
             x_t, eps, t, noise, coefs, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)
     if noise is None:
-        noise = torch.randn(x_t.shape, device=x_t.device, dtype=x_t.dtype, generator=generator)
+        noise = randn_like(x_t, generator)
     return ddpm_step_torch(x_t, eps, t, noise, coefs, clip)

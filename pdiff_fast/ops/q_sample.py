@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import backend
+from .noise import randn_like
 
 
 def q_sample_torch(
@@ -20,7 +21,7 @@ def q_sample_torch(
     generator: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if noise is None:
-        noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
+        noise = randn_like(x0, generator)
     shape = (-1,) + (1,) * (x0.dim() - 1)
     x_t = coefs[0].gather(0, t).view(shape) * x0 + coefs[1].gather(0, t).view(shape) * noise
     return x_t, noise
