@@ -34,6 +34,9 @@ from setuptools import setup
 
 CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is serial without it
 NVCC_FLAGS = ["-O3"]  # no --use_fast_math (see above)
+# extra flags for experiments (e.g. a toolchain workaround), split on spaces, appended
+CXX_FLAGS += os.environ.get("PDIFF_FAST_EXTRA_CXX", "").split()
+NVCC_FLAGS += os.environ.get("PDIFF_FAST_EXTRA_NVCC", "").split()
 
 
 class CudaBuildError(RuntimeError):

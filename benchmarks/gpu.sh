@@ -23,7 +23,8 @@
 # bench.json scaling.md all.tar.gz (every log, junit.xml, per-file JSON, PNGs).
 #
 # Knobs: PYTHON (python3), PDIFF_GPU_WHEELS (.gpu_wheels), PDIFF_GPU_DEADLINE_S (540: the whole
-# script, packing included), PDIFF_GPU_TESTS (tests/), PDIFF_GPU_TEST_WORKERS (4 with
+# script, packing included), PDIFF_GPU_TESTS (tests/), PDIFF_GPU_TESTS_S (170: the tests' time box),
+# PDIFF_GPU_TEST_WORKERS (4 with
 # pytest-xdist, 0: none), PDIFF_GPU_BENCH_ARGS (extra pytest args), PDIFF_GPU_SCALING_STEPS,
 # PDIFF_GPU_SKIP ("tests cmake": phases to leave out, e.g. in a second window for benchmarks),
 # PDIFF_GPU_BENCH_FILES ("test_sampling test_population": which benchmark files, default all;
@@ -340,7 +341,7 @@ echo "gpu.sh: OUT=$OUT rehearsal=$REHEARSAL python=$PY wheels=$WHEELS deadline=$
 run_phase env 30 400
 run_phase deps 90 380
 if [ "$REHEARSAL" = 1 ]; then run_phase build 900 260; else run_phase build 240 260; fi
-if [ "$REHEARSAL" = 1 ]; then run_phase tests 600 200; else run_phase tests 170 200; fi
+if [ "$REHEARSAL" = 1 ]; then run_phase tests 600 200; else run_phase tests "${PDIFF_GPU_TESTS_S:-170}" 200; fi
 BENCH_START=$(now)
 export BENCH_START
 BENCH_END=$(( DEADLINE - 25 ))  # report 15 s, scaling 75 s (unless skipped), cmake what is left after them
