@@ -140,6 +140,13 @@ phase_build() {
     export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-9.0} FORCE_CUDA=1
   fi
   [ "$REHEARSAL" = 1 ] || rm -f pdiff_fast/_C*.so
+  # The GPU image sets CXX=/opt/gcc/bin/g++, a wrapper around g++ 13.3: with it, every error the
+  # extension raises with a number in its message (TORCH_CHECK) killed python with SIGSEGV (CPU and
+  # CUDA builds alike; measured on the H100 image, 2026-11-23). /usr/bin/g++ (the same gcc 13.3,
+  # unwrapped) raises them as RuntimeError. PDIFF_GPU_CXX picks another compiler.
+  local cxx=${PDIFF_GPU_CXX:-$([ -x /usr/bin/g++ ] && echo /usr/bin/g++ || echo "${CXX:-c++}")}
+  export CXX=$cxx CC=${PDIFF_GPU_CC:-$([ -x /usr/bin/gcc ] && echo /usr/bin/gcc || echo "${CC:-cc}")}
+  echo "build: CXX=$CXX CC=$CC"
   PIP_CONFIG_FILE=/dev/null "$PY" -m pip install --no-index --no-build-isolation --no-deps -v -e . \
     >"$ALL/build_pip.log" 2>&1
   local rc=$?
@@ -148,7 +155,15 @@ phase_build() {
   "$PY" -c "
 import torch, pdiff_fast._C as C
 print('pdiff_fast._C', C.__file__, 'has_cuda', C.has_cuda())
-raise SystemExit(0 if C.has_cuda() or torch.version.cuda is None else 3)"
+raise SystemExit(0 if C.has_cuda() or torch.version.cuda is None else 3)" || return $?
+  # an error raised in C++ must reach python as RuntimeError, not kill it (see CXX above)
+  "$PY" -c "
+import torch, pdiff_fast._C as C
+try:
+    C.flatten_params([[torch.zeros(3)]], [4], torch.float32)
+except RuntimeError as e:
+    print('build: C++ errors arrive as RuntimeError:', str(e).splitlines()[0])
+" || { echo "build: a C++ error killed python (rc $?): rebuild with another compiler (PDIFF_GPU_CXX)"; return 4; }
 }
 
 phase_tests() {
