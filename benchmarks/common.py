@@ -3,7 +3,9 @@ a --full run, the four peers every stage is timed with, the work (FLOPs, fewest 
 timed call, and the timing helper.
 
 Peers (extra_info["peer"]), all timed in the same run:
-  auto       pdiff_fast with its automatic backend (Triton on CUDA; on CPU that is plain torch)
+  auto       pdiff_fast with its automatic backend (Triton on CUDA, but torch for training steps,
+             where the fused kernels measured slower; on CPU plain torch)
+  triton     pdiff_fast under use_backend("triton"): every fused kernel, training included (CUDA)
   torch      pdiff_fast under use_backend("torch")
   compile    torch.compile of the same pdiff_fast modules, run under use_backend("torch")
   reference  benchmarks/reference_loop.py, an eager re-implementation of the reference loops
@@ -35,8 +37,9 @@ from pdiff_fast.train import fit_autoencoder, fit_diffusion
 
 from . import reference_loop as ref
 
-PEERS = ("auto", "torch", "compile", "reference")
-PEER_NAMES = {"auto": "pdiff_fast (auto)", "graph": "pdiff_fast (CUDA graph)", "torch": "pdiff_fast (torch)",
+PEERS = ("auto", "triton", "torch", "compile", "reference")
+PEER_NAMES = {"auto": "pdiff_fast (auto)", "triton": "pdiff_fast (triton)", "graph": "pdiff_fast (CUDA graph)",
+              "torch": "pdiff_fast (torch)",
               "compile": "torch.compile", "reference": "reference loop"}
 DDIM_STEPS, DDIM_ETA = 50, 0.05  # reference v2 samples with DDIM at a small eta
 RESNET18_SUBSET = [f"layer4.1.bn{i}.{p}" for i in (1, 2) for p in ("weight", "bias")]
@@ -223,7 +226,7 @@ def pdiff_decode_unflatten(decode, s: Setup, z: torch.Tensor) -> dict:
 
 @contextlib.contextmanager
 def peer_backend(peer: str):
-    name = {"auto": "auto", "graph": "auto", "torch": "torch", "compile": "torch"}.get(peer)
+    name = {"auto": "auto", "triton": "triton", "graph": "auto", "torch": "torch", "compile": "torch"}.get(peer)
     with (use_backend(name) if name else contextlib.nullcontext()):
         yield
 
@@ -282,6 +285,8 @@ def _skip_on_failure(call, peer: str, cuda: bool) -> float:
 def time_case(benchmark, fn, *, s: Setup, sizes: Sizes, peer: str, stage: str, group: str, info: dict) -> None:
     """Warm up (compile for the compile peer), then time rounds of one call each: as many as fit in
     sizes.budget_s, within [min_rounds, max_rounds]."""
+    if peer == "triton" and s.device.type != "cuda":
+        pytest.skip("the triton peer (every fused kernel forced on) runs on CUDA only")
     benchmark.group = group
     benchmark.extra_info.update({"stage": stage, "peer": peer, "peer_name": PEER_NAMES.get(peer, peer),
                                  **s.describe(), "torch_threads": torch.get_num_threads(),

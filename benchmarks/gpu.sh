@@ -16,11 +16,13 @@
 #   bench    pytest benchmarks/ --full, one file at a time (a time-out loses one file, not all),
 #            first without the torch.compile peer, then the compile peer with the time left;
 #            merged into bench.json, report.py -> bench.md
+#   profile  benchmarks/profile_gpu.py: torch.profiler top kernels of sampling, AE training and
+#            population evaluation -> profile.md
 #   scaling  benchmarks/scaling.py --steps 100 (PDIFF_GPU_SCALING_STEPS; PDIFF_GPU_SCALING_ARGS=--full
 #            for the larger N and D where a window has the time)
 #   cmake    the CMake build WITH_CUDA and ctest (the C++ unit tests), with what time is left
-# OUT_DIR gets at most 7 files (the run tool returns 8): summary.md env.txt tests.txt bench.md
-# bench.json scaling.md all.tar.gz (every log, junit.xml, per-file JSON, PNGs).
+# OUT_DIR gets at most 8 files (the run tool returns 8): summary.md env.txt tests.txt bench.md
+# bench.json profile.md scaling.md all.tar.gz (every log, junit.xml, per-file JSON, PNGs).
 #
 # Knobs: PYTHON (python3), PDIFF_GPU_WHEELS (.gpu_wheels), PDIFF_GPU_DEADLINE_S (540: the whole
 # script, packing included), PDIFF_GPU_TESTS (tests/), PDIFF_GPU_TESTS_S (170: the tests' time box),
@@ -266,6 +268,14 @@ EOF
   "$PY" benchmarks/report.py "$OUT/bench.json" -o "$OUT/bench.md"
 }
 
+phase_profile() {
+  if [ "$REHEARSAL" = 1 ]; then
+    "$PY" -m benchmarks.profile_gpu --small --out "$OUT/profile.md" || return $?
+  else
+    "$PY" -m benchmarks.profile_gpu --out "$OUT/profile.md" || return $?
+  fi
+}
+
 phase_scaling() {
   local args=(--out "$ALL/scaling")
   if [ "$REHEARSAL" = 1 ]; then
@@ -361,9 +371,11 @@ BENCH_START=$(now)
 export BENCH_START
 BENCH_END=$(( DEADLINE - 25 ))  # report 15 s, scaling 75 s (unless skipped), cmake what is left after them
 BENCH_RESERVE=25
-case " ${PDIFF_GPU_SKIP:-} " in *" scaling "*) ;; *) BENCH_END=$(( BENCH_END - 75 )); BENCH_RESERVE=100 ;; esac
+case " ${PDIFF_GPU_SKIP:-} " in *" scaling "*) ;; *) BENCH_END=$(( BENCH_END - 75 )); BENCH_RESERVE=$(( BENCH_RESERVE + 75 )) ;; esac
+case " ${PDIFF_GPU_SKIP:-} " in *" profile "*) ;; *) BENCH_END=$(( BENCH_END - 60 )); BENCH_RESERVE=$(( BENCH_RESERVE + 60 )) ;; esac
 run_phase bench 100000 "$BENCH_RESERVE" "$(( BENCH_END - 20 ))"
-run_phase report 20 80
+run_phase report 20 135
+run_phase profile 60 75
 run_phase scaling 75 0
 run_phase cmake 300 0
 

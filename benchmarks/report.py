@@ -23,8 +23,9 @@ import json
 import sys
 from collections import defaultdict
 
-PEER_ORDER = ("auto", "graph", "torch", "compile", "reference")
-PEER_NAMES = {"auto": "pdiff_fast (auto)", "graph": "pdiff_fast (CUDA graph)", "torch": "pdiff_fast (torch)",
+PEER_ORDER = ("auto", "triton", "graph", "torch", "compile", "reference")
+PEER_NAMES = {"auto": "pdiff_fast (auto)", "triton": "pdiff_fast (triton)", "graph": "pdiff_fast (CUDA graph)",
+              "torch": "pdiff_fast (torch)",
               "compile": "torch.compile", "reference": "reference loop"}
 SIZE_KEYS = ("N", "K", "n", "k", "batch", "D")
 STAGE_ORDER = ("ae_train", "den_train", "sample_ddpm", "sample_ddim", "decode_unflatten")

@@ -8,8 +8,11 @@ Backends:
   "auto"   - the fastest one available for the tensor's device (Triton only for CUDA tensors)
 
 Selection, strongest first: the `use_backend(...)` context manager, the environment variable
-PDIFF_FAST_BACKEND, then "auto". An explicitly requested backend that is unavailable raises;
-"auto" falls back to torch with one warning per op.
+PDIFF_FAST_BACKEND, then "auto". An explicit backend applies to the ops that have it and the
+others run torch (so `use_backend("triton")` can wrap a whole pipeline, whose flatten/unflatten
+have no Triton kernel); an explicit backend that an op has but cannot run here (no CUDA, not
+built) raises. "auto" falls back to torch with one warning per op, and leaves to torch the calls
+an op marks as measured slower on its fast path (`choose(..., auto=False)`).
 """
 from __future__ import annotations
 
@@ -87,14 +90,15 @@ def _warn_once(op: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def choose(op: str, device: torch.device, available: tuple[str, ...]) -> str:
+def choose(op: str, device: torch.device, available: tuple[str, ...], *, auto: bool = True) -> str:
     """Pick the backend for `op` on `device`.
 
-    `available` lists the fast backends this op has besides "torch", best first.
+    `available` lists the fast backends this op has besides "torch", best first. auto=False: this
+    call is one that "auto" runs on torch (an explicit backend still applies).
     Returns "torch", "triton" or "ext".
     """
     requested = _requested()
-    if requested == "torch":
+    if requested == "torch" or (requested == "auto" and not auto):
         return "torch"
     if requested != "auto":
         if requested not in available:
