@@ -283,17 +283,25 @@ def _skip_on_failure(call, peer: str, cuda: bool) -> float:
 
 
 def time_case(benchmark, fn, *, s: Setup, sizes: Sizes, peer: str, stage: str, group: str, info: dict) -> None:
+    """time_op for a stage of one configuration (its Setup describes the case)."""
+    time_op(benchmark, fn, device=s.device, sizes=sizes, peer=peer, stage=stage, group=group,
+            info={**s.describe(), **info})
+
+
+def time_op(benchmark, fn, *, device: torch.device, sizes: Sizes, peer: str, stage: str, group: str,
+            info: dict) -> None:
     """Warm up (compile for the compile peer), then time rounds of one call each: as many as fit in
-    sizes.budget_s, within [min_rounds, max_rounds]."""
-    if peer == "triton" and s.device.type != "cuda":
+    sizes.budget_s, within [min_rounds, max_rounds]. info should carry "flops" and "bytes_min"
+    (the work of one call) for the report's floor columns."""
+    if peer == "triton" and device.type != "cuda":
         pytest.skip("the triton peer (every fused kernel forced on) runs on CUDA only")
     benchmark.group = group
     benchmark.extra_info.update({"stage": stage, "peer": peer, "peer_name": PEER_NAMES.get(peer, peer),
-                                 **s.describe(), "torch_threads": torch.get_num_threads(),
+                                 "device": device_name(device), "torch_threads": torch.get_num_threads(),
                                  "mode": "full" if sizes.full else "default", **info})
     if peer == "auto":
-        benchmark.extra_info["auto_backends"] = auto_choices(s.device)
-    cuda = s.device.type == "cuda"
+        benchmark.extra_info["auto_backends"] = auto_choices(device)
+    cuda = device.type == "cuda"
 
     def call():
         with peer_backend(peer):

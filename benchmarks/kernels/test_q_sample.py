@@ -1,0 +1,33 @@
+"""q_sample: forward noising with the noise drawn in the same pass (training), the fused Triton
+kernel (auto on CUDA) against the torch reference op and torch.compile of it.
+
+    pytest benchmarks/kernels/test_q_sample.py [-m q_sample]
+
+Fewest bytes: read x0, write x_t and the noise (the loss needs it): 12 B per element.
+"""
+import pytest
+import torch
+
+from pdiff_fast.ops.q_sample import q_sample, q_sample_torch
+
+from .. import common
+from . import cases
+
+pytestmark = pytest.mark.q_sample
+
+
+@pytest.mark.parametrize("peer", [pytest.param("auto", marks=pytest.mark.quick),
+                                  pytest.param("torch", marks=pytest.mark.quick), "compile"])
+@pytest.mark.parametrize("shape", cases.SHAPES)
+def test_q_sample(benchmark, device, sizes, peer, shape):
+    a = cases.inputs(shape, device)
+    if peer == "compile":
+        noise_in = common.compile_or_skip(lambda x, t: q_sample_torch(x, t, a["noising"], torch.randn_like(x)))
+
+        def fn():
+            noise_in(a["x"], a["t"])
+    else:
+        def fn():
+            q_sample(a["x"], a["t"], a["noising"], seed=0)
+    common.time_op(benchmark, fn, device=device, sizes=sizes, peer=peer, stage="q_sample",
+                   group=f"q_sample/{shape}{list(a['x'].shape)}", info=cases.elementwise_work(a["x"], 1, 2))
