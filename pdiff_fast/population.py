@@ -35,12 +35,16 @@ unflattened chunk by chunk (all at once when they take under a quarter of the bu
 `predictions` (N, n_test) int64 is kept only when keep_predictions=True (the default;
 evaluate() does not keep them).
 
-`evaluate_one_by_one` is the slow reference (one model at a time, as the original code), and
-`iou_matrix` the IoU of wrong-prediction sets (|A & B| / |A | B|, 1.0 for two empty sets) with
-the popcount kernel of the extension; `iou_matrix_torch` is its reference on bool tensors.
-`iou_stats` reduces the IoU matrix of two populations (or of one with itself, diagonal left
-out) to its mean, row maxima and maximum block by block, within a memory budget, without ever
-holding the whole (Na, Nb) matrix.
+`evaluate_one_by_one` is the slow reference (one model at a time, as the original code).
+
+Where the parts live (all importable from here, as before):
+- steps 1-2, the stage planner and the per-model suffix: pdiff_fast.population_plan;
+- the fused norm affine + activation: pdiff_fast.ops.norm_affine_act (`norm_affine_act_torch`);
+- the bitsets and their IoU: pdiff_fast.ops.iou_matrix: `pack_bits` / `unpack_bits`,
+  `iou_matrix` (|A & B| / |A | B|, 1.0 for two empty sets, with the popcount kernel of the
+  extension), its reference `iou_matrix_torch` on bool tensors, and `iou_stats`, the IoU matrix
+  of two populations (or of one with itself, diagonal left out) reduced to its mean, row maxima
+  and maximum block by block, within a memory budget, never holding the whole (Na, Nb) matrix.
 """
 from __future__ import annotations
 
@@ -48,16 +52,27 @@ import contextlib
 import copy
 import math
 import sys
-import warnings
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, vmap
 
-from . import backend
+# the names marked F401 moved to pdiff_fast.ops (iou_matrix.py, norm_affine_act.py) and are
+# re-exported: importable from here as before
+from .ops.iou_matrix import (
+    IOU_BLOCK_BYTES_PER_VALUE,  # noqa: F401
+    IOU_TORCH_BYTES_PER_BIT,  # noqa: F401
+    IOU_TORCH_BYTES_PER_VALUE,  # noqa: F401
+    IoUStats,  # noqa: F401
+    iou_matrix,  # noqa: F401
+    iou_matrix_torch,  # noqa: F401
+    iou_stats,  # noqa: F401
+    pack_bits,
+    unpack_bits,  # noqa: F401
+)
+from .ops.norm_affine_act import norm_affine_act_torch  # noqa: F401
 from .params import ParamSpec
+from .population_plan import _Plan, _plan, _run_suffix
 
 CACHE_TILE_BYTES = 8 << 20  # widest activation of one (models x samples) tile: stays in cache
 MEMORY_SAFETY = 4  # live activations per stage ~ input + output + temporaries
@@ -71,403 +86,6 @@ class PopulationResult:
     predictions: torch.Tensor | None  # (N, n_test) int64; -1 where finite is False; None unless kept
     finite: torch.Tensor  # (N,) bool: all parameters finite (the model was evaluated)
     rechecked: int = 0  # (model, batch) pairs recomputed by the reference path
-
-
-# --- bitsets and IoU -------------------------------------------------------------------------
-
-def pack_bits(mask: torch.Tensor) -> torch.Tensor:
-    """(N, n) bool -> (N, ceil(n / 8)) uint8, bit k of byte w = column 8w + k."""
-    n_rows, n = mask.shape
-    width = (n + 7) // 8
-    padded = torch.zeros(n_rows, width * 8, dtype=torch.uint8, device=mask.device)
-    padded[:, :n] = mask
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
-    return (padded.view(n_rows, width, 8) * weights).sum(-1).to(torch.uint8)  # (N, W)
-
-
-def unpack_bits(bits: torch.Tensor, n: int | None = None) -> torch.Tensor:
-    """(N, W) uint8 or int64 words -> (N, n) bool (n defaults to every bit)."""
-    as_bytes = bits.contiguous().view(torch.uint8)  # little-endian words: bytes in bit order
-    shifts = torch.arange(8, dtype=torch.uint8, device=bits.device)
-    out = ((as_bytes.unsqueeze(-1) >> shifts) & 1).bool().flatten(1)
-    return out if n is None else out[:, :n]
-
-
-def iou_matrix_torch(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """(Na, n), (Nb, n) bool -> (Na, Nb) float32 IoU of the sets, 1.0 for two empty sets."""
-    a64, b64 = a.to(torch.float64), b.to(torch.float64)
-    inter = a64 @ b64.T  # exact counts
-    union = a64.sum(1, keepdim=True) + b64.sum(1) - inter
-    iou = inter.float() / union.float()
-    return torch.where(union == 0, torch.ones_like(iou), iou)
-
-
-def _check_bitsets(op: str, wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> None:
-    if wrong_a.dim() != 2 or wrong_b.dim() != 2 or wrong_a.shape[1] != wrong_b.shape[1]:
-        raise ValueError(f"{op}: expected (Na, W) and (Nb, W) bitsets, got "
-                         f"{tuple(wrong_a.shape)} and {tuple(wrong_b.shape)}")
-    if wrong_a.dtype != wrong_b.dtype:
-        raise ValueError(f"{op}: mismatched dtypes {wrong_a.dtype} and {wrong_b.dtype}")
-
-
-def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
-    """(Na, W), (Nb, W) packed bitsets (uint8 / int64) -> (Na, Nb) float32 IoU."""
-    _check_bitsets("iou_matrix", wrong_a, wrong_b)
-    if backend.choose("iou_matrix", wrong_a.device, ("ext",)) == "ext":
-        return backend.load_extension().iou_matrix(wrong_a, wrong_b)
-    return iou_matrix_torch(unpack_bits(wrong_a), unpack_bits(wrong_b))
-
-
-@dataclass
-class IoUStats:
-    """What the memorisation analysis needs of an (Na, Nb) IoU matrix (see iou_stats)."""
-    mean: float  # mean over the pairs (a self-comparison leaves out the diagonal); NaN without pairs
-    max: float  # largest IoU of any pair; NaN without pairs
-    row_max: torch.Tensor | None  # (Na,) float32 max of each row's pairs (NaN for a row without any)
-    pairs: int  # number of pairs averaged
-
-
-IOU_BLOCK_BYTES_PER_VALUE = 24  # float32 IoU (4) + the float64 copy sum(dtype=float64) makes (8), x2 slack
-IOU_TORCH_BYTES_PER_BIT = 34  # unpacking path: (uint8 + bool + float64) per bit of a row, both sides
-IOU_TORCH_BYTES_PER_VALUE = 48  # unpacking path: float64 inter / union / iou per pair
-
-
-def _iou_blocks(na: int, nb: int, n_bits: int, use_ext: bool, budget: int) -> tuple[int, int]:
-    """Rows and columns of one IoU block whose working memory stays within budget bytes."""
-    budget = max(1, budget)
-    if use_ext:  # the popcount kernel reads the packed bits: only the (rows, cols) output counts
-        cols = min(nb, max(1, budget // IOU_BLOCK_BYTES_PER_VALUE))
-        rows = min(na, max(1, budget // (IOU_BLOCK_BYTES_PER_VALUE * cols)))
-        return rows, cols
-    # torch reference: both sides unpacked to float64: s * n_bits * 34 + s^2 * 48 <= budget
-    a, b = IOU_TORCH_BYTES_PER_VALUE, IOU_TORCH_BYTES_PER_BIT * n_bits
-    side = int((-b + math.sqrt(b * b + 4 * a * budget)) / (2 * a))
-    return min(na, max(1, side)), min(nb, max(1, side))
-
-
-def iou_stats(wrong_a: torch.Tensor, wrong_b: torch.Tensor | None = None, *, row_max: bool = True,
-              memory_budget_bytes: int = 2 ** 30, block_rows: int | None = None,
-              block_cols: int | None = None) -> IoUStats:
-    """Mean, maximum and row maxima of iou_matrix(wrong_a, wrong_b) (Na, Nb), computed in
-    blocks of rows (and of columns when needed) sized to memory_budget_bytes, never holding
-    the whole matrix: each block is one iou_matrix call (the extension's popcount kernel when
-    available) reduced on the spot.
-
-    wrong_b None: wrong_a against itself, the diagonal (each model with itself) left out of
-    the mean and the maxima; with row_max=False only the upper triangle is computed (the IoU
-    is symmetric), half the work. block_rows / block_cols override the sizes (tests).
-
-    The mean is the exactly rounded sum of the per-row float64 sums divided by the number of
-    pairs: each row sum of float32 IoUs (multiples of 2^-(23 + ceil(log2 n_bits))) is exact
-    while Nb * n_bits <= 2^29, so the result then depends neither on the block sizes nor on
-    the order of the blocks, and equals the mean of the whole matrix in float64.
-    """
-    self_pairs = wrong_b is None
-    b_bits = wrong_a if self_pairs else wrong_b
-    _check_bitsets("iou_stats", wrong_a, b_bits)
-    na, nb = wrong_a.shape[0], b_bits.shape[0]
-    device = wrong_a.device
-    triangle = self_pairs and not row_max
-    use_ext = backend.choose("iou_matrix", device, ("ext",)) == "ext"
-    n_bits = wrong_a.shape[1] * wrong_a.element_size() * 8
-    rows, cols = _iou_blocks(na, nb, n_bits, use_ext, memory_budget_bytes)
-    rows, cols = max(1, block_rows or rows), max(1, block_cols or cols)
-    row_sum = torch.zeros(na, dtype=torch.float64, device=device)
-    rmax = torch.full((na,), -math.inf, device=device) if row_max else None
-    best = -math.inf
-    for r0 in range(0, na, rows):
-        r1 = min(na, r0 + rows)
-        for c0 in range(r0 if triangle else 0, nb, cols):
-            c1 = min(nb, c0 + cols)
-            block = iou_matrix(wrong_a[r0:r1], b_bits[c0:c1])  # (r, c) float32
-            if triangle:
-                if c0 < r1:  # keep column j > row i only
-                    block.triu_(r0 - c0 + 1)
-                row_sum[r0:r1] += block.sum(1, dtype=torch.float64)
-                best = max(best, block.max().item())
-                continue
-            lo, hi = max(r0, c0), min(r1, c1)
-            diag = torch.arange(lo, hi, device=device) if self_pairs and lo < hi else None
-            if diag is not None:
-                block[diag - r0, diag - c0] = 0.0
-            row_sum[r0:r1] += block.sum(1, dtype=torch.float64)
-            if diag is not None:
-                block[diag - r0, diag - c0] = -math.inf
-            block_max = block.amax(1)
-            if rmax is not None:
-                torch.maximum(rmax[r0:r1], block_max, out=rmax[r0:r1])
-            best = max(best, block_max.max().item())
-    pairs = na * nb - (na if self_pairs else 0)
-    if triangle:
-        pairs = na * (na - 1)
-    total = math.fsum(row_sum.tolist()) * (2 if triangle else 1)
-    if rmax is not None:
-        rmax[torch.isinf(rmax)] = math.nan  # rows without a pair (a self-comparison of one model)
-    if pairs == 0:
-        return IoUStats(math.nan, math.nan, rmax, 0)
-    return IoUStats(total / pairs, best, rmax, pairs)
-
-
-# --- fused norm affine + activation ----------------------------------------------------------
-
-_ACTS = {"identity": lambda y, s: y, "relu": lambda y, s: F.relu(y),
-         "leaky_relu": lambda y, s: F.leaky_relu(y, s)}
-
-
-def norm_affine_act_torch(x, weight, bias, running_mean=None, running_var=None, eps=1e-5,
-                          act="relu", negative_slope=0.01) -> torch.Tensor:
-    """Reference of the extension's norm_affine_act: x (B, C, L) or (N, B, C, L), weight/bias
-    (N, C) -> act(x * scale + shift) (N, B, C, L); BatchNorm terms when running stats are given."""
-    scale, shift = weight, bias  # (N, C)
-    if running_mean is not None:
-        scale = weight * (1 / torch.sqrt(running_var + eps))
-        shift = bias - running_mean * scale
-    y = x * scale[:, None, :, None] + shift[:, None, :, None]  # (N, B, C, L)
-    return _ACTS[act](y, negative_slope)
-
-
-def _norm_affine_act(x, weight, bias, mean, var, eps, act, slope):
-    supported = x.dtype in (torch.float32, torch.float64)
-    if supported and backend.choose("norm_affine_act", x.device, ("ext",)) == "ext":
-        return backend.load_extension().norm_affine_act(x, weight, bias, mean, var, eps, act, slope)
-    return norm_affine_act_torch(x, weight, bias, mean, var, eps, act, slope)
-
-
-# --- the model as a chain of stages ----------------------------------------------------------
-
-_PER_SAMPLE = (
-    nn.modules.conv._ConvNd, nn.Linear, nn.Identity, nn.Flatten, nn.Unflatten,
-    nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.Softplus,
-    nn.Hardtanh, nn.Hardswish, nn.Mish, nn.PReLU,
-    nn.modules.dropout._DropoutNd, nn.Dropout,
-    nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd,
-    nn.modules.pooling._AdaptiveAvgPoolNd, nn.modules.pooling._AdaptiveMaxPoolNd,
-    nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
-    nn.MultiheadAttention, nn.TransformerEncoderLayer, nn.Sequential, nn.ModuleList,
-    nn.modules.linear.NonDynamicallyQuantizableLinear,
-)
-
-
-def _per_sample(module: nn.Module) -> bool:
-    """Whether the module (eval mode) treats every sample on its own, so the model axis can be
-    folded into the batch. Conservative: known leaf types only."""
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            if m.running_mean is None:  # batch statistics even in eval mode
-                return False
-        elif isinstance(m, nn.Flatten):
-            if m.start_dim == 0:
-                return False
-        elif not isinstance(m, _PER_SAMPLE) and any(True for _ in m.children()):
-            continue  # a container: judged by its leaves
-        elif not isinstance(m, _PER_SAMPLE):
-            return False
-    return True
-
-
-def _is_plain_sequential(m: nn.Module) -> bool:
-    return isinstance(m, nn.Sequential) and type(m).forward is nn.Sequential.forward
-
-
-def _expand(name: str, module: nn.Module) -> list[tuple[str, nn.Module]]:
-    if _is_plain_sequential(module):
-        out = []
-        for child_name, child in module.named_children():
-            out += _expand(f"{name}.{child_name}" if name else child_name, child)
-        return out
-    return [(name, module)]
-
-
-def _chain(model: nn.Module, probe: torch.Tensor) -> list[tuple[str, nn.Module]] | None:
-    """The model's forward as a list of (qualified name, module) applied one after the other,
-    or None when it is not such a chain."""
-    if _is_plain_sequential(model):
-        return _expand("", model)
-    children = list(model.named_children())
-    if not children:
-        return None
-    calls: list[tuple[str, tuple, object]] = []
-    hooks = [m.register_forward_hook(lambda m, i, o, n=n: calls.append((n, i, o)))
-             for n, m in children]
-    try:
-        with torch.no_grad():
-            out = model(probe)
-    except Exception:
-        return None
-    finally:
-        for h in hooks:
-            h.remove()
-    names = [n for n, _, _ in calls]
-    if not calls or len(set(names)) != len(names):
-        return None
-    current = probe
-    for _, inputs, output in calls:
-        if len(inputs) != 1 or inputs[0] is not current:
-            return None
-        current = output
-    if out is not current:
-        return None
-    called = dict(children)
-    stages = []
-    for n in names:
-        stages += _expand(n, called[n])
-    return stages
-
-
-@dataclass
-class _Stage:
-    name: str
-    module: nn.Module
-    generated: dict[str, str]  # local parameter name -> full name, for the generated ones
-
-
-@dataclass
-class _Plan:
-    prefix: list[_Stage]  # shared, run once per test batch
-    suffix: list[_Stage]  # per model
-    whole_model: bool  # not a chain: the suffix is the whole model under vmap
-    per_sample: bool  # the suffix may run on sub-batches of a test batch
-    pair_bytes: int  # activation bytes per (model, sample): the widest layer, input + output
-
-
-def _widest_output(model: nn.Module, probe: torch.Tensor) -> int:
-    """Largest number of values per sample that any module of the model outputs."""
-    sizes = [probe[0].numel()]
-
-    def record(module, inputs, output):
-        if isinstance(output, torch.Tensor):
-            sizes.append(output.numel() // max(1, probe.shape[0]))
-    hooks = [m.register_forward_hook(record) for m in model.modules()]
-    try:
-        model(probe)
-    finally:
-        for h in hooks:
-            h.remove()
-    return max(sizes)
-
-
-def _plan(model: nn.Module, spec: ParamSpec, probe: torch.Tensor) -> _Plan:
-    generated = set(spec.names)
-    names_of: dict[int, list[str]] = {}
-    for n, p in model.named_parameters(remove_duplicate=False):
-        names_of.setdefault(id(p), []).append(n)
-    tied = any(len(ns) > 1 and generated.intersection(ns) for ns in names_of.values())
-    pair_bytes = 2 * _widest_output(model, probe) * probe.element_size()
-    chain = None if tied else _chain(model, probe)
-    if chain is not None:
-        stages = []
-        for n, m in chain:
-            pre = f"{n}." if n else ""
-            stages.append(_Stage(n, m, {full[len(pre):]: full for full in generated if full.startswith(pre)}))
-        covered = set().union(*(s.generated.values() for s in stages))
-        first = next((i for i, s in enumerate(stages) if s.generated), None)
-        if covered == generated and first is not None:
-            suffix = stages[first:]
-            return _Plan(stages[:first], suffix, False, all(_per_sample(s.module) for s in suffix), pair_bytes)
-    whole = _Stage("", model, {n: n for n in generated})
-    return _Plan([], [whole], True, _per_sample(model), pair_bytes)
-
-
-# --- running the suffix for a chunk of models ------------------------------------------------
-
-def _fold(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
-    m, b = h.shape[:2]
-    out = module(h.reshape(m * b, *h.shape[2:]))
-    return out.reshape(m, b, *out.shape[1:])
-
-
-def _vmapped(module: nn.Module, params: dict[str, torch.Tensor], h: torch.Tensor, batched: bool):
-    def one(p, x):
-        return functional_call(module, p, (x,))
-    with warnings.catch_warnings():  # e.g. "no batching rule for _transformer_encoder_layer_fwd"
-        warnings.filterwarnings("ignore", message=".*batching rule.*")
-        return vmap(one, in_dims=(0, 0 if batched else None))(params, h)
-
-
-def _affine_of(stage: _Stage, params: dict[str, torch.Tensor], m: int, like: torch.Tensor):
-    mod = stage.module
-    out = []
-    for local, default in (("weight", mod.weight), ("bias", mod.bias)):
-        if local in stage.generated:
-            out.append(params[stage.generated[local]].reshape(m, -1).to(like.dtype))
-        elif default is not None:
-            out.append(default.detach().reshape(1, -1).to(like.dtype).expand(m, -1).contiguous())
-        else:
-            out.append(torch.zeros(m, out[0].shape[1], dtype=like.dtype, device=like.device))
-    return out  # (m, C), (m, C)
-
-
-def _fusable_norm(stage: _Stage) -> str | None:
-    mod = stage.module
-    if not set(stage.generated) <= {"weight", "bias"}:
-        return None
-    if isinstance(mod, nn.modules.batchnorm._BatchNorm) and mod.affine and mod.running_mean is not None:
-        return "batch"
-    if isinstance(mod, nn.LayerNorm) and mod.elementwise_affine:
-        return "layer"
-    return None
-
-
-def _activation_of(stage: _Stage | None) -> tuple[str, float] | None:
-    if stage is None or stage.generated:
-        return None
-    if type(stage.module) is nn.ReLU:
-        return "relu", 0.0
-    if type(stage.module) is nn.LeakyReLU:
-        return "leaky_relu", float(stage.module.negative_slope)
-    if type(stage.module) is nn.Identity:
-        return "identity", 0.0
-    return None
-
-
-def _run_norm(kind, stage, nxt, h, batched, params, m):
-    """BatchNorm / LayerNorm with a generated affine (+ the ReLU after it): (m, B, ...)."""
-    act = _activation_of(nxt)
-    name, slope = act if act else ("identity", 0.0)
-    mod = stage.module
-    w, b = _affine_of(stage, params, m, h)
-    lead = h.shape[:2] if batched else h.shape[:1]  # (m, B) or (B,)
-    if kind == "batch":
-        c = h.shape[len(lead)]
-        x = h.reshape(*lead, c, -1)  # (m?, B, C, L)
-        y = _norm_affine_act(x, w, b, mod.running_mean.to(h.dtype), mod.running_var.to(h.dtype),
-                             float(mod.eps), name, slope)
-        out_shape = h.shape[len(lead):]
-    else:
-        x_hat = F.layer_norm(h, mod.normalized_shape, None, None, mod.eps)
-        features = math.prod(mod.normalized_shape)
-        x = x_hat.reshape(*lead[:-1], -1, features, 1)  # (m?, R, F, 1), R = B * other dims
-        y = _norm_affine_act(x, w, b, None, None, 0.0, name, slope)
-        out_shape = h.shape[len(lead):]
-    batch = h.shape[len(lead) - 1]
-    return y.reshape(m, batch, *out_shape), (1 if act else 0)
-
-
-def _run_suffix(plan: _Plan, h: torch.Tensor, params: dict[str, torch.Tensor], m: int) -> torch.Tensor:
-    """Shared activations h (B, ...) -> outputs of m models (m, B, ...)."""
-    batched = False
-    i = 0
-    while i < len(plan.suffix):
-        st = plan.suffix[i]
-        nxt = plan.suffix[i + 1] if i + 1 < len(plan.suffix) else None
-        kind = _fusable_norm(st) if st.generated and not plan.whole_model else None
-        if kind is not None:
-            h, skip = _run_norm(kind, st, nxt, h, batched, params, m)
-            batched = True
-            i += 1 + skip
-            continue
-        if st.generated:
-            local = {loc: params[full] for loc, full in st.generated.items()}
-            h = _vmapped(st.module, local, h, batched)
-            batched = True
-        elif not batched:
-            h = st.module(h)
-        elif _per_sample(st.module):
-            h = _fold(st.module, h)
-        else:
-            h = _vmapped(st.module, {}, h, True)
-        i += 1
-    return h
 
 
 # --- evaluation ------------------------------------------------------------------------------

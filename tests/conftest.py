@@ -27,3 +27,13 @@ def cache_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("cache")
     os.environ["PDIFF_FAST_CACHE"] = str(d)
     return d
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the duration of a test (tiny models and ops: faster, and immune to
+    a busy machine's OpenMP stalls). Use with pytest.mark.usefixtures("one_thread")."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -18,9 +18,9 @@ from torch import nn
 
 from pdiff_fast import backend
 from pdiff_fast.evaluate import evaluate
+from pdiff_fast.ops.iou_matrix import _iou_blocks
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.population import (
-    _iou_blocks,
     evaluate_population,
     iou_matrix,
     iou_stats,

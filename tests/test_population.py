@@ -1,7 +1,8 @@
 """Population evaluation: evaluate_population against the one-model-at-a-time reference
 (identical predictions, accuracy, wrong-prediction bitsets), prefix sharing, chunking under a
-tiny memory budget, non-finite models, the recheck of close calls, IoU of wrong-prediction sets
-(extension vs torch reference) and the fused norm_affine_act op.
+tiny memory budget, non-finite models, the recheck of close calls, the IoU of the wrong-prediction
+bitsets. The ops it runs on have their own tests: tests/ops/test_iou_matrix.py (bitsets, IoU
+extension vs torch reference) and tests/ops/test_norm_affine_act.py (the fused norm affine).
 
 Models (written here, independent of the zoo): a 1D CNN with BatchNorm1d for MNIST-1D-like
 inputs (1, 40); an MLP with LayerNorm whose forward is a chain of attributes (not an
@@ -12,7 +13,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from pdiff_fast import backend
@@ -23,41 +23,11 @@ from pdiff_fast.population import (
     evaluate_one_by_one,
     evaluate_population,
     iou_matrix,
-    iou_matrix_torch,
-    norm_affine_act_torch,
     pack_bits,
     unpack_bits,
 )
 
-HAS_EXT = not isinstance(backend.load_extension(), Exception)
-EXT_HAS_CUDA = HAS_EXT and bool(backend.load_extension().has_cuda())
-needs_ext = pytest.mark.skipif(not HAS_EXT, reason="the extension pdiff_fast._C is not built")
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models: one thread is faster, and immune to a busy machine's OpenMP stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def devices(ext_cuda: bool = False):
-    """cpu, and cuda: skipped without a GPU and, for tests that call the extension's CUDA
-    kernels (ext_cuda=True), when the extension was built without CUDA (has_cuda() False: a
-    CPU-only build on a CUDA machine)."""
-    if not torch.cuda.is_available():
-        cuda_skip = "needs a CUDA GPU"
-    elif ext_cuda and not HAS_EXT:
-        cuda_skip = "the extension pdiff_fast._C is not built"
-    elif ext_cuda and not EXT_HAS_CUDA:
-        cuda_skip = ("the extension pdiff_fast._C was built without CUDA (has_cuda() is False); "
-                     "rebuild it with CUDA (FORCE_CUDA=1) to test its CUDA kernels")
-    else:
-        cuda_skip = None
-    marks = [pytest.mark.skip(reason=cuda_skip)] if cuda_skip else []
-    return ["cpu", pytest.param("cuda", marks=marks)]
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -287,41 +257,6 @@ def test_cuda_population_matches_reference():
                        evaluate_one_by_one(base, spec, flat.cuda(), x.cuda(), y.cuda(), batch_size=64))
 
 
-# --- bitsets and IoU ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("n", [1, 8, 13, 1000])
-def test_pack_unpack_round_trip(n):
-    mask = torch.rand(6, n) < 0.3
-    packed = pack_bits(mask)
-    assert packed.shape == (6, math.ceil(n / 8)) and packed.dtype == torch.uint8
-    assert torch.equal(unpack_bits(packed, n), mask)
-
-
-def random_bits(n_rows, n_bits, density=0.3):
-    mask = torch.rand(n_rows, n_bits) < density
-    mask[0] = False  # an empty set: IoU with another empty set is 1.0
-    return mask
-
-
-@pytest.mark.parametrize("device", devices(ext_cuda=True))
-@pytest.mark.parametrize("words", [torch.uint8, torch.int64])
-@pytest.mark.parametrize("n_bits", [7, 64, 1000])
-def test_iou_matrix_matches_torch_reference(device, words, n_bits):
-    a, b = random_bits(9, n_bits), random_bits(5, n_bits, 0.6)
-    b[1] = False
-    pa, pb = pack_bits(a), pack_bits(b)
-    if words == torch.int64:  # same bits as 64-bit words
-        pad = (-pa.shape[1]) % 8
-        pa, pb = (F.pad(p, (0, pad)).view(torch.int64) for p in (pa, pb))
-    got = iou_matrix(pa.to(device), pb.to(device)).cpu()
-    want = iou_matrix_torch(a, b)
-    assert got.dtype == torch.float32 and got.shape == (9, 5)
-    assert torch.equal(got, want)
-    assert got[0, 1] == 1.0  # empty vs empty
-    with backend.use_backend("torch"):
-        assert torch.equal(iou_matrix(pa, pb), want)
-
-
 def test_iou_of_population_wrong_sets_counts_samples():
     base, spec, flat, x, y = setup_case("cnn1d-bn", n_models=4, n_test=50)
     res = evaluate_population(base, spec, flat, x, y)
@@ -332,75 +267,3 @@ def test_iou_of_population_wrong_sets_counts_samples():
             union = wrong[i] | wrong[j]
             expect = len(wrong[i] & wrong[j]) / len(union) if union else 1.0
             assert iou[i, j].item() == pytest.approx(expect, abs=1e-7)
-
-
-@needs_ext
-def test_iou_matrix_errors():
-    ext = backend.load_extension()
-    a = torch.zeros(3, 4, dtype=torch.uint8)
-    with pytest.raises(RuntimeError, match="widths"):
-        ext.iou_matrix(a, torch.zeros(3, 5, dtype=torch.uint8))
-    with pytest.raises(RuntimeError, match="mismatched dtypes"):
-        ext.iou_matrix(a, torch.zeros(3, 4, dtype=torch.int64))
-    with pytest.raises(RuntimeError, match="integer dtype"):
-        ext.iou_matrix(torch.zeros(3, 4), torch.zeros(3, 4))
-
-
-# --- norm_affine_act ------------------------------------------------------------------------
-
-torch_bn_uses_fma = torch.backends.cpu.get_cpu_capability() != "DEFAULT"
-
-
-@needs_ext
-@pytest.mark.parametrize("device", devices(ext_cuda=True))
-@pytest.mark.parametrize("shape", [(7, 16, 36), (5, 16, 1), (3, 4, 2, 16, 5)])
-def test_norm_affine_act_batchnorm_matches_torch(device, shape):
-    """shared (B, C, L) or per-model (N, B, C, L) input; bit-identical to F.batch_norm + ReLU
-    on CPUs where PyTorch's kernel uses FMA (AVX2 / AVX-512)."""
-    ext = backend.load_extension()
-    n_models, c = 4, 16
-    per_model = len(shape) > 3  # (N, B, C, L) rather than a shared (B, C, L)
-    x = torch.randn(*((n_models,) if per_model else ()), *shape[-3:], device=device)
-    w, b = torch.randn(n_models, c, device=device), torch.randn(n_models, c, device=device)
-    mean, var = torch.randn(c, device=device), torch.rand(c, device=device) + 0.5
-    got = ext.norm_affine_act(x, w, b, mean, var, 1e-5, "relu", 0.0)
-    assert got.shape == (n_models, *x.shape[-3:])
-    for i in range(n_models):
-        xi = x if x.dim() == 3 else x[i]
-        want = F.relu(F.batch_norm(xi, mean, var, w[i], b[i], False, 0.1, 1e-5))
-        if device == "cpu" and torch_bn_uses_fma:
-            assert torch.equal(got[i], want)
-        else:
-            torch.testing.assert_close(got[i], want)
-    torch.testing.assert_close(got, norm_affine_act_torch(x, w, b, mean, var, 1e-5, "relu"))
-
-
-@needs_ext
-@pytest.mark.parametrize("act", ["identity", "relu", "leaky_relu"])
-def test_norm_affine_act_layernorm_affine_matches_torch(act):
-    ext = backend.load_extension()
-    h = torch.randn(50, 7, 32)
-    w, b = torch.randn(3, 32), torch.randn(3, 32)
-    x_hat = F.layer_norm(h, (32,), None, None, 1e-5).reshape(-1, 32, 1)  # (R, F, 1)
-    got = ext.norm_affine_act(x_hat, w, b, None, None, 0.0, act, 0.2).reshape(3, 50, 7, 32)
-    for i in range(3):
-        want = F.layer_norm(h, (32,), w[i], b[i], 1e-5)
-        want = {"identity": want, "relu": F.relu(want), "leaky_relu": F.leaky_relu(want, 0.2)}[act]
-        if torch_bn_uses_fma:
-            assert torch.equal(got[i], want)
-        else:
-            torch.testing.assert_close(got[i], want)
-
-
-@needs_ext
-def test_norm_affine_act_is_a_torch_op_and_checks_inputs():
-    ext = backend.load_extension()
-    x, w = torch.randn(2, 3, 4), torch.randn(5, 3)
-    assert torch.equal(torch.ops.pdiff_fast.norm_affine_act(x, w, w, None, None, 0.0, "tanh", 0.0),
-                       ext.norm_affine_act(x, w, w, None, None, 0.0, "tanh", 0.0))
-    with pytest.raises(RuntimeError, match="channels"):
-        ext.norm_affine_act(x, torch.randn(5, 4), torch.randn(5, 4), None, None, 0.0, "relu", 0.0)
-    with pytest.raises(RuntimeError, match="unknown activation"):
-        ext.norm_affine_act(x, w, w, None, None, 0.0, "swish", 0.0)
-    with pytest.raises(RuntimeError, match="mismatched dtypes"):
-        ext.norm_affine_act(x, w.double(), w, None, None, 0.0, "relu", 0.0)
