@@ -34,15 +34,15 @@ def models_and_spec(n_models: int, subset: str):
 
 OPS = {  # op -> {peer: fn(sources, spec, flat)}
     "flatten": {
-        "auto": lambda src, spec, flat: _C.flatten_params(src, spec.numels, torch.float32),
+        "auto": lambda src, spec, flat: fp.flatten_params_ext(src, spec.numels, torch.float32),
         "reference": lambda src, spec, flat: fp.flatten_params_torch(src, spec.numels, torch.float32),
     },
     "unflatten_into": {
-        "auto": lambda src, spec, flat: _C.unflatten_into(flat, src),
+        "auto": lambda src, spec, flat: fp.unflatten_into_ext(flat, src),
         "reference": lambda src, spec, flat: fp.unflatten_into_torch(flat, src),
     },
     "unflatten_params": {
-        "auto": lambda src, spec, flat: _C.unflatten_params(flat, [list(s) for s in spec.shapes], spec.dtypes),
+        "auto": lambda src, spec, flat: fp.unflatten_params_ext(flat, spec.shapes, spec.dtypes),
         "reference": lambda src, spec, flat: fp.unflatten_params_torch(flat, spec.shapes, spec.dtypes),
     },
 }

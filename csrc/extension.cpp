@@ -1,6 +1,7 @@
-// extension.cpp: the Python module pdiff_fast._C. Binds the dispatch functions of every op
-// (flatten.cpp, popcount_iou.cpp, norm_affine_act.cpp); iou_matrix and norm_affine_act are
-// also registered as torch ops (torch.ops.pdiff_fast.*) by their own files.
+// extension.cpp: the Python module pdiff_fast._C. Importing it loads the torch ops that
+// flatten.cpp, popcount_iou.cpp and norm_affine_act.cpp register (torch.ops.pdiff_fast.*);
+// flatten_params / unflatten_params / unflatten_into are reached only that way
+// (pdiff_fast/ops/flatten_params.py), iou_matrix and norm_affine_act are also bound here.
 // The C++ library built by CMakeLists.txt leaves this file out (it needs Python).
 #include <torch/extension.h>
 
@@ -10,13 +11,6 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "pdiff_fast C++/CUDA ops: flatten/unflatten of parameter subsets, population evaluation";
-  m.def("flatten_params", &pdiff_fast::flatten_params, py::arg("sources"), py::arg("numels"),
-        py::arg("dtype"),
-        "sources[i][j]: model i's j-th tensor -> (N, D) tensor of dtype (one pass, casts fused)");
-  m.def("unflatten_params", &pdiff_fast::unflatten_params, py::arg("flat"), py::arg("shapes"),
-        py::arg("dtypes"), "(N, D) -> [(N, *shapes[j]) tensor of dtypes[j] for each segment]");
-  m.def("unflatten_into", &pdiff_fast::unflatten_into, py::arg("flat"), py::arg("targets"),
-        "copy row i of (N, D) flat into the tensors targets[i], in place");
   m.def("iou_matrix", &pdiff_fast::iou_matrix, py::arg("a_bits"), py::arg("b_bits"),
         "(Na, W), (Nb, W) packed bitsets -> (Na, Nb) float32 IoU, 1.0 for two empty sets");
   m.def("norm_affine_act", &pdiff_fast::norm_affine_act, py::arg("x"), py::arg("weight"),

@@ -1,4 +1,8 @@
-// flatten.cpp: checks and dispatch of flatten_params / unflatten_params / unflatten_into.
+// flatten.cpp: checks and dispatch of flatten_params / unflatten_params / unflatten_into;
+// registered as the torch ops pdiff_fast::flatten_params / unflatten_params / unflatten_into
+// (CPU, and CUDA when built WITH_CUDA; schemas in flatten.h). None of them is differentiable:
+// an Autograd kernel runs them below autograd, so outputs never require grad and in-place
+// writes into leaves that require grad (live parameters) are allowed, as before.
 //
 // Each op builds one segment table (segment_table.h) on the host: one entry per (model,
 // tensor) pair with its source and destination pointers, dtypes and, for non-contiguous views,
@@ -6,8 +10,10 @@
 #include "flatten.h"
 
 #include <ATen/MemoryOverlap.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/Exception.h>
+#include <torch/library.h>
 
 #include <cstring>
 #include <string>
@@ -143,12 +149,14 @@ bool has_cuda() {
 #endif
 }
 
-at::Tensor flatten_params(const std::vector<std::vector<at::Tensor>>& sources,
-                          const std::vector<int64_t>& numels, at::ScalarType dtype) {
+at::Tensor flatten_params(at::TensorList sources, int64_t n_models, at::IntArrayRef numels,
+                          at::ScalarType dtype) {
   const char* op = "flatten_params";
-  const int64_t n_models = static_cast<int64_t>(sources.size());
   TORCH_CHECK(n_models > 0, op, ": no models given (N = 0)");
   const int64_t n_segments = static_cast<int64_t>(numels.size());
+  TORCH_CHECK(static_cast<int64_t>(sources.size()) == n_models * n_segments, op, ": sources has ",
+              sources.size(), " tensors, expected n_models * n_segments = ", n_models, " * ",
+              n_segments, " (model i's tensor j at index i * n_segments + j)");
   std::vector<int64_t> offsets(n_segments);
   int64_t dim = 0;
   for (int64_t j = 0; j < n_segments; ++j) {
@@ -158,13 +166,7 @@ at::Tensor flatten_params(const std::vector<std::vector<at::Tensor>>& sources,
   }
   const int32_t out_code = dtype_code(dtype, op, "the requested row dtype");
   at::Device device(at::kCPU);
-  if (n_segments > 0 && !sources[0].empty() && sources[0][0].defined()) {
-    device = sources[0][0].device();
-  }
-  for (int64_t i = 0; i < n_models; ++i) {
-    TORCH_CHECK(static_cast<int64_t>(sources[i].size()) == n_segments, op, ": model ", i, " has ",
-                sources[i].size(), " tensors, the spec has ", n_segments);
-  }
+  if (n_segments > 0 && sources[0].defined()) device = sources[0].device();
   at::Tensor out = at::empty({n_models, dim}, at::TensorOptions().dtype(dtype).device(device));
   auto* out_ptr = static_cast<char*>(out.data_ptr());
   const int64_t out_size = out.element_size();
@@ -172,7 +174,7 @@ at::Tensor flatten_params(const std::vector<std::vector<at::Tensor>>& sources,
   std::vector<at::Tensor> keep;  // contiguous copies of views with too many dims
   for (int64_t i = 0; i < n_models; ++i) {
     for (int64_t j = 0; j < n_segments; ++j) {
-      at::Tensor t = sources[i][j];
+      at::Tensor t = sources[i * n_segments + j];
       const std::string name = tensor_name(i, j);
       check_strided(t, op, name);
       TORCH_CHECK(t.device() == device, op, ": mismatched devices: ", name, " is on ", t.device(),
@@ -194,12 +196,30 @@ at::Tensor flatten_params(const std::vector<std::vector<at::Tensor>>& sources,
   return out;
 }
 
-std::vector<at::Tensor> unflatten_params(const at::Tensor& flat,
-                                         const std::vector<std::vector<int64_t>>& shapes,
-                                         const std::vector<at::ScalarType>& dtypes) {
+std::vector<at::Tensor> unflatten_params(const at::Tensor& flat, at::IntArrayRef sizes,
+                                         at::IntArrayRef ndims, at::IntArrayRef dtype_codes) {
   const char* op = "unflatten_params";
-  TORCH_CHECK(shapes.size() == dtypes.size(), op, ": ", shapes.size(), " shapes but ",
-              dtypes.size(), " dtypes");
+  TORCH_CHECK(ndims.size() == dtype_codes.size(), op, ": ", ndims.size(), " shapes but ",
+              dtype_codes.size(), " dtypes");
+  std::vector<at::ScalarType> dtypes;
+  for (size_t j = 0; j < dtype_codes.size(); ++j) {
+    const int64_t c = dtype_codes[j];
+    TORCH_CHECK(c >= 0 && c < static_cast<int64_t>(at::ScalarType::NumOptions), op,
+                ": dtype_codes[", j, "] = ", c, " is not a c10::ScalarType code");
+    dtypes.push_back(static_cast<at::ScalarType>(c));
+  }
+  // segment j's shape: sizes[first[j], first[j] + ndims[j])
+  std::vector<at::IntArrayRef> shapes;
+  size_t first = 0;
+  for (size_t j = 0; j < ndims.size(); ++j) {
+    TORCH_CHECK(ndims[j] >= 0, op, ": ndims[", j, "] = ", ndims[j], " is negative");
+    TORCH_CHECK(first + ndims[j] <= sizes.size(), op, ": the ndims add up to more than the ",
+                sizes.size(), " sizes given");
+    shapes.push_back(sizes.slice(first, ndims[j]));
+    first += ndims[j];
+  }
+  TORCH_CHECK(first == sizes.size(), op, ": the ndims add up to ", first, " but ", sizes.size(),
+              " sizes were given");
   std::vector<int64_t> numels;
   int64_t dim = 0;
   for (size_t j = 0; j < shapes.size(); ++j) {
@@ -239,15 +259,17 @@ std::vector<at::Tensor> unflatten_params(const at::Tensor& flat,
   return outs;
 }
 
-void unflatten_into(const at::Tensor& flat, const std::vector<std::vector<at::Tensor>>& targets) {
+void unflatten_into(const at::Tensor& flat, at::TensorList targets, int64_t n_models) {
   const char* op = "unflatten_into";
-  const int64_t n_models = static_cast<int64_t>(targets.size());
   TORCH_CHECK(n_models > 0, op, ": no models given (N = 0)");
-  const int64_t n_segments = static_cast<int64_t>(targets[0].size());
+  TORCH_CHECK(static_cast<int64_t>(targets.size()) % n_models == 0, op, ": targets has ",
+              targets.size(), " tensors, not a multiple of n_models = ", n_models,
+              " (model i's tensor j at index i * n_segments + j)");
+  const int64_t n_segments = static_cast<int64_t>(targets.size()) / n_models;
   int64_t dim = 0;
   for (int64_t j = 0; j < n_segments; ++j) {
-    check_strided(targets[0][j], op, tensor_name(0, j));
-    dim += targets[0][j].numel();
+    check_strided(targets[j], op, tensor_name(0, j));
+    dim += targets[j].numel();
   }
   const int32_t flat_code = check_flat(flat, n_models, dim, op);
   const at::Device device = flat.device();
@@ -259,17 +281,15 @@ void unflatten_into(const at::Tensor& flat, const std::vector<std::vector<at::Te
   std::vector<std::pair<at::Tensor, at::Tensor>> staged;  // (target, contiguous stand-in)
   std::vector<at::Tensor> written;
   for (int64_t i = 0; i < n_models; ++i) {
-    TORCH_CHECK(static_cast<int64_t>(targets[i].size()) == n_segments, op, ": model ", i, " has ",
-                targets[i].size(), " tensors, model 0 has ", n_segments);
     int64_t offset = 0;
     for (int64_t j = 0; j < n_segments; ++j) {
-      at::Tensor t = targets[i][j];
+      at::Tensor t = targets[i * n_segments + j];
       const std::string name = tensor_name(i, j);
       check_strided(t, op, name);
       TORCH_CHECK(t.device() == device, op, ": mismatched devices: ", name, " is on ", t.device(),
                   " but flat is on ", device);
-      TORCH_CHECK(t.numel() == targets[0][j].numel(), op, ": ", name, " has ", t.numel(),
-                  " values, model 0 tensor ", j, " has ", targets[0][j].numel());
+      TORCH_CHECK(t.numel() == targets[j].numel(), op, ": ", name, " has ", t.numel(),
+                  " values, model 0 tensor ", j, " has ", targets[j].numel());
       const int32_t code = dtype_code(t.scalar_type(), op, name);
       at::assert_no_internal_overlap(t);
       TORCH_CHECK(!t.is_inference() || c10::InferenceMode::is_enabled(), op, ": ", name,
@@ -290,6 +310,77 @@ void unflatten_into(const at::Tensor& flat, const std::vector<std::vector<at::Te
   table.run(device, op);
   for (auto& [target, stand_in] : staged) target.detach().copy_(stand_in);  // no autograd
   for (auto& t : written) t.unsafeGetTensorImpl()->bump_version();
+}
+
+// --- torch ops ------------------------------------------------------------------------------
+
+namespace {
+
+// Autograd kernels: the ops are not differentiable (flatten reads parameters as data; unflatten
+// writes them as data), so each runs the op below autograd, as torch's docs ask of a
+// non-differentiable op (and torch.library.opcheck checks): outputs do not require grad.
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> op_handle(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+at::Tensor flatten_params_autograd(at::TensorList sources, int64_t n_models, at::IntArrayRef numels,
+                                   at::ScalarType dtype) {
+  static const auto handle = op_handle<decltype(flatten_params)>("pdiff_fast::flatten_params");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return handle.call(sources, n_models, numels, dtype);
+}
+
+std::vector<at::Tensor> unflatten_params_autograd(const at::Tensor& flat, at::IntArrayRef sizes,
+                                                  at::IntArrayRef ndims,
+                                                  at::IntArrayRef dtype_codes) {
+  static const auto handle =
+      op_handle<decltype(unflatten_params)>("pdiff_fast::unflatten_params");
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return handle.call(flat, sizes, ndims, dtype_codes);
+}
+
+void unflatten_into_autograd(const at::Tensor& flat, at::TensorList targets, int64_t n_models) {
+  static const auto handle = op_handle<decltype(unflatten_into)>("pdiff_fast::unflatten_into");
+  at::AutoDispatchBelowADInplaceOrView guard;  // the kernel bumps the targets' versions itself
+  handle.call(flat, targets, n_models);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(pdiff_fast, m) {
+  m.def("flatten_params(Tensor[] sources, int n_models, int[] numels, ScalarType dtype) -> Tensor");
+  // dtype codes, not ScalarType[]: torch.export cannot serialize a ScalarType[] argument
+  m.def("unflatten_params(Tensor flat, int[] sizes, int[] ndims, int[] dtype_codes) -> Tensor[]");
+  m.def("unflatten_into(Tensor flat, Tensor(a!)[] targets, int n_models) -> ()");
+}
+
+TORCH_LIBRARY_IMPL(pdiff_fast, CPU, m) {
+  m.impl("flatten_params", &flatten_params);
+  m.impl("unflatten_params", &unflatten_params);
+  m.impl("unflatten_into", &unflatten_into);
+}
+
+#ifdef WITH_CUDA
+TORCH_LIBRARY_IMPL(pdiff_fast, CUDA, m) {
+  m.impl("flatten_params", &flatten_params);
+  m.impl("unflatten_params", &unflatten_params);
+  m.impl("unflatten_into", &unflatten_into);
+}
+#endif
+
+// A call with no tensor arguments (flatten_params of N = 0 models or of no segments) leaves the
+// dispatcher no backend to pick; this kernel takes it (the checks then name the problem, or
+// return the (N, 0) rows). It also takes tensors of a device with no kernel registered above
+// (CUDA tensors in a build without CUDA), so the error names the build rather than the dispatcher.
+TORCH_LIBRARY_IMPL(pdiff_fast, CompositeExplicitAutograd, m) {
+  m.impl("flatten_params", &flatten_params);
+}
+
+TORCH_LIBRARY_IMPL(pdiff_fast, Autograd, m) {
+  m.impl("flatten_params", &flatten_params_autograd);
+  m.impl("unflatten_params", &unflatten_params_autograd);
+  m.impl("unflatten_into", &unflatten_into_autograd);
 }
 
 }  // namespace pdiff_fast

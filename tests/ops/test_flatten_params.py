@@ -1,9 +1,10 @@
-"""flatten_params / unflatten_params / unflatten_into: the extension pdiff_fast._C against the
-torch reference, bit for bit, on random segment tables (hypothesis): 1-6 segments, shapes with
+"""flatten_params / unflatten_params / unflatten_into: the extension's torch ops
+(torch.ops.pdiff_fast.*, called through fp.*_ext with nested lists) against the torch reference, bit for bit, on random segment tables (hypothesis): 1-6 segments, shapes with
 0-d and size-1 dims, fp16 / bf16 / fp32 / fp64 sources, transposed and sliced views, N in
 {1, 7, 200}; round trips; non-finite values; errors that name the problem.
 
 Skipped when the extension is not built; CUDA cases only where CUDA and a CUDA build exist.
+tests/ops/test_torch_ops.py checks the ops as torch ops (schemas, fake impls, torch.compile).
 """
 import math
 
@@ -93,7 +94,7 @@ def population(segments, n_models, device, specials=False):
 def test_flatten_matches_torch_reference(device, n_models, segments, row_dtype, specials):
     sources = population(segments, n_models, device, specials)
     numels = [math.prod(s) for s, _, _ in segments]
-    got = _C.flatten_params(sources, numels, row_dtype)
+    got = fp.flatten_params_ext(sources, numels, row_dtype)
     want = fp.flatten_params_torch(sources, numels, row_dtype)
     assert got.shape == (n_models, sum(numels)) and got.device.type == device
     assert same_values(got, want)  # exact; NaN stays NaN (torch itself rewrites fp16 NaN payloads)
@@ -110,7 +111,7 @@ def test_unflatten_params_matches_torch_reference(device, n_models, segments, sp
     flat = torch.randn(n_models, dim, device=device) * 300  # beyond the fp16 range too
     if specials and dim:
         flat[0, 0], flat[-1, -1] = math.nan, -math.inf
-    got = _C.unflatten_params(flat, [list(s) for s in shapes], dtypes)
+    got = fp.unflatten_params_ext(flat, [list(s) for s in shapes], dtypes)
     want = fp.unflatten_params_torch(flat, shapes, dtypes)
     for g, w in zip(got, want):
         assert g.is_contiguous()
@@ -129,13 +130,13 @@ def test_round_trips_are_bit_exact(device, n_models, segments, specials):
     dtypes = [d for _, d, _ in segments]
     numels = [math.prod(s) for s in shapes]
     row_dtype = torch.float64 if torch.float64 in dtypes else torch.float32
-    flat = _C.flatten_params(sources, numels, row_dtype)
-    stacked = _C.unflatten_params(flat, [list(s) for s in shapes], dtypes)
+    flat = fp.flatten_params_ext(sources, numels, row_dtype)
+    stacked = fp.unflatten_params_ext(flat, [list(s) for s in shapes], dtypes)
     for j, t in enumerate(stacked):
         for i in range(n_models):
             assert same_bits(t[i], sources[i][j])
     targets = population(segments, n_models, device)  # same layouts, other values
-    _C.unflatten_into(flat, targets)
+    fp.unflatten_into_ext(flat, targets)
     for i in range(n_models):
         for j in range(len(segments)):
             assert same_bits(targets[i][j], sources[i][j])
@@ -148,7 +149,7 @@ def test_unflatten_into_matches_torch_reference_on_strided_flat(device):
     dim = 12 + 1 + 10 + 12
     flat = torch.randn(dim, 9, device=device).T  # (9, dim), column stride 9
     got, want = population(segments, 9, device), population(segments, 9, device)
-    _C.unflatten_into(flat, got)
+    fp.unflatten_into_ext(flat, got)
     fp.unflatten_into_torch(flat, want)
     for a, b in zip(got, want):
         for x, y in zip(a, b):
@@ -158,7 +159,7 @@ def test_unflatten_into_matches_torch_reference_on_strided_flat(device):
 def test_unflatten_into_bumps_versions_and_leaves_autograd_alone():
     p = torch.nn.Parameter(torch.zeros(3, 2))
     v = p._version
-    _C.unflatten_into(torch.arange(6.0).reshape(1, 6), [[p]])
+    fp.unflatten_into_ext(torch.arange(6.0).reshape(1, 6), [[p]])
     assert p._version > v and p.requires_grad and p.grad_fn is None
     assert torch.equal(p.detach(), torch.arange(6.0).reshape(3, 2))
 
@@ -166,10 +167,10 @@ def test_unflatten_into_bumps_versions_and_leaves_autograd_alone():
 def test_views_with_many_dims_are_handled():
     base = torch.randn(*([2] * 10), 3)
     src = base.transpose(0, 10)  # no two dims merge: more dims than the segment table holds
-    flat = _C.flatten_params([[src]], [src.numel()], torch.float32)
+    flat = fp.flatten_params_ext([[src]], [src.numel()], torch.float32)
     assert torch.equal(flat[0], src.reshape(-1))
     target = torch.zeros(*([2] * 10), 3).transpose(0, 10)
-    _C.unflatten_into(flat, [[target]])
+    fp.unflatten_into_ext(flat, [[target]])
     assert torch.equal(target, src)
 
 
@@ -191,35 +192,47 @@ def test_dispatch_uses_the_extension_and_agrees_with_torch():
 def test_bad_inputs_raise_clear_errors():
     one = [torch.zeros(3)]
     with pytest.raises(RuntimeError, match=r"no models given \(N = 0\)"):
-        _C.flatten_params([], [3], torch.float32)
+        fp.flatten_params_ext([], [3], torch.float32)
     with pytest.raises(RuntimeError, match="has 3 values, the spec says 4"):
-        _C.flatten_params([one], [4], torch.float32)
-    with pytest.raises(RuntimeError, match="model 1 has 2 tensors, the spec has 1"):
-        _C.flatten_params([one, one + one], [3], torch.float32)
+        fp.flatten_params_ext([one], [4], torch.float32)
+    with pytest.raises(RuntimeError, match=r"sources has 3 tensors, expected n_models \* n_segments = 2 \* 1"):
+        fp.flatten_params_ext([one, one + one], [3], torch.float32)  # one flat list: only the count is known
+    with pytest.raises(ValueError, match="model 1 has 2 tensors, the spec has 1"), backend.use_backend("ext"):
+        fp.flatten_params([one, one + one], [3], torch.float32)  # the Python entry point names the model
     with pytest.raises(RuntimeError, match="dtype Int"):
-        _C.flatten_params([[torch.zeros(3, dtype=torch.int32)]], [3], torch.float32)
+        fp.flatten_params_ext([[torch.zeros(3, dtype=torch.int32)]], [3], torch.float32)
     with pytest.raises(RuntimeError, match="row dtype"):
-        _C.flatten_params([one], [3], torch.int64)
+        fp.flatten_params_ext([one], [3], torch.int64)
     with pytest.raises(RuntimeError, match="wrong D: flat has 5 columns but the segments hold 4"):
-        _C.unflatten_params(torch.zeros(2, 5), [[2, 2]], [torch.float32])
+        fp.unflatten_params_ext(torch.zeros(2, 5), [[2, 2]], [torch.float32])
     with pytest.raises(RuntimeError, match=r"N = 0"):
-        _C.unflatten_params(torch.zeros(0, 4), [[2, 2]], [torch.float32])
+        fp.unflatten_params_ext(torch.zeros(0, 4), [[2, 2]], [torch.float32])
     with pytest.raises(RuntimeError, match="2-D"):
-        _C.unflatten_params(torch.zeros(4), [[2, 2]], [torch.float32])
+        fp.unflatten_params_ext(torch.zeros(4), [[2, 2]], [torch.float32])
     with pytest.raises(RuntimeError, match="1 shapes but 0 dtypes"):
-        _C.unflatten_params(torch.zeros(1, 4), [[2, 2]], [])
+        fp.unflatten_params_ext(torch.zeros(1, 4), [[2, 2]], [])
+    with pytest.raises(RuntimeError, match="dtypes\\[0\\] has dtype Int"):
+        fp.unflatten_params_ext(torch.zeros(1, 4), [[2, 2]], [torch.int32])
+    with pytest.raises(RuntimeError, match="ndims add up to 1 but 2 sizes"):
+        torch.ops.pdiff_fast.unflatten_params(torch.zeros(1, 4), [2, 2], [1], [6])
+    with pytest.raises(RuntimeError, match="not a c10::ScalarType code"):
+        torch.ops.pdiff_fast.unflatten_params(torch.zeros(1, 4), [4], [1], [99])
     with pytest.raises(RuntimeError, match="flat has 2 rows but 1 models"):
-        _C.unflatten_into(torch.zeros(2, 3), [one])
+        fp.unflatten_into_ext(torch.zeros(2, 3), [one])
     with pytest.raises(RuntimeError, match="single memory location"):
-        _C.unflatten_into(torch.zeros(1, 3), [[torch.zeros(1).expand(3)]])
+        fp.unflatten_into_ext(torch.zeros(1, 3), [[torch.zeros(1).expand(3)]])
+    with pytest.raises(RuntimeError, match="targets has 3 tensors, not a multiple of n_models = 2"):
+        torch.ops.pdiff_fast.unflatten_into(torch.zeros(2, 3), [torch.zeros(3)] * 3, 2)
+    with pytest.raises(RuntimeError, match=r"no models given \(N = 0\)"):
+        torch.ops.pdiff_fast.unflatten_into(torch.zeros(1, 3), [torch.zeros(3)], 0)
 
 
 @pytest.mark.skipif(not (torch.cuda.is_available() and _C.has_cuda()), reason="needs CUDA and a CUDA build")
 def test_mismatched_devices_are_named():
     with pytest.raises(RuntimeError, match="mismatched devices"):
-        _C.flatten_params([[torch.zeros(3), torch.zeros(2, device="cuda")]], [3, 2], torch.float32)
+        fp.flatten_params_ext([[torch.zeros(3), torch.zeros(2, device="cuda")]], [3, 2], torch.float32)
     with pytest.raises(RuntimeError, match="mismatched devices"):
-        _C.unflatten_into(torch.zeros(1, 3, device="cuda"), [[torch.zeros(3)]])
+        fp.unflatten_into_ext(torch.zeros(1, 3, device="cuda"), [[torch.zeros(3)]])
 
 
 @pytest.mark.skipif(torch.cuda.is_available() and _C.has_cuda(), reason="only for builds without CUDA")
@@ -227,4 +240,4 @@ def test_cuda_tensors_without_a_cuda_build_are_refused():
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device to make a CUDA tensor on")
     with pytest.raises(RuntimeError, match="built without CUDA"):
-        _C.flatten_params([[torch.zeros(3, device="cuda")]], [3], torch.float32)
+        fp.flatten_params_ext([[torch.zeros(3, device="cuda")]], [3], torch.float32)
