@@ -11,6 +11,12 @@ Which build (`cuda_build()` below; a GPU need not be present, the build machine 
 - CUDA when torch is a CUDA build (`torch.version.cuda` set) and nvcc is found (CUDA_HOME, or
   nvcc on PATH), or when FORCE_CUDA=1 (then a missing nvcc or a CPU torch is an error);
 - CPU otherwise, or when PDIFF_FAST_NO_CUDA=1.
+OpenMP (`openmp_flags()` below): at::parallel_for in the CPU kernels is serial without it, but
+not every compiler takes `-fopenmp` (Apple clang needs `-Xpreprocessor -fopenmp -lomp` and a
+separately installed libomp). So the build first compiles and links a tiny OpenMP program with
+the C++ compiler torch's ninja build uses (`$CXX`, else c++) and passes the first flag set that
+works; if none does, it builds without OpenMP and prints a note saying so.
+
 nvcc's CUDA major version must equal torch's (`torch.version.cuda`): a mismatch is an error that
 names both, unless PDIFF_FAST_ALLOW_CUDA_MISMATCH=1. PDIFF_FAST_NO_EXT=1 skips the extension;
 pdiff_fast then falls back to PyTorch with a warning. The Triton kernels in kernels/ install as
@@ -28,15 +34,70 @@ from __future__ import annotations
 import glob
 import os
 import re
+import shlex
 import subprocess
+import sys
+import tempfile
+from typing import Callable
 
 from setuptools import setup
 
-CXX_FLAGS = ["-O3", "-fopenmp"]  # OpenMP: at::parallel_for is serial without it
+CXX_FLAGS = ["-O3"]  # the OpenMP flags that openmp_flags() finds go after these
 NVCC_FLAGS = ["-O3"]  # no --use_fast_math (see above)
-# extra flags for experiments (e.g. a toolchain workaround), split on spaces, appended
-CXX_FLAGS += os.environ.get("PDIFF_FAST_EXTRA_CXX", "").split()
+# extra flags for experiments (e.g. a toolchain workaround), split on spaces, appended last
+EXTRA_CXX_FLAGS = os.environ.get("PDIFF_FAST_EXTRA_CXX", "").split()
 NVCC_FLAGS += os.environ.get("PDIFF_FAST_EXTRA_NVCC", "").split()
+
+# (compile flags, link flags) to try, in order
+OPENMP_GCC = (["-fopenmp"], ["-fopenmp"])  # GCC, and clang where an OpenMP runtime is installed
+OPENMP_APPLE_CLANG = (["-Xpreprocessor", "-fopenmp"], ["-lomp"])  # Apple clang has no -fopenmp driver flag
+
+OPENMP_PROBE = """#include <omp.h>
+int main() {
+  int threads = 0;
+#pragma omp parallel reduction(+ : threads)
+  threads += 1;
+  return threads > 0 && omp_get_max_threads() > 0 ? 0 : 1;
+}
+"""
+
+
+def compiles_openmp(compiler: str, compile_flags: list[str], link_flags: list[str], env=None) -> bool:
+    """Whether `compiler` (a command line, e.g. "ccache g++") compiles and links OPENMP_PROBE with
+    these flags. Linking matters: a missing OpenMP runtime only shows there. The program is not run.
+    CPPFLAGS and LDFLAGS are passed as the build passes them (where a keg-only libomp is found)."""
+    env = os.environ if env is None else env
+    with tempfile.TemporaryDirectory() as tmp:
+        source = os.path.join(tmp, "openmp_probe.cpp")
+        with open(source, "w") as f:
+            f.write(OPENMP_PROBE)
+        command = [*shlex.split(compiler), *shlex.split(env.get("CPPFLAGS", "")), *compile_flags, source,
+                   "-o", os.path.join(tmp, "openmp_probe"), *shlex.split(env.get("LDFLAGS", "")), *link_flags]
+        try:
+            return subprocess.run(command, capture_output=True, timeout=120).returncode == 0
+        except (OSError, subprocess.SubprocessError):
+            return False
+
+
+def _describe(compile_flags: list[str], link_flags: list[str]) -> str:
+    return f"'{' '.join(compile_flags)}' (link '{' '.join(link_flags)}')"
+
+
+def openmp_flags(compiles: Callable[[list[str], list[str]], bool],
+                 platform: str | None = None) -> tuple[list[str], list[str], str]:
+    """(compile flags, link flags, why) for OpenMP: the first candidate for which
+    `compiles(compile_flags, link_flags)` is true (GCC's flags; on macOS then Apple clang's), else
+    no flags and why. `compiles` is `compiles_openmp` bound to the build's compiler."""
+    platform = sys.platform if platform is None else platform
+    candidates = [OPENMP_GCC, OPENMP_APPLE_CLANG] if platform == "darwin" else [OPENMP_GCC]
+    for compile_flags, link_flags in candidates:
+        if compiles(compile_flags, link_flags):
+            return list(compile_flags), list(link_flags), "OpenMP: " + _describe(compile_flags, link_flags)
+    tried = " or ".join(_describe(c, l) for c, l in candidates)
+    why = f"no OpenMP: the compiler could not build an OpenMP program with {tried}; the CPU kernels run on one thread"
+    if platform == "darwin":
+        why += " (install libomp, `brew install libomp`, and set CPPFLAGS and LDFLAGS as brew says)"
+    return [], [], why
 
 
 class CudaBuildError(RuntimeError):
@@ -120,19 +181,25 @@ def extensions():
     nvcc = nvcc_version(cuda_home) if asks and cuda_home else None
     with_cuda, why = cuda_build(torch_cuda, nvcc)
     print(f"pdiff_fast: building pdiff_fast._C {'with' if with_cuda else 'without'} CUDA ({why})")
+    # probe the compiler torch's ninja build compiles the C++ sources with ($CXX, else c++)
+    compiler = getattr(cpp_extension, "get_cxx_compiler", lambda: os.environ.get("CXX", "c++"))()
+    openmp_compile, openmp_link, openmp_why = openmp_flags(
+        lambda compile_flags, link_flags: compiles_openmp(compiler, compile_flags, link_flags))
+    print(f"pdiff_fast: {compiler}: {openmp_why}")
+    cxx_flags = CXX_FLAGS + openmp_compile + EXTRA_CXX_FLAGS
     define = []
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
         define.append(("WITH_CUDA", None))
         ext = cpp_extension.CUDAExtension(
             "pdiff_fast._C", sources, define_macros=define,
-            extra_compile_args={"cxx": CXX_FLAGS, "nvcc": NVCC_FLAGS},
-            extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": NVCC_FLAGS},
+            extra_link_args=openmp_link,
         )
     else:
         ext = cpp_extension.CppExtension(
             "pdiff_fast._C", sources, define_macros=define,
-            extra_compile_args={"cxx": CXX_FLAGS}, extra_link_args=["-fopenmp"],
+            extra_compile_args={"cxx": cxx_flags}, extra_link_args=openmp_link,
         )
     return [ext], {"build_ext": cpp_extension.BuildExtension.with_options(use_ninja=True)}
 

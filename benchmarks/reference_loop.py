@@ -1,7 +1,8 @@
 """The baseline of the throughput suite: an eager re-implementation of the reference p-diff v1
-loops (NUS-HPC-AI-Lab/Neural-Network-Parameter-Diffusion, branch `main`), written from the
-description in /work/shared/DESIGN.md section 2. It is slow on purpose, in the same places the
-reference is slow, because that is what pdiff_fast is measured against:
+loops (NUS-HPC-AI-Lab/Neural-Network-Parameter-Diffusion, branch `main`), written from a
+description of that code's habits, which are listed below (no code is copied). It is slow on
+purpose, in the same places the reference is slow, because that is what pdiff_fast is measured
+against:
 
 - modules are plain nn.Sequential stacks of the same layers (no fused ops); their state_dict
   keys are the reference's, so a pdiff_fast state_dict loads into them with strict=True;

@@ -13,8 +13,8 @@ The statistic is the fastest round by default (--stat median for the median).
 
 On a GPU run (extra_info carries hw_copy_bytes_per_s and hw_matmul_*_flops_per_s, measured in the
 same run) the "% floor" column is floor / time for the baseline, where floor = max(flops /
-best matmul rate, bytes_min / copy bandwidth) (DESIGN.md section 4). A CPU run has no floor
-columns: there is no measured bandwidth or FLOP rate to divide by.
+best matmul rate, bytes_min / copy bandwidth) (benchmarks/README.md, "Hardware floor"). A CPU
+run has no floor columns: there is no measured bandwidth or FLOP rate to divide by.
 """
 from __future__ import annotations
 

@@ -13,7 +13,6 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff_fast import backend
 from pdiff_fast.ops import flatten_params as fp
 from pdiff_fast.params import ParamSpec
 
@@ -32,7 +31,11 @@ def models_and_spec(n_models: int, subset: str):
     return [spec.tensors_of(m) for m in models], spec
 
 
-OPS = {  # op -> {peer: fn(sources, spec, flat)}
+# op -> {peer: fn(sources, spec, flat)}. "auto" calls the extension's ops through the *_ext
+# functions (what the automatic backend picks for these ops once _C is built), timed without the
+# public functions' argument checks; "reference" calls the torch functions. Neither goes through
+# backend.choose, so a use_backend(...) around them would change nothing.
+OPS = {
     "flatten": {
         "auto": lambda src, spec, flat: fp.flatten_params_ext(src, spec.numels, torch.float32),
         "reference": lambda src, spec, flat: fp.flatten_params_torch(src, spec.numels, torch.float32),
@@ -56,8 +59,7 @@ def test_flatten_params(benchmark, op, subset, peer, n_models):
     sources, spec = models_and_spec(n_models, subset)
     flat = fp.flatten_params_torch(sources, spec.numels)  # (N, D)
     fn = OPS[op][peer]
-    with backend.use_backend("ext"):
-        fn(sources, spec, flat)  # warm-up
+    fn(sources, spec, flat)  # warm-up
     short = "last2bn" if subset.startswith("last") else "all"
     benchmark.group = f"{op}/cnn1d-{short}/N{n_models}"
     benchmark.extra_info.update({"stage": op, "peer": peer, "N": n_models, "D": spec.dim,

@@ -223,14 +223,16 @@ class PDiff:
     def build_denoiser(self, latent_numel: int, channels: list[int] | None = None) -> dn_lib.EMA:
         c = self.config
         channels = channels or self.denoiser_channels()
-        if c.denoiser == "AE_CNN_bottleneck":
-            net = dn_lib.AE_CNN_bottleneck(latent_numel, 1, shared_timestep=c.shared_timestep,
-                                           channel_list=channels)
-        elif c.denoiser == "ODUnet":
-            net = dn_lib.ODUnet(latent_numel, 1, enc_channel_list=channels, dec_channel_list=channels[::-1],
-                                shared_timestep=c.shared_timestep)
-        else:
+        if c.denoiser not in dn_lib.DENOISERS:
             raise ValueError(f"unknown denoiser {c.denoiser!r}; choose from {sorted(dn_lib.DENOISERS)}")
+        denoiser_class = dn_lib.DENOISERS[c.denoiser]
+        # The constructors keep the reference's argument names: ODUnet takes encoder and decoder
+        # widths (its decoder mirrors the encoder), AE_CNN_bottleneck one list.
+        if denoiser_class is dn_lib.ODUnet:
+            widths = {"enc_channel_list": channels, "dec_channel_list": channels[::-1]}
+        else:
+            widths = {"channel_list": channels}
+        net = denoiser_class(latent_numel, 1, shared_timestep=c.shared_timestep, **widths)
         return dn_lib.EMA(net, c.ema_decay)
 
     def scheduler(self) -> DDPMScheduler:

@@ -43,10 +43,11 @@ def _batches(n: int, batch_size: int | None, gen: torch.Generator, device):
 
 
 class _Run:
-    """The bookkeeping both loops share: loss record, divergence check, checkpoints, resume."""
+    """What both loops share: the step loop itself, loss record, divergence check, checkpoints, resume."""
 
     def __init__(self, what: str, lr_name: str, lr: float, modules: dict[str, nn.Module], opt, gens: dict,
-                 data: torch.Tensor, checkpoint: Checkpoint | None, checkpoint_every: int):
+                 data: torch.Tensor, checkpoint: Checkpoint | None, checkpoint_every: int,
+                 resume: tuple[dict, dict] | None):
         self.what, self.lr_name, self.lr = what, lr_name, lr
         self.data_scale = data.detach().abs().max().item() if data.numel() else 0.0
         device = data.device
@@ -54,6 +55,27 @@ class _Run:
         self.checkpoint, self.every = checkpoint, checkpoint_every
         self.losses: list[float] = []
         self.start = 0
+        if resume is not None:
+            self.restore(*resume)
+
+    def train(self, model: nn.Module, steps: int, progress: bool, loss_at: Callable[[int], torch.Tensor],
+              after_update: Callable[[], None] | None = None) -> list[float]:
+        """Steps self.start..steps-1 (self.start is the resumed step, else 0): one optimiser update
+        on loss_at(step), then after_update() (the EMA), then the loss check and any checkpoint due.
+        Returns the loss record."""
+        model.train()
+        bar = tqdm(range(self.start, steps), desc=f"train {self.what}", disable=not progress, initial=self.start,
+                   total=steps)
+        for step in bar:
+            loss = loss_at(step)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            if after_update is not None:
+                after_update()
+            self.after_step(step, steps, loss, bar)
+        model.eval()
+        return self.losses
 
     # --- state ---------------------------------------------------------------------------
     def state(self, step: int) -> tuple[dict, dict]:
@@ -151,21 +173,14 @@ def fit_autoencoder(ae: ODEncoder2Decoder, params: torch.Tensor, steps: int = 30
     opt = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     run = _Run("autoencoder", "ae_lr", lr, {"model": ae}, opt, {"batches": gen}, params,
-               checkpoint, checkpoint_every)
-    if resume is not None:
-        run.restore(*resume)
-    ae.train()
-    bar = tqdm(range(run.start, steps), desc="train autoencoder", disable=not progress, initial=run.start, total=steps)
-    for step in bar:
+               checkpoint, checkpoint_every, resume)
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = _batches(len(params), batch_size, gen, params.device)
         x = params if idx is None else params[idx]
-        loss = F.mse_loss(ae(x), x)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        run.after_step(step, steps, loss, bar)
-    ae.eval()
-    return run.losses
+        return F.mse_loss(ae(x), x)
+
+    return run.train(ae, steps, progress, loss_at)
 
 
 def fit_diffusion(model: EMA, latents: torch.Tensor, scheduler: DDPMScheduler, steps: int = 30000,
@@ -184,21 +199,13 @@ def fit_diffusion(model: EMA, latents: torch.Tensor, scheduler: DDPMScheduler, s
     gen = torch.Generator().manual_seed(seed)
     dev_gen = torch.Generator(device=latents.device).manual_seed(seed)
     run = _Run("diffusion", "diffusion_lr", lr, {"model": model}, opt, {"batches": gen, "noise": dev_gen},
-               latents, checkpoint, checkpoint_every)
-    if resume is not None:
-        run.restore(*resume)
-    model.train()
-    bar = tqdm(range(run.start, steps), desc="train diffusion", disable=not progress, initial=run.start, total=steps)
-    for step in bar:
+               latents, checkpoint, checkpoint_every, resume)
+
+    def loss_at(step: int) -> torch.Tensor:
         idx = _batches(len(latents), batch_size, gen, latents.device)
         x0 = latents if idx is None else latents[idx]
         t = scheduler.sample_timesteps(x0.shape[0], x0.device, dev_gen)
         x_t, noise = scheduler.add_noise(x0, t, generator=dev_gen, seed=seed, seed_offset=step)
-        loss = eps_mse(model(x_t, t), noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        model.update(ema_decay)
-        run.after_step(step, steps, loss, bar)
-    model.eval()
-    return run.losses
+        return eps_mse(model(x_t, t), noise)
+
+    return run.train(model, steps, progress, loss_at, after_update=lambda: model.update(ema_decay))

@@ -101,8 +101,14 @@ def test_sampling_in_chunks_equals_one_batch_shape_and_range():
     ae = small(200).eval()
     den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[4, 4, 4, 4]).eval()
     s = DDIMScheduler(num_inference_steps=5, eta=0.5)
-    flat = generate(ae, den, s, 7, device="cpu", chunk_size=3, progress=False)
-    assert flat.shape == (7, 200) and torch.isfinite(flat).all()
+    # grain=1: chunk sizes are rounded down to a multiple of the grain, so the default grain
+    # (256 on CPU) would turn chunk_size=3 into one batch and nothing would be compared.
+    chunked = generate(ae, den, s, 7, device="cpu", seed=3, chunk_size=3, grain=1, progress=False)
+    one_batch = generate(ae, den, s, 7, device="cpu", seed=3, chunk_size=7, grain=1, progress=False)
+    assert chunked.shape == (7, 200) and torch.isfinite(chunked).all()
+    # Noise is per model and the networks always see grain-row batches: bitwise identical.
+    assert torch.equal(chunked, one_batch)
+    assert not torch.equal(chunked[0], chunked[3])  # the second chunk is not a copy of the first
     z = sample_latents(den, s, 4, ae.latent_shape(), "cpu")
     assert z.abs().max() <= 1 + 1e-6
     with pytest.raises(ValueError):
