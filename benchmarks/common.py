@@ -256,10 +256,8 @@ def _is_oom(exc: BaseException) -> bool:
 def auto_choices(device: torch.device) -> dict:
     """Which implementation the automatic backend picks for each hot op on this device."""
     from pdiff_fast import backend
-    ops = {"act_norm_conv1d": ("triton",), "ddpm_step": ("triton",), "ddim_step": ("triton",),
-           "q_sample": ("triton",), "eps_mse": ("triton",), "unflatten_params": ("ext",)}
     with use_backend("auto"):
-        return {op: backend.choose(op, device, avail) for op, avail in ops.items()}
+        return {op: backend.choose(op, device) for op in backend.FAST_BACKENDS}
 
 
 def _skip_on_failure(call, peer: str, cuda: bool) -> float:

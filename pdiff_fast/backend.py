@@ -7,6 +7,9 @@ Backends:
   "ext"    - the C++/CUDA extension `pdiff_fast._C` (flatten/unflatten, population evaluation)
   "auto"   - the fastest one available for the tensor's device (Triton only for CUDA tensors)
 
+`FAST_BACKENDS` is the one registry of the ops that have a fast path and which ones; an op
+file calls `choose(op, device)` and gets "torch", "triton" or "ext".
+
 Selection, strongest first: the `use_backend(...)` context manager, the environment variable
 PDIFF_FAST_BACKEND, then "auto". An explicit backend applies to the ops that have it and the
 others run torch (so `use_backend("triton")` can wrap a whole pipeline, whose flatten/unflatten
@@ -90,13 +93,30 @@ def _warn_once(op: str, message: str) -> None:
         warnings.warn(message, RuntimeWarning, stacklevel=3)
 
 
-def choose(op: str, device: torch.device, available: tuple[str, ...], *, auto: bool = True) -> str:
-    """Pick the backend for `op` on `device`.
+# The registry: every op with a fast path and its fast backends besides "torch", best first.
+# A Triton op lives in kernels/<op>.py, the extension's in csrc/ (torch.ops.pdiff_fast.<op>).
+FAST_BACKENDS: dict[str, tuple[str, ...]] = {
+    "act_norm_conv1d": ("triton",),
+    "ddpm_step": ("triton",),
+    "ddim_step": ("triton",),
+    "q_sample": ("triton",),
+    "eps_mse": ("triton",),
+    "flatten_params": ("ext",),
+    "unflatten_params": ("ext",),
+    "unflatten_into": ("ext",),
+    "iou_matrix": ("ext",),
+    "norm_affine_act": ("ext",),
+}
 
-    `available` lists the fast backends this op has besides "torch", best first. auto=False: this
-    call is one that "auto" runs on torch (an explicit backend still applies).
-    Returns "torch", "triton" or "ext".
+
+def choose(op: str, device: torch.device, *, auto: bool = True) -> str:
+    """Pick the backend for registered `op` on `device`: "torch", "triton" or "ext".
+
+    auto=False: this call is one that "auto" runs on torch (an explicit backend still applies).
     """
+    if op not in FAST_BACKENDS:
+        raise KeyError(f"{op!r} is not a registered op; registered: {', '.join(FAST_BACKENDS)}")
+    available = FAST_BACKENDS[op]
     requested = _requested()
     if requested == "torch" or (requested == "auto" and not auto):
         return "torch"

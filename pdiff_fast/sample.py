@@ -68,7 +68,7 @@ def in_grains(fn, grain: int, x: torch.Tensor, *per_row: torch.Tensor) -> torch.
 def _fused_step_noise(scheduler: DDPMScheduler, device) -> bool:
     """True when the step op draws its noise in the Triton kernel (so no noise tensor is made)."""
     op = "ddim_step" if isinstance(scheduler, DDIMScheduler) else "ddpm_step"
-    return backend.choose(op, torch.device(device), ("triton",)) == "triton"
+    return backend.choose(op, torch.device(device)) == "triton"
 
 
 @torch.no_grad()

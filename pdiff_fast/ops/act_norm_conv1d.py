@@ -58,7 +58,7 @@ def act_norm_conv1d(x, weight, bias, **kwargs) -> torch.Tensor:
     # without autograd (sampling) the fused kernels are 4.5x faster than eager
     training = torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (x, weight, bias, kwargs.get("add"), kwargs.get("residual")))
-    if (backend.choose("act_norm_conv1d", x.device, ("triton",), auto=not training) == "triton"
+    if (backend.choose("act_norm_conv1d", x.device, auto=not training) == "triton"
             and backend.triton_dtypes(x, weight, bias, kwargs.get("add"), kwargs.get("residual"))):
         return backend.load_triton_op("act_norm_conv1d").act_norm_conv1d(x, weight, bias, **kwargs)
     return act_norm_conv1d_torch(x, weight, bias, **kwargs)

@@ -45,7 +45,7 @@ def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip
     fused kernel on Triton (from seed, seed_offset, row_offset; seed=None draws an int seed from
     `generator`), with torch.randn(generator=...) on the torch path.
     """
-    if (backend.choose("ddim_step", x_t.device, ("triton",)) == "triton"
+    if (backend.choose("ddim_step", x_t.device) == "triton"
             and backend.triton_dtypes(x_t, eps, noise)):
         return backend.load_triton_op("ddim_step").ddim_step(
             x_t, eps, a_t, a_prev, noise, eta, clip, generator=generator, seed=seed, seed_offset=seed_offset,

@@ -49,7 +49,7 @@ def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, s
     graph); seed=None draws an int seed from `generator` (else torch's CPU generator). On the
     torch path: torch.randn(generator=...); seed, seed_offset and row_offset are not used.
     """
-    if (backend.choose("ddpm_step", x_t.device, ("triton",)) == "triton"
+    if (backend.choose("ddpm_step", x_t.device) == "triton"
             and backend.triton_dtypes(x_t, eps, noise)):
         return backend.load_triton_op("ddpm_step").ddpm_step(
             x_t, eps, t, noise, coefs, clip, generator=generator, seed=seed, seed_offset=seed_offset,

@@ -18,6 +18,6 @@ def eps_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Dispatching entry point; a 0-dim tensor that backpropagates into `pred`."""
     if pred.shape != target.shape:
         raise ValueError(f"eps_mse: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
-    if backend.choose("eps_mse", pred.device, ("triton",)) == "triton" and backend.triton_dtypes(pred, target):
+    if backend.choose("eps_mse", pred.device) == "triton" and backend.triton_dtypes(pred, target):
         return backend.load_triton_op("eps_mse").eps_mse(pred, target)
     return eps_mse_torch(pred, target)

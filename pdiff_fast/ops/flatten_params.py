@@ -118,7 +118,7 @@ def flatten_params(sources, numels, dtype=torch.float32) -> torch.Tensor:
     """sources[i] lists model i's subset tensors in spec order -> (N, D) tensor of `dtype`."""
     _check_sources(sources, numels)
     device = sources[0][0].device if len(sources[0]) else torch.device("cpu")
-    if backend.choose("flatten_params", device, ("ext",)) == "ext":
+    if backend.choose("flatten_params", device) == "ext":
         return flatten_params_ext(sources, numels, dtype)
     return flatten_params_torch(sources, numels, dtype)
 
@@ -130,7 +130,7 @@ def unflatten_params(flat: torch.Tensor, shapes, dtypes) -> list[torch.Tensor]:
         raise ValueError(f"unflatten_params: expected a (N, {D}) tensor, got {tuple(flat.shape)}")
     if flat.shape[0] == 0:
         raise ValueError("unflatten_params: no rows (N = 0)")
-    if backend.choose("unflatten_params", flat.device, ("ext",)) == "ext":
+    if backend.choose("unflatten_params", flat.device) == "ext":
         return unflatten_params_ext(flat, shapes, dtypes)
     return unflatten_params_torch(flat, shapes, dtypes)
 
@@ -141,7 +141,7 @@ def unflatten_into(flat: torch.Tensor, targets) -> None:
     D = sum(t.numel() for t in targets[0])
     if flat.dim() != 2 or flat.shape != (len(targets), D):
         raise ValueError(f"unflatten_into: expected a ({len(targets)}, {D}) tensor, got {tuple(flat.shape)}")
-    if backend.choose("unflatten_into", flat.device, ("ext",)) == "ext":
+    if backend.choose("unflatten_into", flat.device) == "ext":
         return unflatten_into_ext(flat, targets)
     return unflatten_into_torch(flat, targets)
 

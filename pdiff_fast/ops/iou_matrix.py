@@ -58,7 +58,7 @@ def _check_bitsets(op: str, wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> Non
 def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
     """(Na, W), (Nb, W) packed bitsets (uint8 / int64) -> (Na, Nb) float32 IoU."""
     _check_bitsets("iou_matrix", wrong_a, wrong_b)
-    if backend.choose("iou_matrix", wrong_a.device, ("ext",)) == "ext":
+    if backend.choose("iou_matrix", wrong_a.device) == "ext":
         return backend.load_extension().iou_matrix(wrong_a, wrong_b)
     return iou_matrix_torch(unpack_bits(wrong_a), unpack_bits(wrong_b))
 
@@ -113,7 +113,7 @@ def iou_stats(wrong_a: torch.Tensor, wrong_b: torch.Tensor | None = None, *, row
     na, nb = wrong_a.shape[0], b_bits.shape[0]
     device = wrong_a.device
     triangle = self_pairs and not row_max
-    use_ext = backend.choose("iou_matrix", device, ("ext",)) == "ext"
+    use_ext = backend.choose("iou_matrix", device) == "ext"
     n_bits = wrong_a.shape[1] * wrong_a.element_size() * 8
     rows, cols = _iou_blocks(na, nb, n_bits, use_ext, memory_budget_bytes)
     rows, cols = max(1, block_rows or rows), max(1, block_cols or cols)

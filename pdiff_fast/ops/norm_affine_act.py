@@ -37,7 +37,7 @@ def norm_affine_act(x, weight, bias, running_mean=None, running_var=None, eps=1e
                     act="relu", negative_slope=0.01) -> torch.Tensor:
     """Dispatching entry point; same arguments as `norm_affine_act_torch`."""
     supported = x.dtype in (torch.float32, torch.float64)
-    if supported and backend.choose("norm_affine_act", x.device, ("ext",)) == "ext":
+    if supported and backend.choose("norm_affine_act", x.device) == "ext":
         return backend.load_extension().norm_affine_act(x, weight, bias, running_mean, running_var, eps, act,
                                                         negative_slope)
     return norm_affine_act_torch(x, weight, bias, running_mean, running_var, eps, act, negative_slope)

@@ -34,7 +34,7 @@ def q_sample(x0, t, coefs, noise=None, generator=None, *, seed=None, seed_offset
     row_offset; seed=None draws an int seed from `generator`); torch.randn(generator=...) on the
     torch path, where seed, seed_offset and row_offset are not used.
     """
-    if (backend.choose("q_sample", x0.device, ("triton",)) == "triton"
+    if (backend.choose("q_sample", x0.device) == "triton"
             and backend.triton_dtypes(x0, noise)):
         return backend.load_triton_op("q_sample").q_sample(
             x0, t, coefs, noise, generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
