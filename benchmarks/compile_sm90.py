@@ -31,6 +31,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
 from pdiff_fast.kernels import act_norm_conv1d as conv_mod  # noqa: E402
+from pdiff_fast.kernels import act_norm_conv1d_stats as conv_stats_mod  # noqa: E402
 from pdiff_fast.kernels import ddim_step as ddim_mod  # noqa: E402
 from pdiff_fast.kernels import ddpm_step as ddpm_mod  # noqa: E402
 from pdiff_fast.kernels import eps_mse as mse_mod  # noqa: E402
@@ -135,15 +136,15 @@ def variants(quick: bool):
 def _conv_variants(dtypes, quick: bool):
     """act_norm_conv1d: the kernels with the flag sets its forward and backward launch."""
     neg = conv_mod.NEGATIVE_SLOPE
-    m = conv_mod
+    m, st = conv_mod, conv_stats_mod  # the conv and weight-grad kernels; the reductions
     for dt in dtypes:
-        dot = ["tf32", "ieee"] if dt == "fp32" else ["tf32"]  # _dot_precision: 16-bit operands ignore it
+        dot = ["tf32", "ieee"] if dt == "fp32" else ["tf32"]  # launch.dot_precision: 16-bit operands ignore it
         # stats: one tile (writes mean / rstd) or split rows (partials), with / without add and act
         for has_add, pre_act, single in itertools.product([False, True], repeat=3):
             block_r, block_l = (2, 2048) if single else (1, 2048)
             flags = {"HAS_ADD": has_add, "PRE_ACT": pre_act, "SINGLE_TILE": single, "NEG_SLOPE": neg,
                      "BLOCK_R": block_r, "BLOCK_L": block_l}
-            yield ("conv.stats", _label(dt, flags), m._stats_kernel, signature(m._stats_kernel, dt), flags, 4)
+            yield ("conv.stats", _label(dt, flags), st._stats_kernel, signature(st._stats_kernel, dt), flags, 4)
         # forward conv: normalized input, every epilogue flag; both conv modes; K = 1, 3, 5
         epilogues = list(itertools.product([False, True], repeat=5))  # add, act, bias, res, tanh
         if quick:
@@ -169,20 +170,20 @@ def _conv_variants(dtypes, quick: bool):
                        signature(m._weight_grad_kernel, dt, ptrs={"dw_ptr": f"*{out}"}), flags, 4)
         for has_add, pre_act in itertools.product([False, True], repeat=2):
             flags = {"HAS_ADD": has_add, "PRE_ACT": pre_act, "NEG_SLOPE": neg, "BLOCK_R": 2, "BLOCK_L": 2048}
-            yield ("conv.norm_bwd_sums", _label(dt, flags), m._norm_bwd_sums_kernel,
-                   signature(m._norm_bwd_sums_kernel, dt), flags, 4)
-            yield ("conv.norm_bwd_dx", _label(dt, flags), m._norm_bwd_dx_kernel,
-                   signature(m._norm_bwd_dx_kernel, dt), flags, 4)
+            yield ("conv.norm_bwd_sums", _label(dt, flags), st._norm_bwd_sums_kernel,
+                   signature(st._norm_bwd_sums_kernel, dt), flags, 4)
+            yield ("conv.norm_bwd_dx", _label(dt, flags), st._norm_bwd_dx_kernel,
+                   signature(st._norm_bwd_dx_kernel, dt), flags, 4)
         yield ("conv.tanh_bwd", dt, m._tanh_bwd_kernel, signature(m._tanh_bwd_kernel, dt), {"BLOCK": 1024}, 4)
         for src, dst in [(dt, dt), (dt, "fp32"), ("fp32", dt)]:  # gradients, partials, partials -> result
             for bq, bu in [(32, 128), (1, 128), (4096, 2)] if not quick else [(32, 128)]:
                 flags = {"BLOCK_Q": bq, "BLOCK_U": bu}
-                yield ("conv.sum", f"{src}->{dst} " + _label("", flags), m._sum_kernel,
-                       signature(m._sum_kernel, dt, ptrs={"in_ptr": f"*{src}", "out_ptr": f"*{dst}"}), flags, 4)
+                yield ("conv.sum", f"{src}->{dst} " + _label("", flags), st._sum_kernel,
+                       signature(st._sum_kernel, dt, ptrs={"in_ptr": f"*{src}", "out_ptr": f"*{dst}"}), flags, 4)
     for bt, br in [(32, 128), (1, 16)]:
         flags = {"BLOCK_T": bt, "BLOCK_R": br}
-        yield ("conv.stats_finalize", _label("fp32", flags), m._stats_finalize_kernel,
-               signature(m._stats_finalize_kernel, "fp32"), flags, 4)
+        yield ("conv.stats_finalize", _label("fp32", flags), st._stats_finalize_kernel,
+               signature(st._stats_finalize_kernel, "fp32"), flags, 4)
 
 
 def _label(dt: str, flags: dict, tile: dict | None = None, ints: dict | None = None) -> str:

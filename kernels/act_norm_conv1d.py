@@ -1,8 +1,11 @@
 """act_norm_conv1d in Triton: [x + add] -> [leaky_relu] -> instance_norm -> conv1d | conv_transpose1d
 -> [+ residual] -> [tanh], forward and backward (reference: pdiff_fast.ops.act_norm_conv1d).
 
-Layout of this file (Liger-Kernel style): @triton.jit kernels, then plain Python launchers, then
-the torch.autograd.Function and the public `act_norm_conv1d`.
+Three files: this one holds the conv (forward and adjoint) and weight-gradient kernels, their
+launchers, the torch.autograd.Function and the public `act_norm_conv1d`; the row statistics, the
+backward through the normalization and the gradient sums (`_stats_kernel`, `_norm_bwd_*_kernel`,
+`_sum_kernel`) are in kernels/act_norm_conv1d_stats.py; the launch helpers (buffers, tile sizes,
+dot precision) in kernels/launch.py.
 
 Forward, 2 or 3 launches:
   1. `_stats_kernel`: per (b, c) row mean / rstd of act(x + add) in fp32. A row is split into
@@ -50,37 +53,18 @@ from __future__ import annotations
 
 import torch
 import triton
-from torch.autograd.function import once_differentiable
 import triton.language as tl
+from torch.autograd.function import once_differentiable
 
-from pdiff_fast.ops.act_norm_conv1d import EPS, NEGATIVE_SLOPE
+from pdiff_fast.ops.act_norm_conv1d import NEGATIVE_SLOPE
 
+from . import act_norm_conv1d_stats as stats
+from . import launch
+from .act_norm_conv1d_stats import activation, load_x_add
 
 # ------------------------------------------------------------------------------------------------
 # Kernels
 # ------------------------------------------------------------------------------------------------
-
-
-@triton.jit
-def _load_pre(
-    x_ptr, add_ptr,  # x: (B, C, L), add: broadcast to (B, C, L) by its strides
-    b, c, pos, mask,  # broadcast-compatible index tensors and the load mask
-    stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
-    HAS_ADD: tl.constexpr,
-):
-    """a = x + add at (b, c, pos), in fp32, 0 where masked."""
-    b64 = b.to(tl.int64)
-    a = tl.load(x_ptr + b64 * stride_xb + c * stride_xc + pos * stride_xl, mask=mask, other=0.0).to(tl.float32)
-    if HAS_ADD:
-        a += tl.load(add_ptr + b64 * stride_ab + c * stride_ac + pos * stride_al, mask=mask, other=0.0).to(tl.float32)
-    return a
-
-
-@triton.jit
-def _act(a, PRE_ACT: tl.constexpr, NEG_SLOPE: tl.constexpr):
-    if PRE_ACT:
-        a = tl.where(a > 0, a, a * NEG_SLOPE)
-    return a
 
 
 @triton.jit
@@ -93,75 +77,6 @@ def _tanh(v):
     series = a * (1.0 - a2 * (1.0 / 3.0 - a2 * (2.0 / 15.0 - a2 * (17.0 / 315.0))))
     t = tl.where(a < 0.2, series, t)
     return tl.where(v < 0, -t, t)
-
-
-@triton.jit
-def _stats_kernel(
-    x_ptr,  # (B, C, L)
-    add_ptr,  # (B|1, C|1, L) as strides; unused without HAS_ADD
-    mean_ptr, rstd_ptr,  # (B * C,) fp32; written when SINGLE_TILE
-    pmean_ptr, pm2_ptr,  # (T, B * C) fp32 tile means / tile M2; written otherwise
-    R, C, L,  # R = B * C rows
-    stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
-    eps,
-    HAS_ADD: tl.constexpr, PRE_ACT: tl.constexpr, SINGLE_TILE: tl.constexpr, NEG_SLOPE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    t = tl.program_id(1)
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
-    l = t * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
-    r_mask = r < R
-    mask = r_mask[:, None] & (l < L)[None, :]
-    b = r // C
-    c = r % C
-    a = _load_pre(x_ptr, add_ptr, b[:, None], c[:, None], l[None, :], mask,
-                  stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
-    h = tl.where(mask, _act(a, PRE_ACT, NEG_SLOPE), 0.0)  # (BLOCK_R, BLOCK_L)
-    count = tl.minimum(L - t * BLOCK_L, BLOCK_L).to(tl.float32)
-    tile_mean = tl.sum(h, axis=1) / count  # (BLOCK_R,)
-    diff = tl.where(mask, h - tile_mean[:, None], 0.0)
-    tile_m2 = tl.sum(diff * diff, axis=1)
-    if SINGLE_TILE:
-        tl.store(mean_ptr + r, tile_mean, mask=r_mask)
-        tl.store(rstd_ptr + r, 1.0 / tl.sqrt(tile_m2 / count + eps), mask=r_mask)
-    else:
-        tl.store(pmean_ptr + t * R + r, tile_mean, mask=r_mask)
-        tl.store(pm2_ptr + t * R + r, tile_m2, mask=r_mask)
-
-
-@triton.jit
-def _stats_finalize_kernel(
-    pmean_ptr, pm2_ptr,  # (T, R) fp32
-    mean_ptr, rstd_ptr,  # (R,) fp32
-    R, T, L, tile_len,  # tile t covers min(tile_len, L - t * tile_len) elements
-    eps,
-    BLOCK_T: tl.constexpr, BLOCK_R: tl.constexpr,
-):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    r_mask = r < R
-    acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-    t0 = 0
-    while t0 < T:  # while loops: runtime range() bounds break Triton 3.6's interpreter (NumPy >= 2.4)
-        t = t0 + tl.arange(0, BLOCK_T)
-        mask = (t < T)[:, None] & r_mask[None, :]
-        count = tl.minimum(L - t * tile_len, tile_len).to(tl.float32)
-        acc += count[:, None] * tl.load(pmean_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
-        t0 += BLOCK_T
-    mean = tl.sum(acc, axis=0) / L  # (BLOCK_R,)
-    acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
-    t0 = 0
-    while t0 < T:
-        t = t0 + tl.arange(0, BLOCK_T)
-        mask = (t < T)[:, None] & r_mask[None, :]
-        count = tl.minimum(L - t * tile_len, tile_len).to(tl.float32)
-        pm = tl.load(pmean_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
-        pm2 = tl.load(pm2_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
-        d = pm - mean[None, :]
-        acc += tl.where(mask, pm2 + count[:, None] * d * d, 0.0)
-        t0 += BLOCK_T
-    var = tl.sum(acc, axis=0) / L
-    tl.store(mean_ptr + r, mean, mask=r_mask)
-    tl.store(rstd_ptr + r, 1.0 / tl.sqrt(var + eps), mask=r_mask)
 
 
 @triton.jit
@@ -201,7 +116,7 @@ def _conv_kernel(
     o_mask = o < Co
     acc = tl.zeros([BLOCK_O, BLOCK_N], dtype=tl.float32)
     c0 = 0
-    while c0 < Ci:  # not range(): see _stats_finalize_kernel
+    while c0 < Ci:  # not range(): see act_norm_conv1d_stats._stats_finalize_kernel
         c = c0 + tl.arange(0, BLOCK_C)  # (BLOCK_C,)
         c_mask = c < Ci
         cn_mask = c_mask[:, None] & n_mask[None, :]  # (BLOCK_C, BLOCK_N)
@@ -214,17 +129,17 @@ def _conv_kernel(
             if TRANSPOSED:
                 # j + p - k = i * s: phase r reaches tap k only when (r + p - k) % s == 0
                 d = phase + padding - k + conv_stride * K  # shifted to stay >= 0
-                tap_ok = (d % conv_stride) == 0
+                reaches = (d % conv_stride) == 0
                 i = q + d // conv_stride - K
             else:
-                tap_ok = conv_stride > 0
+                reaches = True  # a plain conv's every tap reaches every output: no runtime test
                 i = j * conv_stride - padding + k
-            if tap_ok:
+            if reaches:
                 mask = cn_mask & ((i >= 0) & (i < Li))[None, :]
-                h = _load_pre(x_ptr, add_ptr, b[None, :], c[:, None], i[None, :], mask,
-                              stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
+                h = load_x_add(x_ptr, add_ptr, b[None, :], c[:, None], i[None, :], mask,
+                               stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
                 if NORMALIZE:
-                    h = (_act(h, PRE_ACT, NEG_SLOPE) - mean) * rstd
+                    h = (activation(h, PRE_ACT, NEG_SLOPE) - mean) * rstd
                     h = tl.where(mask, h, 0.0)  # zero padding applies to the normalized input
                 w = tl.load(w_ptr + o[:, None] * stride_wo + c[None, :] * stride_wc + k * stride_wk,
                             mask=w_mask, other=0.0)  # (BLOCK_O, BLOCK_C)
@@ -282,7 +197,7 @@ def _weight_grad_kernel(
     acc = tl.zeros([BLOCK_D, BLOCK_S], dtype=tl.float32)
     m_lo = split * m_per_split
     m0 = m_lo
-    while m0 < m_lo + m_per_split:  # not range(): see _stats_finalize_kernel
+    while m0 < m_lo + m_per_split:  # not range(): see act_norm_conv1d_stats._stats_finalize_kernel
         m = m0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,) flattened (b, dense position)
         m_mask = m < M
         b = m // Ld
@@ -294,9 +209,9 @@ def _weight_grad_kernel(
             row = b[None, :].to(tl.int64) * Cin + dc[:, None]
             mean = tl.load(mean_ptr + row, mask=d_mask, other=0.0)
             rstd = tl.load(rstd_ptr + row, mask=d_mask, other=0.0)
-            a = _load_pre(x_ptr, add_ptr, b[None, :], dc[:, None], l[None, :], d_mask,
-                          stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
-            dt = tl.where(d_mask, (_act(a, PRE_ACT, NEG_SLOPE) - mean) * rstd, 0.0)
+            a = load_x_add(x_ptr, add_ptr, b[None, :], dc[:, None], l[None, :], d_mask,
+                           stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
+            dt = tl.where(d_mask, (activation(a, PRE_ACT, NEG_SLOPE) - mean) * rstd, 0.0)
             s_mask = pos_mask[:, None] & sc_mask[None, :]  # (BLOCK_M, BLOCK_S)
             st = tl.load(g_ptr + b.to(tl.int64)[:, None] * stride_gb + sc[None, :] * stride_gc
                          + pos[:, None] * stride_gl, mask=s_mask, other=0.0)
@@ -308,41 +223,14 @@ def _weight_grad_kernel(
             row = b[:, None].to(tl.int64) * Cin + sc[None, :]
             mean = tl.load(mean_ptr + row, mask=s_mask, other=0.0)
             rstd = tl.load(rstd_ptr + row, mask=s_mask, other=0.0)
-            a = _load_pre(x_ptr, add_ptr, b[:, None], sc[None, :], pos[:, None], s_mask,
-                          stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
-            st = tl.where(s_mask, (_act(a, PRE_ACT, NEG_SLOPE) - mean) * rstd, 0.0)
+            a = load_x_add(x_ptr, add_ptr, b[:, None], sc[None, :], pos[:, None], s_mask,
+                           stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
+            st = tl.where(s_mask, (activation(a, PRE_ACT, NEG_SLOPE) - mean) * rstd, 0.0)
         dot_t = g_ptr.dtype.element_ty
         acc = tl.dot(dt.to(dot_t), st.to(dot_t), acc, input_precision=DOT_PRECISION)
         m0 += BLOCK_M
     out = dw_ptr + split * stride_ws + dc[:, None] * stride_wd + sc[None, :] * stride_wsc + k * stride_wk
     tl.store(out, acc.to(dw_ptr.dtype.element_ty), mask=dc_mask[:, None] & sc_mask[None, :])
-
-
-@triton.jit
-def _sum_kernel(
-    in_ptr,  # read as (P, Q, S) through its strides
-    out_ptr,  # (splits, P, S): out[split, p, s] = sum of in[p, q, s] over this split's q range
-    Q, S, U, q_per_split,  # U = P * S kept elements, flattened as u = p * S + s
-    stride_ip, stride_iq, stride_is, stride_osplit, stride_op, stride_os,
-    BLOCK_Q: tl.constexpr, BLOCK_U: tl.constexpr,
-):
-    u = tl.program_id(0) * BLOCK_U + tl.arange(0, BLOCK_U)  # (BLOCK_U,)
-    split = tl.program_id(1)
-    u_mask = u < U
-    p = (u // S).to(tl.int64)
-    s = (u % S).to(tl.int64)
-    base = in_ptr + p * stride_ip + s * stride_is  # (BLOCK_U,) pointers
-    acc = tl.zeros([BLOCK_Q, BLOCK_U], dtype=tl.float32)
-    q_lo = split * q_per_split
-    q0 = q_lo
-    while q0 < q_lo + q_per_split:  # not range(): see _stats_finalize_kernel
-        q = q0 + tl.arange(0, BLOCK_Q)  # (BLOCK_Q,)
-        mask = (q < Q)[:, None] & u_mask[None, :]
-        acc += tl.load(base[None, :] + q[:, None].to(tl.int64) * stride_iq, mask=mask, other=0.0).to(tl.float32)
-        q0 += BLOCK_Q
-    total = tl.sum(acc, axis=0)
-    tl.store(out_ptr + split.to(tl.int64) * stride_osplit + p * stride_op + s * stride_os,
-             total.to(out_ptr.dtype.element_ty), mask=u_mask)
 
 
 @triton.jit
@@ -358,118 +246,9 @@ def _tanh_bwd_kernel(
     tl.store(gz_ptr + offs, (g * (1.0 - y * y)).to(gz_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
-def _norm_bwd_sums_kernel(
-    dh_ptr,  # (B * C, L) fp32 contiguous: gradient w.r.t. the normalized input
-    x_ptr, add_ptr,  # as in _stats_kernel
-    mean_ptr, rstd_ptr,  # (R,) fp32
-    s1_ptr, s2_ptr,  # (T, R) fp32: per-tile sums of dh and of dh * xhat
-    R, C, L,
-    stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
-    HAS_ADD: tl.constexpr, PRE_ACT: tl.constexpr, NEG_SLOPE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    t = tl.program_id(1)
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    l = t * BLOCK_L + tl.arange(0, BLOCK_L)
-    r_mask = r < R
-    mask = r_mask[:, None] & (l < L)[None, :]
-    b = r // C
-    c = r % C
-    a = _load_pre(x_ptr, add_ptr, b[:, None], c[:, None], l[None, :], mask,
-                  stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
-    mean = tl.load(mean_ptr + r, mask=r_mask, other=0.0)
-    rstd = tl.load(rstd_ptr + r, mask=r_mask, other=0.0)
-    xhat = tl.where(mask, (_act(a, PRE_ACT, NEG_SLOPE) - mean[:, None]) * rstd[:, None], 0.0)
-    dh = tl.load(dh_ptr + r[:, None].to(tl.int64) * L + l[None, :], mask=mask, other=0.0)
-    tl.store(s1_ptr + t * R + r, tl.sum(dh, axis=1), mask=r_mask)
-    tl.store(s2_ptr + t * R + r, tl.sum(dh * xhat, axis=1), mask=r_mask)
-
-
-@triton.jit
-def _norm_bwd_dx_kernel(
-    dh_ptr,  # (B * C, L) fp32 contiguous
-    x_ptr, add_ptr, mean_ptr, rstd_ptr,
-    s1_ptr, s2_ptr,  # (R,) fp32 row sums
-    dx_ptr,  # (B, C, L) contiguous: gradient w.r.t. x (= w.r.t. x + add)
-    R, C, L,
-    stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
-    HAS_ADD: tl.constexpr, PRE_ACT: tl.constexpr, NEG_SLOPE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
-):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    r_mask = r < R
-    mask = r_mask[:, None] & (l < L)[None, :]
-    b = r // C
-    c = r % C
-    a = _load_pre(x_ptr, add_ptr, b[:, None], c[:, None], l[None, :], mask,
-                  stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
-    mean = tl.load(mean_ptr + r, mask=r_mask, other=0.0)[:, None]
-    rstd = tl.load(rstd_ptr + r, mask=r_mask, other=0.0)[:, None]
-    mean_dh = (tl.load(s1_ptr + r, mask=r_mask, other=0.0) / L)[:, None]
-    mean_dh_xhat = (tl.load(s2_ptr + r, mask=r_mask, other=0.0) / L)[:, None]
-    xhat = (_act(a, PRE_ACT, NEG_SLOPE) - mean) * rstd
-    offs = r[:, None].to(tl.int64) * L + l[None, :]
-    dh = tl.load(dh_ptr + offs, mask=mask, other=0.0)
-    dx = rstd * (dh - mean_dh - xhat * mean_dh_xhat)
-    if PRE_ACT:
-        dx = tl.where(a > 0, dx, dx * NEG_SLOPE)
-    tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=mask)
-
-
 # ------------------------------------------------------------------------------------------------
 # Launchers
 # ------------------------------------------------------------------------------------------------
-
-_MAX_SPLITS = 1024  # grid axes 1 and 2 are limited to 65535 on CUDA
-_ROW_TILE = 2048  # elements of one row per stats / norm-backward program
-
-
-def _alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Every buffer the launchers create (outputs, partials); tests swap in a NaN-filled version
-    to prove that the kernels write each element."""
-    return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _target_programs(device: torch.device) -> int:
-    """Programs worth launching to fill the device (few under the CPU interpreter)."""
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
-
-
-def _tile(device: torch.device, gpu: int, interpreted: int) -> int:
-    """A streaming tile size: `gpu` on CUDA; larger under the CPU interpreter, which pays per
-    program and per loop trip rather than per element."""
-    return gpu if device.type == "cuda" else interpreted
-
-
-def _dot_precision(dtype: torch.dtype, device: torch.device) -> str:
-    """For the dot operands' dtype: fp32 follows torch's conv (TF32 on CUDA when torch's conv
-    allows it); 16-bit operands take Triton's default, which they ignore."""
-    if dtype != torch.float32 or (device.type == "cuda" and _conv_allows_tf32()):
-        return "tf32"
-    return "ieee"
-
-
-def _conv_allows_tf32() -> bool:
-    """torch's conv TF32 setting. Recent torch has the fp32_precision API ("ieee" / "tf32", or
-    "none": inherit from the level above), and reading the old allow_tf32 flag raises there once
-    the new API was used; older torch only has the flag."""
-    levels = [getattr(getattr(torch.backends.cudnn, "conv", None), "fp32_precision", None),
-              getattr(torch.backends.cudnn, "fp32_precision", None),
-              getattr(torch.backends, "fp32_precision", None)]
-    if levels[0] is None:
-        return bool(torch.backends.cudnn.allow_tf32)
-    for level in levels:
-        if level is not None and level != "none":
-            return level == "tf32"
-    return False
-
-
-def _pow2(n: int, lo: int, hi: int) -> int:
-    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
 
 
 def _as_3d(t: torch.Tensor, shape: tuple[int, int, int], name: str) -> torch.Tensor:
@@ -483,83 +262,6 @@ def _as_3d(t: torch.Tensor, shape: tuple[int, int, int], name: str) -> torch.Ten
                          f"to {tuple(shape)}") from None
 
 
-def _row_tiles(L: int, R: int) -> tuple[int, int, int]:
-    """(BLOCK_L, BLOCK_R, T) for the per-(b, c)-row kernels."""
-    block_l = _pow2(L, 16, _ROW_TILE)
-    block_r = _pow2(R, 1, max(1, 4096 // block_l))
-    return block_l, block_r, triton.cdiv(L, block_l)
-
-
-def _reduce(src: torch.Tensor, P: int, Q: int, S: int, in_strides, out: torch.Tensor, out_strides) -> None:
-    """out[p, s] = sum_q src[p, q, s] (views given by strides); a long Q is split over programs and
-    the partials reduced again."""
-    U = P * S
-    block_u = _pow2(U, 2, _tile(src.device, 128, 1024))
-    block_q = _pow2(Q, 1, max(1, _tile(src.device, 4096, 16384) // block_u))
-    programs = triton.cdiv(U, block_u)
-    splits = max(1, min(triton.cdiv(Q, block_q), triton.cdiv(_target_programs(src.device), programs), _MAX_SPLITS))
-    q_per_split = triton.cdiv(triton.cdiv(Q, splits), block_q) * block_q
-    splits = triton.cdiv(Q, q_per_split)
-    if splits == 1:
-        dst, dst_strides = out, (0,) + tuple(out_strides)
-    else:
-        dst = _alloc((splits, P, S), torch.float32, src.device)
-        dst_strides = (P * S, S, 1)
-    _sum_kernel[(programs, splits)](
-        src, dst, Q, S, U, q_per_split, *in_strides, *dst_strides,
-        BLOCK_Q=block_q, BLOCK_U=block_u,
-    )
-    if splits > 1:
-        _reduce(dst, P, splits, S, (S, P * S, 1), out, out_strides)
-
-
-def _reduce_to(t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """The gradient of a broadcast: contiguous (B, C, L) `t` summed down to `shape`."""
-    B, C, L = t.shape
-    shape3 = (1,) * (3 - len(shape)) + tuple(shape)
-    if shape3[2] == 1 and L > 1:  # broadcast along the length: degenerate, left to torch
-        return t.sum_to_size(shape3).to(dtype).reshape(shape)
-    out = _alloc(shape3, dtype, t.device)
-    red_b, red_c = shape3[0] == 1 and B > 1, shape3[1] == 1 and C > 1
-    if red_b and red_c:
-        P, Q, S, strides = 1, B * C, L, (0, L, 1)
-    elif red_b:
-        P, Q, S, strides = 1, B, C * L, (0, C * L, 1)
-    elif red_c:
-        P, Q, S, strides = B, C, L, (C * L, L, 1)
-    else:
-        P, Q, S, strides = 1, 1, B * C * L, (0, 0, 1)
-    _reduce(t, P, Q, S, strides, out, (S, 1))
-    return out.reshape(shape)
-
-
-def _stats(x, add3, pre_act: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(b, c) mean and rstd of act(x + add), fp32 (B * C,) each."""
-    B, C, L = x.shape
-    R = B * C
-    mean = _alloc(R, torch.float32, x.device)
-    rstd = _alloc(R, torch.float32, x.device)
-    block_l, block_r, T = _row_tiles(L, R)
-    a = add3 if add3 is not None else x
-    if T > 1:
-        pmean = _alloc((T, R), torch.float32, x.device)
-        pm2 = _alloc((T, R), torch.float32, x.device)
-    else:
-        pmean = pm2 = mean
-    _stats_kernel[(triton.cdiv(R, block_r), T)](
-        x, a, mean, rstd, pmean, pm2, R, C, L, *x.stride(), *a.stride(), EPS,
-        HAS_ADD=add3 is not None, PRE_ACT=pre_act, SINGLE_TILE=T == 1, NEG_SLOPE=NEGATIVE_SLOPE,
-        BLOCK_R=block_r, BLOCK_L=block_l,
-    )
-    if T > 1:
-        block_rf = _pow2(R, 16, 128)
-        _stats_finalize_kernel[(triton.cdiv(R, block_rf),)](
-            pmean, pm2, mean, rstd, R, T, L, block_l, EPS,
-            BLOCK_T=_pow2(T, 1, 32), BLOCK_R=block_rf,
-        )
-    return mean, rstd
-
-
 def _conv(inp, w, w_strides, Co: int, Lo: int, conv_stride: int, padding: int, transposed: bool,
           out: torch.Tensor, *, add3=None, mean=None, rstd=None, pre_act=False, bias=None,
           res3=None, post_tanh=False) -> torch.Tensor:
@@ -567,9 +269,9 @@ def _conv(inp, w, w_strides, Co: int, Lo: int, conv_stride: int, padding: int, t
     w is read as w[o, c, k] through w_strides."""
     B, Ci, Li = inp.shape
     K = w.shape[2]
-    block_o = _pow2(Co, 16, 64)
-    block_c = _pow2(Ci, 16, 32)
-    block_n = _tile(inp.device, 128 if block_o <= 32 else 64, 512)
+    block_o = launch.pow2(Co, 16, 64)
+    block_c = launch.pow2(Ci, 16, 32)
+    block_n = launch.stream_tile(inp.device, 128 if block_o <= 32 else 64, 512)
     if transposed:
         Q = triton.cdiv(Lo, conv_stride)
         grid = (triton.cdiv(B * Q, block_n), triton.cdiv(Co, block_o), conv_stride)
@@ -585,7 +287,7 @@ def _conv(inp, w, w_strides, Co: int, Lo: int, conv_stride: int, padding: int, t
         *inp.stride(), *a.stride(), *w_strides, *r.stride(), *out.stride(),
         K=K, TRANSPOSED=transposed, HAS_ADD=add3 is not None, PRE_ACT=pre_act,
         NORMALIZE=mean is not None, HAS_BIAS=bias is not None, HAS_RES=res3 is not None,
-        POST_TANH=post_tanh, NEG_SLOPE=NEGATIVE_SLOPE, DOT_PRECISION=_dot_precision(w.dtype, inp.device),
+        POST_TANH=post_tanh, NEG_SLOPE=NEGATIVE_SLOPE, DOT_PRECISION=launch.dot_precision(w.dtype, inp.device),
         BLOCK_O=block_o, BLOCK_N=block_n, BLOCK_C=block_c,
     )
     return out
@@ -611,8 +313,8 @@ def act_norm_conv1d_forward(x, weight, bias, add, residual, stride, padding, tra
         raise ValueError(f"act_norm_conv1d: input length {L} too short for kernel {K}, padding {padding}")
     add3 = _as_3d(add, (B, Cin, L), "add") if add is not None else None
     res3 = _as_3d(residual, (B, Cout, Lout), "residual") if residual is not None else None
-    mean, rstd = _stats(x, add3, pre_act)
-    y = _alloc((B, Cout, Lout), x.dtype, x.device)
+    mean, rstd = stats.row_stats(x, add3, pre_act)
+    y = launch.alloc((B, Cout, Lout), x.dtype, x.device)
     w0, w1, w2 = weight.stride()
     w_strides = (w1, w0, w2) if transposed else (w0, w1, w2)  # read as w[out, in, k]
     _conv(x, weight, w_strides, Cout, Lout, stride, padding, transposed, y, add3=add3, mean=mean, rstd=rstd,
@@ -625,49 +327,27 @@ def _weight_grad(x, add3, mean, rstd, gz, weight, stride, padding, transposed, p
     _, Cout, Lout = gz.shape
     DC, SC, K = weight.shape  # (Cout, Cin, K), or (Cin, Cout, K) when transposed
     Ld = L if transposed else Lout
-    block_d = _pow2(DC, 16, 64)
-    block_s = _pow2(SC, 16, 64)
-    block_m = _tile(x.device, 64, 512)
+    block_d = launch.pow2(DC, 16, 64)
+    block_s = launch.pow2(SC, 16, 64)
+    block_m = launch.stream_tile(x.device, 64, 512)
     tiles = triton.cdiv(DC, block_d) * triton.cdiv(SC, block_s)
     M = B * Ld
-    splits = max(1, min(triton.cdiv(M, block_m), triton.cdiv(_target_programs(x.device), tiles * K), _MAX_SPLITS))
+    splits = max(1, min(triton.cdiv(M, block_m), triton.cdiv(launch.target_programs(x.device), tiles * K),
+                        launch.MAX_SPLITS))
     m_per_split = triton.cdiv(triton.cdiv(M, splits), block_m) * block_m
     splits = triton.cdiv(M, m_per_split)
-    dw = _alloc(weight.shape, weight.dtype, x.device)
-    part = dw if splits == 1 else _alloc((splits,) + tuple(weight.shape), torch.float32, x.device)
+    dw = launch.alloc(weight.shape, weight.dtype, x.device)
+    part = dw if splits == 1 else launch.alloc((splits,) + tuple(weight.shape), torch.float32, x.device)
     a = add3 if add3 is not None else x
     _weight_grad_kernel[(tiles, K, splits)](
         x, a, mean, rstd, gz, part, B, Cin, L, Cout, Lout, stride, padding, m_per_split,
         *x.stride(), *a.stride(), *gz.stride(), DC * SC * K, SC * K, K, 1,
         HAS_ADD=add3 is not None, PRE_ACT=pre_act, TRANSPOSED=transposed, NEG_SLOPE=NEGATIVE_SLOPE,
-        DOT_PRECISION=_dot_precision(gz.dtype, gz.device), BLOCK_D=block_d, BLOCK_S=block_s, BLOCK_M=block_m,
+        DOT_PRECISION=launch.dot_precision(gz.dtype, gz.device), BLOCK_D=block_d, BLOCK_S=block_s, BLOCK_M=block_m,
     )
     if splits > 1:
-        _reduce(part, 1, splits, DC * SC * K, (0, DC * SC * K, 1), dw, (0, 1))
+        stats.reduce_sum(part, 1, splits, DC * SC * K, (0, DC * SC * K, 1), dw, (0, 1))
     return dw
-
-
-def _norm_backward(dh, x, add3, mean, rstd, pre_act) -> torch.Tensor:
-    """Gradient w.r.t. x + add from the gradient w.r.t. the normalized input (fp32, contiguous)."""
-    B, C, L = x.shape
-    R = B * C
-    block_l, block_r, T = _row_tiles(L, R)
-    a = add3 if add3 is not None else x
-    s1 = _alloc((T, R), torch.float32, x.device)
-    s2 = _alloc((T, R), torch.float32, x.device)
-    grid = (triton.cdiv(R, block_r), T)
-    flags = dict(HAS_ADD=add3 is not None, PRE_ACT=pre_act, NEG_SLOPE=NEGATIVE_SLOPE,
-                 BLOCK_R=block_r, BLOCK_L=block_l)
-    _norm_bwd_sums_kernel[grid](dh, x, a, mean, rstd, s1, s2, R, C, L, *x.stride(), *a.stride(), **flags)
-    if T > 1:
-        r1 = _alloc(R, torch.float32, x.device)
-        r2 = _alloc(R, torch.float32, x.device)
-        _reduce(s1, 1, T, R, (0, R, 1), r1, (0, 1))
-        _reduce(s2, 1, T, R, (0, R, 1), r2, (0, 1))
-        s1, s2 = r1, r2
-    dx = _alloc((B, C, L), x.dtype, x.device)
-    _norm_bwd_dx_kernel[grid](dh, x, a, mean, rstd, s1, s2, dx, R, C, L, *x.stride(), *a.stride(), **flags)
-    return dx
 
 
 def act_norm_conv1d_backward(grad_out, x, weight, bias, add, residual_meta, y_shape, y, mean, rstd, stride,
@@ -679,7 +359,7 @@ def act_norm_conv1d_backward(grad_out, x, weight, bias, add, residual_meta, y_sh
     _, Cout, Lout = y_shape
     g = grad_out.contiguous()
     if post_tanh:
-        gz = _alloc(g.shape, g.dtype, g.device)
+        gz = launch.alloc(g.shape, g.dtype, g.device)
         block = 1024
         _tanh_bwd_kernel[(triton.cdiv(g.numel(), block),)](g, y, gz, g.numel(), BLOCK=block)
     else:
@@ -687,23 +367,23 @@ def act_norm_conv1d_backward(grad_out, x, weight, bias, add, residual_meta, y_sh
     add3 = _as_3d(add, (B, Cin, L), "add") if add is not None else None
     dx = dw = db = dadd = dres = None
     if need_res:
-        dres = _reduce_to(gz, *residual_meta)
+        dres = stats.reduce_to(gz, *residual_meta)
     if need_b:
-        per_pos = _alloc((Cout, Lout), torch.float32, g.device)  # sum over the batch first, then the length
-        _reduce(gz, 1, B, Cout * Lout, (0, Cout * Lout, 1), per_pos, (0, 1))
-        db = _alloc(Cout, bias.dtype, g.device)
-        _reduce(per_pos, Cout, Lout, 1, (Lout, 1, 0), db, (1, 0))
+        per_pos = launch.alloc((Cout, Lout), torch.float32, g.device)  # sum over the batch first, then the length
+        stats.reduce_sum(gz, 1, B, Cout * Lout, (0, Cout * Lout, 1), per_pos, (0, 1))
+        db = launch.alloc(Cout, bias.dtype, g.device)
+        stats.reduce_sum(per_pos, Cout, Lout, 1, (Lout, 1, 0), db, (1, 0))
     if need_w:
         dw = _weight_grad(x, add3, mean, rstd, gz, weight, stride, padding, transposed, pre_act)
     if need_x or need_add:
         # adjoint conv: a conv's input gradient is a transposed conv of gz and vice versa
-        dh = _alloc((B, Cin, L), torch.float32, x.device)
+        dh = launch.alloc((B, Cin, L), torch.float32, x.device)
         w0, w1, w2 = weight.stride()
         w_strides = (w0, w1, w2) if transposed else (w1, w0, w2)  # read as w[cin, cout, k]
         _conv(gz, weight, w_strides, Cin, L, stride, padding, not transposed, dh)
-        da = _norm_backward(dh, x, add3, mean, rstd, pre_act)
+        da = stats.norm_backward(dh, x, add3, mean, rstd, pre_act)
         if need_add:
-            dadd = _reduce_to(da, tuple(add.shape), add.dtype)
+            dadd = stats.reduce_to(da, tuple(add.shape), add.dtype)
         if need_x:
             dx = da
     return dx, dw, db, dadd, dres

@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import first_row, noise_args, philox_key, randn_tile, row_tile
-
+from . import launch
+from .noise import batch_randn_tile, no_noise_args, noise_args
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -77,9 +77,8 @@ def _ddim_step_kernel(
     if NOISE == 1:
         x_prev += sigma * tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     elif NOISE == 2:
-        key = philox_key(seed_ptr, seed, seed_offset, SEED_FROM_PTR)
-        grow0 = first_row(row_offset_ptr, row_offset, ROW_OFFSET_FROM_PTR) + row0
-        x_prev += sigma * randn_tile(key, grow0, col0, M, ROWS, BLOCK_M)
+        x_prev += sigma * batch_randn_tile(seed_ptr, row_offset_ptr, seed, seed_offset, row_offset, row0, col0, M,
+                                           SEED_FROM_PTR, ROW_OFFSET_FROM_PTR, ROWS, BLOCK_M)
 
     tl.store(x_prev_ptr + base + offs, x_prev, mask=mask)
     tl.store(x0_ptr + base + offs, x0, mask=mask)
@@ -116,15 +115,10 @@ def ddim_step(
     a_t, a_prev, eta = float(a_t), float(a_prev), float(eta)
     sigma = sigma_of(a_t, a_prev, eta)
     direction = max(1.0 - a_prev - sigma**2, 0.0) ** 0.5
-    if out is None:
-        out = (torch.empty_like(x_t, memory_format=torch.contiguous_format),
-               torch.empty_like(x_t, memory_format=torch.contiguous_format))
-    x_prev, x0 = out
-    for buf in out:
-        if buf.shape != x_t.shape or not buf.is_contiguous() or buf.device != x_t.device:
-            raise ValueError("ddim_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
+    x_prev, x0 = launch.output_buffers(
+        x_t, out, 2, "ddim_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
     x_c = x_t.contiguous()
-    rng = noise_args(0, 0, 0, None, x_c)  # x_c: placeholder pointers, never read
+    rng = no_noise_args(x_c)
     if sigma <= 0.0:
         noise_c, mode = x_c, 0
     elif noise is not None:
@@ -134,12 +128,9 @@ def ddim_step(
         rng = noise_args(seed, seed_offset, row_offset, generator, x_c)
     if x_t.numel() == 0:
         return x_prev, x0
-    B = x_t.shape[0] if x_t.dim() > 0 else 1
-    M = x_t.numel() // B
-
-    rows, block_m = row_tile(B, M)
-    grid = (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
-    _ddim_step_kernel[grid](
+    B, M = launch.rows_and_columns(x_t)
+    rows, block_m = launch.elementwise_tile(B, M)
+    _ddim_step_kernel[launch.elementwise_grid(B, M, rows, block_m)](
         x_c, eps.contiguous(), noise_c, x_prev, x0,
         rng.seed_ptr, rng.row_offset_ptr, rng.seed, rng.seed_offset, rng.row_offset, B, M,
         a_t**0.5, (1.0 - a_t) ** 0.5, a_prev**0.5, direction, sigma,

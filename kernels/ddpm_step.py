@@ -22,8 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import first_row, noise_args, philox_key, randn_tile, row_tile
-
+from . import launch
+from .noise import batch_randn_tile, no_noise_args, noise_args
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -84,9 +84,8 @@ def _ddpm_step_kernel(
     if NOISE == 1:
         z = tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        key = philox_key(seed_ptr, seed, seed_offset, SEED_FROM_PTR)
-        grow0 = first_row(row_offset_ptr, row_offset, ROW_OFFSET_FROM_PTR) + row0
-        z = randn_tile(key, grow0, col0, M, ROWS, BLOCK_M)
+        z = batch_randn_tile(seed_ptr, row_offset_ptr, seed, seed_offset, row_offset, row0, col0, M,
+                             SEED_FROM_PTR, ROW_OFFSET_FROM_PTR, ROWS, BLOCK_M)
     x_prev = tl.minimum(tl.maximum(mean + sigma * z, -1.0), 1.0)
 
     tl.store(x_prev_ptr + base + offs, x_prev, mask=mask)
@@ -122,34 +121,27 @@ def ddpm_step(
     """
     if eps.shape != x_t.shape or (noise is not None and noise.shape != x_t.shape):
         raise ValueError("ddpm_step: x_t, eps and noise must have the same shape")
-    B = x_t.shape[0] if x_t.dim() > 0 else 1
+    B, M = launch.rows_and_columns(x_t)
     if t.shape != (B,):
         raise ValueError(f"ddpm_step: t must have shape ({B},), got {tuple(t.shape)}")
     if coefs.dim() != 2 or coefs.shape[0] != 5:
         raise ValueError(f"ddpm_step: coefs must be (5, T), got {tuple(coefs.shape)}")
-    if out is None:
-        out = (torch.empty_like(x_t, memory_format=torch.contiguous_format),
-               torch.empty_like(x_t, memory_format=torch.contiguous_format))
-    x_prev, x0 = out
-    for buf in out:
-        if buf.shape != x_t.shape or not buf.is_contiguous() or buf.device != x_t.device:
-            raise ValueError("ddpm_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
+    x_prev, x0 = launch.output_buffers(
+        x_t, out, 2, "ddpm_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
     x_c = x_t.contiguous()
     t_c = t.to(device=x_t.device, dtype=torch.int64).contiguous()
     if noise is not None:
         noise_c, mode = noise.contiguous(), 1
-        rng = noise_args(0, 0, 0, None, t_c)  # t_c: a placeholder pointer, never read
+        rng = no_noise_args(t_c)
     else:
         noise_c, mode = x_c, 2  # x_c: a placeholder pointer, never read
         rng = noise_args(seed, seed_offset, row_offset, generator, t_c)
     if x_t.numel() == 0:
         return x_prev, x0
-    M = x_t.numel() // B
     coefs_c = coefs.to(device=x_t.device, dtype=torch.float32).contiguous()
 
-    rows, block_m = row_tile(B, M)
-    grid = (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
-    _ddpm_step_kernel[grid](
+    rows, block_m = launch.elementwise_tile(B, M)
+    _ddpm_step_kernel[launch.elementwise_grid(B, M, rows, block_m)](
         x_c, eps.contiguous(), noise_c, t_c, coefs_c, x_prev, x0,
         rng.seed_ptr, rng.row_offset_ptr, rng.seed, rng.seed_offset, rng.row_offset,
         B, M, coefs_c.shape[1],

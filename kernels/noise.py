@@ -73,6 +73,26 @@ def randn_tile(
     return tl.interleave(tl.interleave(n1, n3), tl.interleave(n2, n4))  # (ROWS, BLOCK_M)
 
 
+@triton.jit
+def batch_randn_tile(
+    seed_ptr,  # (1,) int64 device seed; read when SEED_FROM_PTR
+    row_offset_ptr,  # (1,) int64 global index of the batch's row 0; read when ROW_OFFSET_FROM_PTR
+    seed, seed_offset, row_offset,  # ints: the seed (unless SEED_FROM_PTR), step, row 0 (unless ...PTR)
+    row0,  # the tile's first row within the batch
+    col0,  # the tile's first column, a multiple of 4
+    M,  # elements per row
+    SEED_FROM_PTR: tl.constexpr,
+    ROW_OFFSET_FROM_PTR: tl.constexpr,
+    ROWS: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+):
+    """randn_tile for the noise arguments of a kernel launch (see NoiseArgs): the (ROWS, BLOCK_M)
+    normals at the batch's rows row0 + i, columns col0 + j."""
+    key = philox_key(seed_ptr, seed, seed_offset, SEED_FROM_PTR)
+    grow0 = first_row(row_offset_ptr, row_offset, ROW_OFFSET_FROM_PTR) + row0
+    return randn_tile(key, grow0, col0, M, ROWS, BLOCK_M)
+
+
 class NoiseArgs(NamedTuple):
     """The noise arguments of a kernel launch, in the kernels' order."""
 
@@ -112,22 +132,17 @@ def noise_args(seed, seed_offset, row_offset, generator, placeholder: torch.Tens
                      isinstance(seed, torch.Tensor), isinstance(row_offset, torch.Tensor))
 
 
+def no_noise_args(placeholder: torch.Tensor) -> NoiseArgs:
+    """The noise arguments of a launch that draws no noise: `placeholder` as both pointers (never
+    read), zeros elsewhere; draws nothing from any generator."""
+    return noise_args(0, 0, 0, None, placeholder)
+
+
 def _check_scalar_tensor(v: torch.Tensor, name: str, device: torch.device) -> None:
     # no silent .to(device): a copy made during CUDA graph capture would not follow later writes
     if v.numel() != 1 or v.dtype != torch.int64 or v.device != device:
         raise ValueError(f"{name}: expected a one-element int64 tensor on {device}, "
                          f"got {v.dtype} {tuple(v.shape)} on {v.device}")
-
-
-TILE = 2048  # elements per program (rows * columns) of the elementwise noise ops
-
-
-def row_tile(B: int, M: int) -> tuple[int, int]:
-    """(ROWS, BLOCK_M) for a (B, M) elementwise op: whole short rows per program, or a slice of a
-    long row; BLOCK_M >= 4 so the noise comes 4 columns per Philox call."""
-    block_m = max(4, min(triton.next_power_of_2(M), TILE))
-    rows = min(triton.next_power_of_2(B), max(1, TILE // block_m))
-    return rows, block_m
 
 
 def draw_seed(generator: torch.Generator | None = None) -> int:

@@ -20,8 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .noise import first_row, noise_args, philox_key, randn_tile, row_tile
-
+from . import launch
+from .noise import batch_randn_tile, no_noise_args, noise_args
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -65,9 +65,8 @@ def _q_sample_fwd_kernel(
     if NOISE == 1:
         z = tl.load(noise_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     else:
-        key = philox_key(seed_ptr, seed, seed_offset, SEED_FROM_PTR)
-        grow0 = first_row(row_offset_ptr, row_offset, ROW_OFFSET_FROM_PTR) + row0
-        z = randn_tile(key, grow0, col0, M, ROWS, BLOCK_M)
+        z = batch_randn_tile(seed_ptr, row_offset_ptr, seed, seed_offset, row_offset, row0, col0, M,
+                             SEED_FROM_PTR, ROW_OFFSET_FROM_PTR, ROWS, BLOCK_M)
         tl.store(noise_ptr + base + offs, z, mask=mask)
     tl.store(x_t_ptr + base + offs, c_signal * x0 + c_noise * z, mask=mask)
 
@@ -104,19 +103,14 @@ def _q_sample_bwd_kernel(
         tl.store(grad_noise_ptr + offs, c_noise * g, mask=mask)
 
 
-def _grid(B: int, M: int, rows: int, block_m: int) -> tuple[int]:
-    return (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
-
-
 def _q_sample_forward(x0, t, coefs, noise, rng, x_t, noise_out):
     """Launch the forward kernel on contiguous x0; fills x_t and (when drawn) noise_out."""
     if x0.numel() == 0:
         return
-    B = x0.shape[0] if x0.dim() > 0 else 1
-    M = x0.numel() // B
+    B, M = launch.rows_and_columns(x0)
     noise_ptr, mode = (noise, 1) if noise is not None else (noise_out, 2)
-    rows, block_m = row_tile(B, M)
-    _q_sample_fwd_kernel[_grid(B, M, rows, block_m)](
+    rows, block_m = launch.elementwise_tile(B, M)
+    _q_sample_fwd_kernel[launch.elementwise_grid(B, M, rows, block_m)](
         x0, noise_ptr, t, coefs, x_t, rng.seed_ptr, rng.row_offset_ptr,
         rng.seed, rng.seed_offset, rng.row_offset, B, M, coefs.shape[1],
         NOISE=mode, SEED_FROM_PTR=rng.seed_from_ptr, ROW_OFFSET_FROM_PTR=rng.row_offset_from_ptr,
@@ -130,10 +124,9 @@ def _q_sample_backward(grad, t, coefs, need_x0, need_noise):
     grad_noise = torch.empty_like(grad) if need_noise else None
     if grad.numel() == 0:
         return grad_x0, grad_noise
-    B = grad.shape[0] if grad.dim() > 0 else 1
-    M = grad.numel() // B
-    rows, block_m = row_tile(B, M)
-    _q_sample_bwd_kernel[_grid(B, M, rows, block_m)](
+    B, M = launch.rows_and_columns(grad)
+    rows, block_m = launch.elementwise_tile(B, M)
+    _q_sample_bwd_kernel[launch.elementwise_grid(B, M, rows, block_m)](
         grad, t, coefs, grad_x0 if need_x0 else grad, grad_noise if need_noise else grad,
         B, M, coefs.shape[1],
         NEED_X0=need_x0, NEED_NOISE=need_noise, ROWS=rows, BLOCK_M=block_m, num_warps=4,
@@ -195,10 +188,7 @@ def q_sample(
     coefs_c = coefs[:2].to(device=x0.device, dtype=torch.float32).contiguous()
     noise_c = noise.contiguous() if noise is not None else None
     noise_out = torch.empty_like(x0, memory_format=torch.contiguous_format) if noise is None else None
-    if noise is None:
-        rng = noise_args(seed, seed_offset, row_offset, generator, t_c)
-    else:
-        rng = noise_args(0, 0, 0, None, t_c)  # t_c: a placeholder pointer, never read
+    rng = noise_args(seed, seed_offset, row_offset, generator, t_c) if noise is None else no_noise_args(t_c)
 
     needs_grad = torch.is_grad_enabled() and (
         x0.requires_grad or (noise is not None and noise.requires_grad))
@@ -209,9 +199,7 @@ def q_sample(
         x_t, _ = QSampleFunction.apply(x0, noise_c, placeholder, t_c, coefs_c, rng)
         return x_t, (noise_out if noise is None else noise)
 
-    if out is None:
-        out = torch.empty_like(x0, memory_format=torch.contiguous_format)
-    elif out.shape != x0.shape or not out.is_contiguous() or out.device != x0.device:
-        raise ValueError("q_sample: out must be contiguous, on x0's device, shaped like x0")
+    (out,) = launch.output_buffers(x0, None if out is None else (out,), 1,
+                                   "q_sample: out must be contiguous, on x0's device, shaped like x0")
     _q_sample_forward(x0.contiguous(), t_c, coefs_c, noise_c, rng, out, noise_out)
     return out, (noise_out if noise is None else noise)

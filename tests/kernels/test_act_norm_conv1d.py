@@ -21,6 +21,7 @@ from pdiff_fast.ops.act_norm_conv1d import act_norm_conv1d_torch  # noqa: E402
 kmod = backend.load_triton_op("act_norm_conv1d")
 if isinstance(kmod, Exception):
     raise kmod
+from pdiff_fast.kernels import act_norm_conv1d_stats as stats_mod, launch  # noqa: E402  (after the op loaded)
 
 device = torch.device("cpu" if backend.triton_interpreted() or not torch.cuda.is_available() else "cuda")
 
@@ -56,13 +57,28 @@ CASES = {
 }
 
 
+def _conv_precision_api():
+    """torch.backends.cudnn.conv where torch has the fp32_precision API, else None."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    return conv if conv is not None and hasattr(conv, "fp32_precision") else None
+
+
 @pytest.fixture(autouse=True)
 def _no_tf32():
-    """Compare fp32 dots in full precision on CUDA (the kernels follow cudnn.allow_tf32)."""
-    saved = torch.backends.cudnn.allow_tf32
-    torch.backends.cudnn.allow_tf32 = False
-    yield
-    torch.backends.cudnn.allow_tf32 = saved
+    """Compare fp32 dots in full precision on CUDA (the kernels follow torch's conv TF32 setting).
+    Set through the fp32_precision API where torch has it: reading allow_tf32 raises once the two
+    APIs were mixed."""
+    conv = _conv_precision_api()
+    if conv is not None:
+        saved = conv.fp32_precision
+        conv.fp32_precision = "ieee"
+        yield
+        conv.fp32_precision = saved
+    else:
+        saved = torch.backends.cudnn.allow_tf32
+        torch.backends.cudnn.allow_tf32 = False
+        yield
+        torch.backends.cudnn.allow_tf32 = saved
 
 
 def make_inputs(case, seed=0):
@@ -136,12 +152,23 @@ def test_half_precision(name, dtype):
 @pytest.mark.parametrize("name", ["non_aligned_transposed", "strided_padded", "batch_1000", "ae_enc_last_tanh"])
 def test_every_output_element_is_written(name, monkeypatch):
     """All buffers the launchers allocate start as NaN: any element a kernel skips shows up."""
+    calls = {"alloc": 0, "target_programs": 0}
+
     def nan_alloc(shape, dtype, dev):
+        calls["alloc"] += 1
         return torch.full(shape if isinstance(shape, tuple) else (shape,), float("nan"), dtype=dtype, device=dev)
-    monkeypatch.setattr(kmod, "_alloc", nan_alloc)
-    monkeypatch.setattr(kmod, "_target_programs", lambda dev: 64)  # force split reductions
-    monkeypatch.setattr(kmod, "_ROW_TILE", 16)  # and several tiles per row
+
+    def many_programs(dev):
+        calls["target_programs"] += 1
+        return 64  # force split reductions
+
+    monkeypatch.setattr(launch, "alloc", nan_alloc)
+    monkeypatch.setattr(launch, "target_programs", many_programs)
+    monkeypatch.setattr(stats_mod, "ROW_TILE", 16)  # and several tiles per row
     assert_matches_reference(CASES[name])
+    # the launchers look the helpers up through `launch`, so the patches above took effect
+    assert calls["alloc"] > 0 and calls["target_programs"] > 0
+    assert stats_mod.row_tiles(64, 1)[2] == 4  # 64 / 16: rows split into tiles of the patched size
 
 
 def test_split_reductions_match_single_program(monkeypatch):
@@ -150,8 +177,8 @@ def test_split_reductions_match_single_program(monkeypatch):
     case = (3, 5, 4, 300, 3, 1, 1, False, True, "b1l", True, False)
     tensors, kwargs, grad_out = make_inputs(case)
     y1, g1 = run(kmod.act_norm_conv1d, tensors, kwargs, grad_out, torch.float32, device)
-    monkeypatch.setattr(kmod, "_target_programs", lambda dev: 64)
-    monkeypatch.setattr(kmod, "_ROW_TILE", 32)  # 10 tiles per row
+    monkeypatch.setattr(launch, "target_programs", lambda dev: 64)
+    monkeypatch.setattr(stats_mod, "ROW_TILE", 32)  # 10 tiles per row
     y2, g2 = run(kmod.act_norm_conv1d, tensors, kwargs, grad_out, torch.float32, device)
     torch.testing.assert_close(y1, y2, atol=1e-5, rtol=1e-5)
     for k in g1:
@@ -220,27 +247,52 @@ def test_denoiser_triton_matches_torch():
     _compare_backends(model, lambda m: m(x, t))
 
 
+def _tf32_settings():
+    """Every setting the TF32 tests change, to put back: the fp32_precision levels where torch has
+    them (reading allow_tf32 may raise there), else the allow_tf32 flag."""
+    conv = _conv_precision_api()
+    if conv is None:
+        return torch.backends.cudnn.allow_tf32
+    levels = [conv, torch.backends.cudnn.rnn, torch.backends.cudnn, torch.backends]
+    return [(level, level.fp32_precision) for level in levels if hasattr(level, "fp32_precision")]
+
+
+def _restore_tf32_settings(saved):
+    if isinstance(saved, bool):
+        torch.backends.cudnn.allow_tf32 = saved
+        return
+    for level, value in reversed(saved):  # the global level first: setting it may reach the others
+        level.fp32_precision = value
+
+
 def test_dot_precision_follows_torch_conv_tf32_setting(monkeypatch):
     cuda, cpu = torch.device("cuda"), torch.device("cpu")  # only the device type is read
-    assert kmod._dot_precision(torch.float16, cpu) == "tf32"  # 16-bit operands ignore it
-    assert kmod._dot_precision(torch.float32, cpu) == "ieee"
-    conv = getattr(torch.backends.cudnn, "conv", None)
-    if conv is not None and hasattr(conv, "fp32_precision"):  # the fp32_precision API
-        before = conv.fp32_precision
-        try:
-            conv.fp32_precision = "ieee"
-            assert kmod._dot_precision(torch.float32, cuda) == "ieee"
-            conv.fp32_precision = "tf32"
-            assert kmod._dot_precision(torch.float32, cuda) == "tf32"
-        finally:
-            conv.fp32_precision = before
-    # older torch: only the allow_tf32 flag
-    monkeypatch.setattr(torch.backends.cudnn, "conv", types.SimpleNamespace(), raising=False)
-    before = torch.backends.cudnn.allow_tf32
+    assert launch.dot_precision(torch.float16, cpu) == "tf32"  # 16-bit operands ignore it
+    assert launch.dot_precision(torch.float32, cpu) == "ieee"
+    assert launch.dot_precision(torch.float32, cuda) == "ieee"  # the autouse fixture turned TF32 off
+    conv = _conv_precision_api()
+    saved = _tf32_settings()
     try:
+        if conv is not None:  # the fp32_precision API
+            cudnn = torch.backends.cudnn
+            conv.fp32_precision = "tf32"
+            assert launch.dot_precision(torch.float32, cuda) == "tf32"
+            # conv and RNN set differently (recent torch raises on reading allow_tf32 then)
+            conv.fp32_precision, cudnn.rnn.fp32_precision = "ieee", "tf32"
+            assert launch.dot_precision(torch.float32, cuda) == "ieee"
+            if hasattr(cudnn, "fp32_precision") and hasattr(torch.backends, "fp32_precision"):
+                # "none" inherits: conv -> cudnn -> the global setting
+                conv.fp32_precision, cudnn.fp32_precision = "none", "tf32"
+                assert launch.dot_precision(torch.float32, cuda) == "tf32"
+                cudnn.fp32_precision, torch.backends.fp32_precision = "none", "tf32"
+                assert launch.dot_precision(torch.float32, cuda) == "tf32"
+                torch.backends.fp32_precision = "ieee"
+                assert launch.dot_precision(torch.float32, cuda) == "ieee"
+        # older torch: only the allow_tf32 flag (its setter sets conv and RNN alike)
+        monkeypatch.setattr(torch.backends.cudnn, "conv", types.SimpleNamespace(), raising=False)
         torch.backends.cudnn.allow_tf32 = False
-        assert kmod._dot_precision(torch.float32, cuda) == "ieee"
+        assert launch.dot_precision(torch.float32, cuda) == "ieee"
         torch.backends.cudnn.allow_tf32 = True
-        assert kmod._dot_precision(torch.float32, cuda) == "tf32"
+        assert launch.dot_precision(torch.float32, cuda) == "tf32"
     finally:
-        torch.backends.cudnn.allow_tf32 = before
+        _restore_tf32_settings(saved)
