@@ -12,7 +12,8 @@ split sum behind every gradient that reduces over a broadcast.
     and the partials summed again (deterministic, no atomics).
 
 `load_x_add` and `activation` are the input prologue every kernel of the op shares: the
-statistics must see exactly the values the conv normalizes.
+statistics must see exactly the values the conv normalizes. `row_tile` is the tile preamble of the
+three per-row kernels, `tile_block` that of the two passes over the tile partials.
 """
 from __future__ import annotations
 
@@ -56,6 +57,37 @@ def activation(a, PRE_ACT: tl.constexpr, NEG_SLOPE: tl.constexpr):
 
 
 @triton.jit
+def row_tile(
+    x_ptr, add_ptr,
+    row_block, l_block,  # this program's block of rows and of positions
+    R, C, L,
+    stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
+    HAS_ADD: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+):
+    """The (BLOCK_R, BLOCK_L) tile of the rows r = b * C + c one program of a per-row kernel reads:
+    (r, l, r_mask, mask, a = x + add in fp32, 0 where masked)."""
+    r = row_block * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
+    l = l_block * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
+    r_mask = r < R
+    mask = r_mask[:, None] & (l < L)[None, :]
+    b = r // C
+    c = r % C
+    a = load_x_add(x_ptr, add_ptr, b[:, None], c[:, None], l[None, :], mask,
+                   stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
+    return r, l, r_mask, mask, a
+
+
+@triton.jit
+def tile_block(t0, T, L, tile_len, r_mask, BLOCK_T: tl.constexpr):
+    """Tiles t0 .. t0 + BLOCK_T of the finalize loop: (t, mask, count), where tile t covers
+    count = min(tile_len, L - t * tile_len) elements."""
+    t = t0 + tl.arange(0, BLOCK_T)
+    mask = (t < T)[:, None] & r_mask[None, :]
+    count = tl.minimum(L - t * tile_len, tile_len).to(tl.float32)
+    return t, mask, count
+
+
+@triton.jit
 def _stats_kernel(
     x_ptr,  # (B, C, L)
     add_ptr,  # (B|1, C|1, L) as strides; unused without HAS_ADD
@@ -68,14 +100,9 @@ def _stats_kernel(
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     t = tl.program_id(1)
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)  # (BLOCK_R,)
-    l = t * BLOCK_L + tl.arange(0, BLOCK_L)  # (BLOCK_L,)
-    r_mask = r < R
-    mask = r_mask[:, None] & (l < L)[None, :]
-    b = r // C
-    c = r % C
-    a = load_x_add(x_ptr, add_ptr, b[:, None], c[:, None], l[None, :], mask,
-                   stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
+    r, l, r_mask, mask, a = row_tile(x_ptr, add_ptr, tl.program_id(0), t, R, C, L,
+                                     stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
+                                     HAS_ADD, BLOCK_R, BLOCK_L)
     h = tl.where(mask, activation(a, PRE_ACT, NEG_SLOPE), 0.0)  # (BLOCK_R, BLOCK_L)
     count = tl.minimum(L - t * BLOCK_L, BLOCK_L).to(tl.float32)
     tile_mean = tl.sum(h, axis=1) / count  # (BLOCK_R,)
@@ -102,18 +129,14 @@ def _stats_finalize_kernel(
     acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
     t0 = 0
     while t0 < T:  # while loops: runtime range() bounds break Triton 3.6's interpreter (NumPy >= 2.4)
-        t = t0 + tl.arange(0, BLOCK_T)
-        mask = (t < T)[:, None] & r_mask[None, :]
-        count = tl.minimum(L - t * tile_len, tile_len).to(tl.float32)
+        t, mask, count = tile_block(t0, T, L, tile_len, r_mask, BLOCK_T)
         acc += count[:, None] * tl.load(pmean_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
         t0 += BLOCK_T
     mean = tl.sum(acc, axis=0) / L  # (BLOCK_R,)
     acc = tl.zeros([BLOCK_T, BLOCK_R], dtype=tl.float32)
     t0 = 0
     while t0 < T:
-        t = t0 + tl.arange(0, BLOCK_T)
-        mask = (t < T)[:, None] & r_mask[None, :]
-        count = tl.minimum(L - t * tile_len, tile_len).to(tl.float32)
+        t, mask, count = tile_block(t0, T, L, tile_len, r_mask, BLOCK_T)
         pm = tl.load(pmean_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
         pm2 = tl.load(pm2_ptr + t[:, None] * R + r[None, :], mask=mask, other=0.0)
         d = pm - mean[None, :]
@@ -163,14 +186,9 @@ def _norm_bwd_sums_kernel(
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     t = tl.program_id(1)
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    l = t * BLOCK_L + tl.arange(0, BLOCK_L)
-    r_mask = r < R
-    mask = r_mask[:, None] & (l < L)[None, :]
-    b = r // C
-    c = r % C
-    a = load_x_add(x_ptr, add_ptr, b[:, None], c[:, None], l[None, :], mask,
-                   stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
+    r, l, r_mask, mask, a = row_tile(x_ptr, add_ptr, tl.program_id(0), t, R, C, L,
+                                     stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
+                                     HAS_ADD, BLOCK_R, BLOCK_L)
     mean = tl.load(mean_ptr + r, mask=r_mask, other=0.0)
     rstd = tl.load(rstd_ptr + r, mask=r_mask, other=0.0)
     xhat = tl.where(mask, (activation(a, PRE_ACT, NEG_SLOPE) - mean[:, None]) * rstd[:, None], 0.0)
@@ -190,14 +208,9 @@ def _norm_bwd_dx_kernel(
     HAS_ADD: tl.constexpr, PRE_ACT: tl.constexpr, NEG_SLOPE: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
-    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
-    l = tl.program_id(1) * BLOCK_L + tl.arange(0, BLOCK_L)
-    r_mask = r < R
-    mask = r_mask[:, None] & (l < L)[None, :]
-    b = r // C
-    c = r % C
-    a = load_x_add(x_ptr, add_ptr, b[:, None], c[:, None], l[None, :], mask,
-                   stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
+    r, l, r_mask, mask, a = row_tile(x_ptr, add_ptr, tl.program_id(0), tl.program_id(1), R, C, L,
+                                     stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
+                                     HAS_ADD, BLOCK_R, BLOCK_L)
     mean = tl.load(mean_ptr + r, mask=r_mask, other=0.0)[:, None]
     rstd = tl.load(rstd_ptr + r, mask=r_mask, other=0.0)[:, None]
     mean_dh = (tl.load(s1_ptr + r, mask=r_mask, other=0.0) / L)[:, None]
