@@ -7,6 +7,8 @@ from pdiff_fast.sample import generate, sample_latents
 
 
 def reference_tables():
+    # Derived here on purpose, not taken from the ddpm_schedule fixture (tests/conftest.py): these
+    # tests check the library's tables against an independent derivation.
     betas = torch.linspace(1e-4, 2e-2, 1000, dtype=torch.float64)
     ac = torch.cumprod(1 - betas, 0)
     ac_prev = torch.cat([torch.tensor([1.0], dtype=torch.float64), ac[:-1]])

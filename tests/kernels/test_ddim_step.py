@@ -16,13 +16,18 @@ from pdiff_fast.ops.ddim_step import ddim_step_torch  # noqa: E402
 
 from elementwise_cases import SHAPES, device, poisoned  # noqa: E402
 T = 1000
-BETAS = torch.linspace(1e-4, 2e-2, T, dtype=torch.float64)
-ALPHAS_CUMPROD = torch.cumprod(1.0 - BETAS, 0)
 
 
-def alphas(t: int, t_prev: int) -> tuple[float, float]:
-    a_prev = ALPHAS_CUMPROD[t_prev].item() if t_prev >= 0 else 1.0
-    return ALPHAS_CUMPROD[t].item(), a_prev
+@pytest.fixture
+def alphas(ddpm_schedule):
+    """alphas(t, t_prev) -> (a_t, a_prev): alphas_cumprod of the library's schedule
+    (tests/conftest.py) in float64, a_prev = 1 past the end."""
+    ac = ddpm_schedule().alphas_cumprod_f64
+
+    def at(t: int, t_prev: int) -> tuple[float, float]:
+        a_prev = ac[t_prev].item() if t_prev >= 0 else 1.0
+        return ac[t].item(), a_prev
+    return at
 
 
 def inputs(shape, seed=0):
@@ -42,7 +47,7 @@ CASES = [pytest.param(shape, STEPS["first"], id=f"{name}-first") for name, shape
 @pytest.mark.parametrize("eta", [0.0, 0.5])
 @pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])
 @pytest.mark.parametrize("shape, step", CASES)
-def test_matches_reference_with_given_noise(shape, step, clip, eta):
+def test_matches_reference_with_given_noise(shape, step, clip, eta, alphas):
     a_t, a_prev = alphas(*step)
     x_t, eps, noise = inputs(shape)
     x_prev, x0 = kmod.ddim_step(x_t, eps, a_t, a_prev, noise, eta, clip, out=poisoned(x_t))
@@ -55,7 +60,7 @@ def test_matches_reference_with_given_noise(shape, step, clip, eta):
     torch.testing.assert_close(x_prev.double(), ref64_prev, rtol=1e-5, atol=1e-4)
 
 
-def test_no_noise_needed_when_sigma_is_zero():
+def test_no_noise_needed_when_sigma_is_zero(alphas):
     x_t, eps, _ = inputs((3, 40), seed=1)
     for eta, step in [(0.0, STEPS["middle"]), (0.5, STEPS["last"])]:  # eta = 0, or a_prev = 1
         a_t, a_prev = alphas(*step)
@@ -65,7 +70,7 @@ def test_no_noise_needed_when_sigma_is_zero():
         torch.testing.assert_close(x0, ref_x0, rtol=1e-5, atol=1e-5)
 
 
-def test_non_contiguous_inputs_and_in_place_output():
+def test_non_contiguous_inputs_and_in_place_output(alphas):
     a_t, a_prev = alphas(*STEPS["middle"])
     x_t, eps, noise = inputs((6, 21), seed=2)
     x_nc, eps_nc = x_t.t().contiguous().t(), eps.t().contiguous().t()
@@ -83,15 +88,20 @@ def sigma_of(a_t, a_prev, eta):
     return eta * ((1.0 - a_prev) / (1.0 - a_t)) ** 0.5 * (1.0 - a_t / a_prev) ** 0.5
 
 
-def in_kernel_noise(shape, eta=0.5, **kw):
-    """The kernel's noise: x_t = eps = 0 without clipping makes x_prev = sigma * z."""
+@pytest.fixture
+def in_kernel_noise(alphas):
+    """in_kernel_noise(shape, eta=0.5, **kw): the kernel's noise (x_t = eps = 0 without clipping
+    makes x_prev = sigma * z)."""
     a_t, a_prev = alphas(*STEPS["middle"])
-    zeros = torch.zeros(shape, device=device)
-    x_prev, _ = kmod.ddim_step(zeros, zeros, a_t, a_prev, None, eta, False, **kw)
-    return x_prev / sigma_of(a_t, a_prev, eta)
+
+    def draw(shape, eta=0.5, **kw):
+        zeros = torch.zeros(shape, device=device)
+        x_prev, _ = kmod.ddim_step(zeros, zeros, a_t, a_prev, None, eta, False, **kw)
+        return x_prev / sigma_of(a_t, a_prev, eta)
+    return draw
 
 
-def test_in_kernel_noise_is_standard_normal_and_seeded():
+def test_in_kernel_noise_is_standard_normal_and_seeded(in_kernel_noise):
     z = in_kernel_noise((16, 4099), seed=321)
     assert torch.isfinite(z).all()
     assert abs(z.mean().item()) < 0.02
@@ -111,7 +121,7 @@ def test_in_kernel_noise_is_standard_normal_and_seeded():
 
 
 @pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])
-def test_in_kernel_noise_step_matches_reference_with_that_noise(clip):
+def test_in_kernel_noise_step_matches_reference_with_that_noise(clip, alphas, in_kernel_noise):
     a_t, a_prev = alphas(*STEPS["middle"])
     x_t, eps, _ = inputs((5, 129), seed=3)
     x_prev, x0 = kmod.ddim_step(x_t, eps, a_t, a_prev, None, 0.5, clip, seed=42, out=poisoned(x_t))

@@ -18,25 +18,11 @@ from elementwise_cases import SHAPES, device, poisoned  # noqa: E402
 T = 1000
 
 
-def schedule(variance: str = "fixed_small") -> torch.Tensor:
-    """(5, T) float32 table of a linear schedule, built in float64 like the reference."""
-    betas = torch.linspace(1e-4, 2e-2, T, dtype=torch.float64)
-    alphas = 1.0 - betas
-    ac = torch.cumprod(alphas, 0)
-    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
-    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
-    if variance == "fixed_small":
-        logvar = torch.log(torch.cat([post_var[1:2], post_var[1:]]))  # clipped at t = 0
-    else:
-        logvar = torch.log(torch.cat([post_var[1:2], betas[1:]]))
-    rows = [
-        torch.sqrt(1.0 / ac),  # sqrt_recip_alphas_cumprod
-        torch.sqrt(1.0 / ac - 1.0),  # sqrt_recipm1_alphas_cumprod
-        betas * torch.sqrt(ac_prev) / (1.0 - ac),  # posterior_mean_coef1
-        (1.0 - ac_prev) * torch.sqrt(alphas) / (1.0 - ac),  # posterior_mean_coef2
-        logvar,  # model_log_variance
-    ]
-    return torch.stack(rows).to(torch.float32).to(device)
+@pytest.fixture
+def coefs(ddpm_schedule):
+    """(5, T) fp32 step table of the library's schedule (tests/conftest.py), fixed-small variance
+    (the posterior's, clipped at t = 0)."""
+    return ddpm_schedule("fixedsmall").tables(device)[1]
 
 
 def timesteps(B: int, gen: torch.Generator) -> torch.Tensor:
@@ -59,8 +45,7 @@ def inputs(shape, seed=0):
 
 @pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_matches_reference_with_given_noise(shape, clip):
-    coefs = schedule()
+def test_matches_reference_with_given_noise(shape, clip, coefs):
     x_t, eps, noise, t = inputs(shape)
     x_prev, x0 = kmod.ddpm_step(x_t, eps, t, noise, coefs, clip, out=poisoned(x_t))
     ref_prev, ref_x0 = ddpm_step_torch(x_t, eps, t, noise, coefs, clip)
@@ -73,8 +58,8 @@ def test_matches_reference_with_given_noise(shape, clip):
     torch.testing.assert_close(x_prev.double(), ref64_prev, rtol=1e-5, atol=1e-5)
 
 
-def test_fixed_large_variance_and_t0_has_no_noise():
-    coefs = schedule("fixed_large")
+def test_fixed_large_variance_and_t0_has_no_noise(ddpm_schedule):
+    coefs = ddpm_schedule("fixedlarge").tables(device)[1]
     x_t, eps, noise, t = inputs((5, 33), seed=1)
     x_prev, x0 = kmod.ddpm_step(x_t, eps, t, noise, coefs, True)
     ref_prev, ref_x0 = ddpm_step_torch(x_t, eps, t, noise, coefs, True)
@@ -86,8 +71,7 @@ def test_fixed_large_variance_and_t0_has_no_noise():
     assert not torch.equal(x_prev[t > 0], x_prev_other[t > 0])
 
 
-def test_non_contiguous_inputs_and_in_place_output():
-    coefs = schedule()
+def test_non_contiguous_inputs_and_in_place_output(coefs):
     x_t, eps, noise, t = inputs((6, 21), seed=2)
     x_nc = x_t.t().contiguous().t()  # same values, transposed strides
     eps_nc = eps.t().contiguous().t()
@@ -102,18 +86,21 @@ def test_non_contiguous_inputs_and_in_place_output():
     torch.testing.assert_close(x_buf, ref_prev, rtol=1e-5, atol=1e-5)
 
 
-def in_kernel_noise(shape, t_value, **kw):
-    """Standard normal noise as the kernel draws it: x_t = eps = 0 makes x_prev = sigma * z."""
-    coefs = schedule()
-    zeros = torch.zeros(shape, device=device)
-    t = torch.full((shape[0],), t_value, dtype=torch.int64, device=device)
-    x_prev, x0 = kmod.ddpm_step(zeros, zeros, t, None, coefs, False, **kw)
-    assert torch.count_nonzero(x0) == 0
-    sigma = torch.exp(0.5 * coefs[4, t_value])
-    return x_prev / sigma
+@pytest.fixture
+def in_kernel_noise(coefs):
+    """in_kernel_noise(shape, t_value, **kw): standard normal noise as the kernel draws it
+    (x_t = eps = 0 makes x_prev = sigma * z)."""
+    def draw(shape, t_value, **kw):
+        zeros = torch.zeros(shape, device=device)
+        t = torch.full((shape[0],), t_value, dtype=torch.int64, device=device)
+        x_prev, x0 = kmod.ddpm_step(zeros, zeros, t, None, coefs, False, **kw)
+        assert torch.count_nonzero(x0) == 0
+        sigma = torch.exp(0.5 * coefs[4, t_value])
+        return x_prev / sigma
+    return draw
 
 
-def test_in_kernel_noise_is_standard_normal():
+def test_in_kernel_noise_is_standard_normal(in_kernel_noise):
     z = in_kernel_noise((16, 4099), T - 1, seed=1234)  # sigma ~ 0.14: no clamp in practice
     assert torch.isfinite(z).all()
     assert abs(z.mean().item()) < 0.02
@@ -122,7 +109,7 @@ def test_in_kernel_noise_is_standard_normal():
     assert abs((z[1:] * z[:-1]).mean().item()) < 0.02  # rows uncorrelated
 
 
-def test_in_kernel_noise_seeding():
+def test_in_kernel_noise_seeding(in_kernel_noise):
     a = in_kernel_noise((3, 257), 500, seed=7)
     assert torch.equal(a, in_kernel_noise((3, 257), 500, seed=7))
     assert not torch.equal(a, in_kernel_noise((3, 257), 500, seed=8))
@@ -144,8 +131,7 @@ def test_in_kernel_noise_seeding():
 
 
 @pytest.mark.parametrize("clip", [True, False], ids=["clip", "noclip"])
-def test_in_kernel_noise_step_matches_reference_with_that_noise(clip):
-    coefs = schedule()
+def test_in_kernel_noise_step_matches_reference_with_that_noise(clip, coefs, in_kernel_noise):
     x_t, eps, _, t = inputs((5, 129), seed=3)
     x_prev, x0 = kmod.ddpm_step(x_t, eps, t, None, coefs, clip, seed=99, out=poisoned(x_t))
     z = in_kernel_noise((5, 129), 500, seed=99)  # same seed, same rows -> same noise
@@ -154,8 +140,7 @@ def test_in_kernel_noise_step_matches_reference_with_that_noise(clip):
     torch.testing.assert_close(x_prev, ref_prev, rtol=1e-5, atol=2e-5)
 
 
-def test_empty_batch_and_bad_shapes():
-    coefs = schedule()
+def test_empty_batch_and_bad_shapes(coefs):
     x = torch.empty(0, 5, device=device)
     x_prev, x0 = kmod.ddpm_step(x, x, torch.empty(0, dtype=torch.int64, device=device), x, coefs)
     assert x_prev.shape == (0, 5) and x0.shape == (0, 5)

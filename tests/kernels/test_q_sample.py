@@ -18,11 +18,11 @@ from elementwise_cases import SHAPES, device  # noqa: E402
 T = 1000
 
 
-def schedule() -> torch.Tensor:
-    """(2, T) float32: sqrt_alphas_cumprod, sqrt_one_minus_alphas_cumprod (float64 first)."""
-    betas = torch.linspace(1e-4, 2e-2, T, dtype=torch.float64)
-    ac = torch.cumprod(1.0 - betas, 0)
-    return torch.stack([ac.sqrt(), (1.0 - ac).sqrt()]).to(torch.float32).to(device)
+@pytest.fixture
+def coefs(ddpm_schedule):
+    """(2, T) fp32 noising table of the library's schedule (tests/conftest.py): sqrt_alphas_cumprod,
+    sqrt_one_minus_alphas_cumprod."""
+    return ddpm_schedule().tables(device)[0]
 
 
 def inputs(shape, seed=0):
@@ -40,8 +40,7 @@ def view(row, t, like):
 
 
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
-def test_matches_reference_with_given_noise(shape):
-    coefs = schedule()
+def test_matches_reference_with_given_noise(shape, coefs):
     x0, noise, t = inputs(shape)
     x_t, noise_out = kmod.q_sample(x0, t, coefs, noise, out=torch.full_like(x0, float("nan")))
     ref, _ = q_sample_torch(x0, t, coefs, noise)
@@ -53,8 +52,7 @@ def test_matches_reference_with_given_noise(shape):
 
 
 @pytest.mark.parametrize("shape", [(1, 12), (1000, 12), (3, 13), (2, 2049), (4, 3, 17)])
-def test_in_kernel_noise_is_the_noise_used(shape):
-    coefs = schedule()
+def test_in_kernel_noise_is_the_noise_used(shape, coefs):
     x0, _, t = inputs(shape, seed=1)
     x_t, noise = kmod.q_sample(x0, t, coefs, out=torch.full_like(x0, float("nan")))
     assert noise.shape == x0.shape and torch.isfinite(noise).all() and torch.isfinite(x_t).all()
@@ -64,8 +62,7 @@ def test_in_kernel_noise_is_the_noise_used(shape):
     torch.testing.assert_close(x_t, ref, rtol=1e-6, atol=1e-6)
 
 
-def test_in_kernel_noise_is_standard_normal():
-    coefs = schedule()
+def test_in_kernel_noise_is_standard_normal(coefs):
     x0, _, t = inputs((16, 4099), seed=2)
     _, z = kmod.q_sample(x0, t, coefs, seed=2024)
     assert abs(z.mean().item()) < 0.02
@@ -75,8 +72,7 @@ def test_in_kernel_noise_is_standard_normal():
     assert abs((z * x0).mean().item()) < 0.02  # independent of the data
 
 
-def test_in_kernel_noise_seeding():
-    coefs = schedule()
+def test_in_kernel_noise_seeding(coefs):
     x0, _, t = inputs((3, 257), seed=3)
     a = kmod.q_sample(x0, t, coefs, seed=11)[1]
     assert torch.equal(a, kmod.q_sample(x0, t, coefs, seed=11)[1])
@@ -94,16 +90,14 @@ def test_in_kernel_noise_seeding():
     assert torch.equal(c, kmod.q_sample(x0, t, coefs)[1])
 
 
-def test_non_contiguous_input():
-    coefs = schedule()
+def test_non_contiguous_input(coefs):
     x0, noise, t = inputs((6, 21), seed=4)
     x_nc = x0.t().contiguous().t()
     assert not x_nc.is_contiguous()
     torch.testing.assert_close(kmod.q_sample(x_nc, t, coefs, noise)[0], q_sample_torch(x0, t, coefs, noise)[0])
 
 
-def test_gradients_match_reference():
-    coefs = schedule()
+def test_gradients_match_reference(coefs):
     x0, noise, t = inputs((3, 13, 5), seed=5)
     g = torch.randn_like(x0)
     xa, na = x0.clone().requires_grad_(), noise.clone().requires_grad_()

@@ -35,25 +35,14 @@ def test_rejects_bad_seed_and_row_offset_tensors():
             GraphedSampler(lambda v: v, x, **kw)
 
 
-def schedule(dev) -> torch.Tensor:
-    betas = torch.linspace(1e-4, 2e-2, T, dtype=torch.float64)
-    alphas = 1.0 - betas
-    ac = torch.cumprod(alphas, 0)
-    ac_prev = torch.cat([torch.ones(1, dtype=torch.float64), ac[:-1]])
-    post_var = betas * (1.0 - ac_prev) / (1.0 - ac)
-    rows = [torch.sqrt(1.0 / ac), torch.sqrt(1.0 / ac - 1.0), betas * torch.sqrt(ac_prev) / (1.0 - ac),
-            (1.0 - ac_prev) * torch.sqrt(alphas) / (1.0 - ac), torch.log(torch.cat([post_var[1:2], post_var[1:]]))]
-    return torch.stack(rows).to(torch.float32).to(dev)
-
-
 @pytest.mark.gpu
 @cuda
-def test_graph_replay_matches_eager_loop():
+def test_graph_replay_matches_eager_loop(ddpm_schedule):
     pytest.importorskip("triton")
     from pdiff_fast.kernels.ddpm_step import ddpm_step
 
     dev = torch.device("cuda")
-    coefs = schedule(dev)
+    coefs = ddpm_schedule("fixedsmall").tables(dev)[1]  # (5, T) step table (tests/conftest.py)
     B, M, n_steps = 8, 257, 20
     weight = torch.randn(M, M, device=dev) / M**0.5  # a stand-in denoiser: eps = tanh(x @ W)
     steps = [torch.full((B,), T - 1 - i * 50, dtype=torch.int64, device=dev) for i in range(n_steps)]
