@@ -21,8 +21,7 @@ namespace pdiff_fast {
 
 // x: (B, C, L) shared by all models or (N, B, C, L), float32 or float64; weight, bias: (N, C);
 // running_mean, running_var: (C,) or both absent; all of x's dtype and device.
-// act: "identity", "relu", "leaky_relu" (negative_slope), "tanh", "sigmoid", "silu" or
-// "gelu" (erf form). Returns a new (N, B, C, L) tensor.
+// act: "identity", "relu" or "leaky_relu" (negative_slope). Returns a new (N, B, C, L) tensor.
 at::Tensor norm_affine_act(const at::Tensor& x, const at::Tensor& weight, const at::Tensor& bias,
                            const std::optional<at::Tensor>& running_mean,
                            const std::optional<at::Tensor>& running_var, double eps,

@@ -16,10 +16,9 @@
 
 namespace pdiff_fast {
 
-enum ActCode : int32_t {
-  kActIdentity = 0, kActRelu = 1, kActLeakyRelu = 2, kActTanh = 3, kActSigmoid = 4,
-  kActSilu = 5, kActGelu = 6,
-};
+// The activations population evaluation fuses (pdiff_fast/population_plan.py): exactly those of
+// the torch reference pdiff_fast.ops.norm_affine_act_torch.
+enum ActCode : int32_t { kActIdentity = 0, kActRelu = 1, kActLeakyRelu = 2 };
 
 struct NormAffineActShape {
   int64_t n, b, c, l;  // models, samples, channels, positions
@@ -79,10 +78,6 @@ PDIFF_HD T activate(T v, T slope) {
   if constexpr (Act == kActIdentity) return v;
   if constexpr (Act == kActRelu) return relu(v);
   if constexpr (Act == kActLeakyRelu) return v > T(0) ? v : v * slope;
-  if constexpr (Act == kActTanh) return std::tanh(v);
-  if constexpr (Act == kActSigmoid) return T(1) / (T(1) + std::exp(-v));
-  if constexpr (Act == kActSilu) return v / (T(1) + std::exp(-v));
-  if constexpr (Act == kActGelu) return T(0.5) * v * (T(1) + std::erf(v * T(0.70710678118654752440)));
   return v;
 }
 

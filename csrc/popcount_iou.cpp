@@ -1,5 +1,6 @@
 // popcount_iou.cpp: checks and dispatch of iou_matrix; registered as the torch op
-// pdiff_fast::iou_matrix (CPU, and CUDA when built WITH_CUDA) and bound in extension.cpp.
+// pdiff_fast::iou_matrix (CPU, and CUDA when built WITH_CUDA); Python calls
+// torch.ops.pdiff_fast.iou_matrix (pdiff_fast/ops/iou_matrix.py).
 #include "popcount_iou.h"
 
 #include <torch/library.h>

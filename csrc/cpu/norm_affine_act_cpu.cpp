@@ -70,11 +70,7 @@ void norm_affine_act_cpu(const T* x, const NormAffineActParams<T>& params, T* ou
   switch (act) {
     case kActIdentity: return run<kActIdentity>(a, n_rows, grain);
     case kActRelu: return run<kActRelu>(a, n_rows, grain);
-    case kActLeakyRelu: return run<kActLeakyRelu>(a, n_rows, grain);
-    case kActTanh: return run<kActTanh>(a, n_rows, grain);
-    case kActSigmoid: return run<kActSigmoid>(a, n_rows, grain);
-    case kActSilu: return run<kActSilu>(a, n_rows, grain);
-    default: return run<kActGelu>(a, n_rows, grain);
+    default: return run<kActLeakyRelu>(a, n_rows, grain);
   }
 }
 

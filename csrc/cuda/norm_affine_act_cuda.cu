@@ -49,11 +49,7 @@ cudaError_t norm_affine_act_cuda(const T* x, const NormAffineActParams<T>& p, T*
   switch (act) {
     case kActIdentity: return launch<kActIdentity>(x, p, out, s, stream);
     case kActRelu: return launch<kActRelu>(x, p, out, s, stream);
-    case kActLeakyRelu: return launch<kActLeakyRelu>(x, p, out, s, stream);
-    case kActTanh: return launch<kActTanh>(x, p, out, s, stream);
-    case kActSigmoid: return launch<kActSigmoid>(x, p, out, s, stream);
-    case kActSilu: return launch<kActSilu>(x, p, out, s, stream);
-    default: return launch<kActGelu>(x, p, out, s, stream);
+    default: return launch<kActLeakyRelu>(x, p, out, s, stream);
   }
 }
 

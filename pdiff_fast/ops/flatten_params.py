@@ -17,7 +17,8 @@ number of dims, their dtypes as c10::ScalarType codes (DTYPE_CODES; torch accept
 `ScalarType[]` schema argument but torch.export cannot serialize one). `*_ext` below turn the
 nested arguments of the Python API into these. The ops
 are not differentiable (outputs never require grad; writing into live parameters is allowed).
-Their fake (meta) implementations are registered here when the extension is built.
+Their fake (meta) implementations are registered here when the extension is built
+(pdiff_fast/ops/extension_ops.py).
 """
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from typing import Sequence
 import torch
 
 from .. import backend
+from .extension_ops import extension_op, register_fakes
 
 
 def _check_sources(sources: Sequence[Sequence[torch.Tensor]], numels: Sequence[int]) -> None:
@@ -65,21 +67,10 @@ def unflatten_into_torch(flat: torch.Tensor, targets) -> None:
             offset += n
 
 
-def _op(name: str):
-    """torch.ops.pdiff_fast.<name>, which importing the extension registers (this module imports
-    it, below, when it is built)."""
-    if hasattr(torch.ops.pdiff_fast, name):
-        return getattr(torch.ops.pdiff_fast, name)
-    ext = backend.load_extension()
-    if isinstance(ext, Exception):
-        raise RuntimeError(f"pdiff_fast: {name} needs the extension pdiff_fast._C, which is not built ({ext})")
-    raise RuntimeError(f"pdiff_fast: the extension pdiff_fast._C has no torch op pdiff_fast::{name}; "
-                       "it is an older build: rebuild it (pip install --no-build-isolation -e .)")
-
-
 def flatten_params_ext(sources, numels, dtype=torch.float32) -> torch.Tensor:
     """torch.ops.pdiff_fast.flatten_params on sources[i][j] (model i's tensor j); no Python checks."""
-    return _op("flatten_params")([t for tensors in sources for t in tensors], len(sources), list(numels), dtype)
+    flat_sources = [t for tensors in sources for t in tensors]
+    return extension_op("flatten_params")(flat_sources, len(sources), list(numels), dtype)
 
 
 # c10::ScalarType codes (the enum's values, as TorchScript gives dtypes); the extension takes
@@ -106,12 +97,12 @@ def _shape_lists(shapes) -> tuple[list[int], list[int]]:
 def unflatten_params_ext(flat: torch.Tensor, shapes, dtypes) -> list[torch.Tensor]:
     """torch.ops.pdiff_fast.unflatten_params with nested shapes; no Python checks."""
     sizes, ndims = _shape_lists(shapes)
-    return _op("unflatten_params")(flat, sizes, ndims, [dtype_code(d) for d in dtypes])
+    return extension_op("unflatten_params")(flat, sizes, ndims, [dtype_code(d) for d in dtypes])
 
 
 def unflatten_into_ext(flat: torch.Tensor, targets) -> None:
     """torch.ops.pdiff_fast.unflatten_into on targets[i][j] (model i's tensor j); no Python checks."""
-    _op("unflatten_into")(flat, [t for tensors in targets for t in tensors], len(targets))
+    extension_op("unflatten_into")(flat, [t for tensors in targets for t in tensors], len(targets))
 
 
 def flatten_params(sources, numels, dtype=torch.float32) -> torch.Tensor:
@@ -173,18 +164,6 @@ def _unflatten_into_fake(flat, targets, n_models):
     return None  # writes into targets; no outputs
 
 
-def _register_fakes() -> bool:
-    """register_fake for the extension's ops, when it is built (the package imports without it)."""
-    if isinstance(backend.load_extension(), Exception):
-        return False
-    fakes = {"flatten_params": _flatten_params_fake, "unflatten_params": _unflatten_params_fake,
-             "unflatten_into": _unflatten_into_fake}
-    registered = False
-    for name, fake in fakes.items():
-        if hasattr(torch.ops.pdiff_fast, name):  # an older build may lack the op
-            torch.library.register_fake(f"pdiff_fast::{name}", fake)
-            registered = True
-    return registered
-
-
-FAKES_REGISTERED = _register_fakes()
+FAKES_REGISTERED = register_fakes({"flatten_params": _flatten_params_fake,
+                                   "unflatten_params": _unflatten_params_fake,
+                                   "unflatten_into": _unflatten_into_fake})

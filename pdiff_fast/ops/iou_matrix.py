@@ -4,8 +4,9 @@
     iou = iou_matrix(bits_a, bits_b)               # (Na, Nb) float32: |A & B| / |A | B|
     s = iou_stats(bits_a)                          # mean / max / row maxima, never the whole matrix
 
-`iou_matrix` uses the popcount kernel of the extension `pdiff_fast._C` (`ext` backend) on
-(N, W) uint8 or int64 words; `iou_matrix_torch` is its reference on bool tensors (1.0 for two
+`iou_matrix` uses the popcount kernel of the extension `pdiff_fast._C` (`ext` backend), the torch
+op `torch.ops.pdiff_fast.iou_matrix(Tensor a_bits, Tensor b_bits) -> Tensor`, on (N, W) uint8 or
+int64 words (its fake kernel, for torch.compile / torch.export, is registered below); `iou_matrix_torch` is its reference on bool tensors (1.0 for two
 empty sets). `iou_stats` reduces the IoU matrix of two populations (or of one with itself,
 diagonal left out) to its mean, row maxima and maximum block by block, within a memory budget,
 without ever holding the whole (Na, Nb) matrix.
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from .. import backend
+from .extension_ops import extension_op, register_fakes
 
 
 def pack_bits(mask: torch.Tensor) -> torch.Tensor:
@@ -59,7 +61,7 @@ def iou_matrix(wrong_a: torch.Tensor, wrong_b: torch.Tensor) -> torch.Tensor:
     """(Na, W), (Nb, W) packed bitsets (uint8 / int64) -> (Na, Nb) float32 IoU."""
     _check_bitsets("iou_matrix", wrong_a, wrong_b)
     if backend.choose("iou_matrix", wrong_a.device) == "ext":
-        return backend.load_extension().iou_matrix(wrong_a, wrong_b)
+        return extension_op("iou_matrix")(wrong_a, wrong_b)
     return iou_matrix_torch(unpack_bits(wrong_a), unpack_bits(wrong_b))
 
 
@@ -151,3 +153,13 @@ def iou_stats(wrong_a: torch.Tensor, wrong_b: torch.Tensor | None = None, *, row
     if pairs == 0:
         return IoUStats(math.nan, math.nan, rmax, 0)
     return IoUStats(total / pairs, best, rmax, pairs)
+
+
+def _iou_matrix_fake(a_bits, b_bits):
+    torch._check(a_bits.dim() == 2 and b_bits.dim() == 2,
+                 lambda: f"iou_matrix: a_bits and b_bits must be 2-D (N, W) packed bitsets, got "
+                         f"{tuple(a_bits.shape)} and {tuple(b_bits.shape)}")
+    return a_bits.new_empty((a_bits.shape[0], b_bits.shape[0]), dtype=torch.float32)
+
+
+FAKE_REGISTERED = register_fakes({"iou_matrix": _iou_matrix_fake})

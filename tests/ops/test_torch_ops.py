@@ -1,18 +1,23 @@
-"""The extension's flatten / unflatten ops as torch ops: registered in the `pdiff_fast` library
-with schemas torch accepts (flat tensor lists, no nested lists), reachable as
-torch.ops.pdiff_fast.*, with fake (meta) implementations that give the right shapes and dtypes
-(FakeTensorMode, torch.library.opcheck), non-differentiable Autograd kernels, and traced by
+"""The extension's five ops as torch ops (flatten_params, unflatten_params, unflatten_into,
+iou_matrix, norm_affine_act): registered in the `pdiff_fast` library with schemas torch accepts
+(flat tensor lists, no nested lists), reachable only as torch.ops.pdiff_fast.*, with fake (meta)
+implementations that give the right shapes and dtypes (FakeTensorMode, torch.library.opcheck),
+non-differentiable Autograd kernels for the flatten ops, and traced by
 torch.compile(fullgraph=True) and torch.export without a graph break.
 
 Skipped when the extension is not built.
 """
 import io
+import sys
 
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from pdiff_fast.ops import extension_ops
 from pdiff_fast.ops import flatten_params as fp
+from pdiff_fast.ops.iou_matrix import iou_matrix, iou_stats, pack_bits
+from pdiff_fast.ops.norm_affine_act import norm_affine_act
 
 _C = pytest.importorskip("pdiff_fast._C", reason="the extension pdiff_fast._C is not built")
 
@@ -24,6 +29,10 @@ SCHEMAS = {
     "unflatten_params": "pdiff_fast::unflatten_params(Tensor flat, int[] sizes, int[] ndims, "
                         "int[] dtype_codes) -> Tensor[]",
     "unflatten_into": "pdiff_fast::unflatten_into(Tensor flat, Tensor(a!)[] targets, int n_models) -> ()",
+    "iou_matrix": "pdiff_fast::iou_matrix(Tensor a_bits, Tensor b_bits) -> Tensor",
+    "norm_affine_act": "pdiff_fast::norm_affine_act(Tensor x, Tensor weight, Tensor bias, "
+                       "Tensor? running_mean=None, Tensor? running_var=None, float eps=1e-05, "
+                       "str act=\"relu\", float negative_slope=0.01) -> Tensor",
 }
 
 # two models of three segments: a transposed fp32 (3, 2), a 0-d fp16, a bf16 (4,)
@@ -56,9 +65,10 @@ def targets(device="cpu"):
 def test_each_op_is_a_torch_op_with_its_schema(name):
     op = getattr(ops, name)
     assert isinstance(op.default, torch._ops.OpOverload)
-    assert str(op.default._schema) == SCHEMAS[name]
+    assert op.default._schema == torch._C.parse_schema(SCHEMAS[name])  # (str() prints floats by version)
     assert not hasattr(_C, name)  # one path: no pybind function beside the op
-    assert fp.FAKES_REGISTERED
+    assert fp.FAKES_REGISTERED and sys.modules["pdiff_fast.ops.iou_matrix"].FAKE_REGISTERED
+    assert sys.modules["pdiff_fast.ops.norm_affine_act"].FAKE_REGISTERED
 
 
 def test_dtype_codes_are_the_c10_scalar_type_codes():
@@ -198,7 +208,80 @@ def test_export_round_trip_serializes():
 
 
 def test_fake_registration_is_skipped_without_the_extension(monkeypatch):
-    monkeypatch.setattr(fp.backend, "load_extension", lambda: ImportError("not built"))
-    assert fp._register_fakes() is False
+    monkeypatch.setattr(extension_ops.backend, "load_extension", lambda: ImportError("not built"))
+    assert extension_ops.register_fakes({"flatten_params": lambda *a: None}) is False
     with pytest.raises(RuntimeError, match="not built"):
-        fp._op("no_such_op")
+        extension_ops.extension_op("no_such_op")
+
+
+# --- the population evaluator's two ops ------------------------------------------------------
+
+def bitsets(device="cpu"):
+    """Wrong-prediction sets of 5 and 3 models over 70 samples, packed: (5, 9), (3, 9) uint8."""
+    return (pack_bits(torch.rand(5, 70) < 0.3).to(device), pack_bits(torch.rand(3, 70) < 0.3).to(device))
+
+
+def affine_args(device="cpu", per_model=False):
+    """x (N, B, C, L) per model or a shared (B, C, L), weight / bias (N, C), running stats (C,)."""
+    x = torch.randn(*((4,) if per_model else ()), 6, 8, 5, device=device)
+    w, b = torch.randn(4, 8, device=device), torch.randn(4, 8, device=device)
+    return x, w, b, torch.randn(8, device=device), torch.rand(8, device=device) + 0.5
+
+
+def test_population_fakes_give_shapes_and_dtypes():
+    with FakeTensorMode() as mode:
+        a, b = (mode.from_tensor(t) for t in bitsets())
+        iou = ops.iou_matrix(a, b)
+        assert iou.shape == (5, 3) and iou.dtype == torch.float32
+        for per_model in (False, True):
+            args = [mode.from_tensor(t.double()) for t in affine_args(per_model=per_model)]
+            y = ops.norm_affine_act(*args, 1e-5, "leaky_relu", 0.1)
+            assert y.shape == (4, 6, 8, 5) and y.dtype == torch.float64
+
+
+@pytest.mark.parametrize("device", devices())
+def test_opcheck_population_ops(device):
+    x, w, b, mean, var = affine_args(device)
+    cases = [
+        (ops.iou_matrix, bitsets(device)),
+        (ops.norm_affine_act, (x, w, b, mean, var, 1e-5, "relu", 0.0)),
+        (ops.norm_affine_act, (x.expand(4, 6, 8, 5).contiguous(), w, b, None, None, 0.0, "leaky_relu", 0.2)),
+    ]
+    for op, args in cases:
+        result = torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor",
+                                                             "test_aot_dispatch_dynamic"))
+        assert set(result.values()) == {"SUCCESS"}, (op, result)
+
+
+@pytest.mark.parametrize("device", devices())
+def test_compile_population_dispatchers(device):
+    """The public entry points (backend auto: the extension) trace whole: IoU of two bitsets
+    and the fused affine + activation, inside one compiled function."""
+    def fn(a_bits, b_bits, x, w, b, mean, var):
+        iou = iou_matrix(a_bits, b_bits)
+        y = norm_affine_act(x, w, b, mean, var, 1e-5, "leaky_relu", 0.1)
+        return iou.sum(1), y * 2
+    args = (*bitsets(device), *affine_args(device))
+    for got, want in zip(compiled(fn)(*args), fn(*args)):
+        assert torch.equal(got, want)
+
+
+def test_export_population_ops():
+    class Population(torch.nn.Module):
+        def forward(self, a_bits, b_bits, x, w, b):
+            return ops.iou_matrix(a_bits, b_bits), ops.norm_affine_act(x, w, b, None, None, 0.0, "relu", 0.0)
+    args = (*bitsets(), *affine_args()[:3])
+    buf = io.BytesIO()
+    torch.export.save(torch.export.export(Population(), args), buf)
+    buf.seek(0)
+    for got, want in zip(torch.export.load(buf).module()(*args), Population()(*args)):
+        assert torch.equal(got, want)
+
+
+def test_iou_stats_blocks_run_the_op(monkeypatch):
+    """iou_stats, the blockwise reduction, reaches the op (not a pybind function) per block."""
+    module = sys.modules["pdiff_fast.ops.iou_matrix"]
+    calls = []
+    monkeypatch.setattr(module, "extension_op", lambda name: calls.append(name) or extension_ops.extension_op(name))
+    stats = iou_stats(bitsets()[0], block_rows=2, block_cols=2)
+    assert calls == ["iou_matrix"] * 9 and stats.pairs == 20
