@@ -108,6 +108,16 @@ def make_net(cfg: BenchConfig, device) -> tuple[torch.nn.Module, list[str]]:
     return net, [n for n, _ in net.named_parameters()]
 
 
+def mnist1d_cnn() -> torch.nn.Module:
+    """The small MNIST-1D CNN (inputs (1, 40)) of the population and flatten_params benchmarks:
+    Conv1d(1,16,5)-BN-ReLU-Conv1d(16,32,3)-BN-ReLU-AvgPool-Flatten-Linear(32,10). Not the zoo's
+    cnn1d (pdiff_fast.models, other widths and strides); tests/test_population.py writes the same
+    model for its tests, which do not import from benchmarks/."""
+    nn = torch.nn
+    return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
+                         nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))
+
+
 class Setup:
     """Everything one configuration needs on one device, built once per session."""
 
@@ -280,6 +290,14 @@ def _skip_on_failure(call, peer: str, cuda: bool) -> float:
         raise
 
 
+def label(benchmark, *, group: str, stage: str, peer: str, device: torch.device, info: dict) -> None:
+    """The group and extra_info every benchmark carries: stage, peer, device, torch threads, and
+    info, which should hold "flops" and "bytes_min" (the work of one call: the report's floor)."""
+    benchmark.group = group
+    benchmark.extra_info.update({"stage": stage, "peer": peer, "peer_name": PEER_NAMES.get(peer, peer),
+                                 "device": device_name(device), "torch_threads": torch.get_num_threads(), **info})
+
+
 def time_case(benchmark, fn, *, s: Setup, sizes: Sizes, peer: str, stage: str, group: str, info: dict) -> None:
     """time_op for a stage of one configuration (its Setup describes the case)."""
     time_op(benchmark, fn, device=s.device, sizes=sizes, peer=peer, stage=stage, group=group,
@@ -293,10 +311,8 @@ def time_op(benchmark, fn, *, device: torch.device, sizes: Sizes, peer: str, sta
     (the work of one call) for the report's floor columns."""
     if peer == "triton" and device.type != "cuda":
         pytest.skip("the triton peer (every fused kernel forced on) runs on CUDA only")
-    benchmark.group = group
-    benchmark.extra_info.update({"stage": stage, "peer": peer, "peer_name": PEER_NAMES.get(peer, peer),
-                                 "device": device_name(device), "torch_threads": torch.get_num_threads(),
-                                 "mode": "full" if sizes.full else "default", **info})
+    label(benchmark, group=group, stage=stage, peer=peer, device=device,
+          info={"mode": "full" if sizes.full else "default", **info})
     if peer == "auto":
         benchmark.extra_info["auto_backends"] = auto_choices(device)
     cuda = device.type == "cuda"

@@ -15,29 +15,31 @@ Both peers give identical predictions (checked on the N = 10 case before timing)
 Both peers run after population.warm_allocator(), in the same allocator state: glibc otherwise
 page-faults every multi-MB activation in again, which on a VM costs more than the convolutions
 and would flatter whichever peer allocates less.
+
+Work (the floor): FLOPs of the shared prefix once plus N times those of the per-model rest
+(counted with torch's FlopCounterMode); fewest bytes, read the inputs and the N vectors once and
+write the N * 1000 predictions (int64).
 """
 from __future__ import annotations
 
 import pytest
 import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.population import evaluate_one_by_one, evaluate_population, warm_allocator
 
+from . import common
+
 N_TEST, BATCH = 1000, 1024
-
-
-def mnist1d_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
-                         nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
 def population(n_models: int, subset: str = "last-2-norm-layers", seed: int = 0):
     """(base model, spec, flat (N, D), x (1000, 1, 40), y (1000,)) with random weights."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    base = mnist1d_cnn()
+    base = common.mnist1d_cnn()
     for m in base.modules():
         if isinstance(m, nn.BatchNorm1d):
             m.running_mean.normal_(0, 0.5, generator=g)
@@ -48,6 +50,21 @@ def population(n_models: int, subset: str = "last-2-norm-layers", seed: int = 0)
     x = torch.randn(N_TEST, 1, 40, generator=g)
     y = torch.randint(0, 10, (N_TEST,), generator=g)
     return base, spec, flat, x, y
+
+
+@torch.no_grad()
+def work(base: nn.Sequential, spec: ParamSpec, x: torch.Tensor, n_models: int) -> dict:
+    """FLOPs and fewest bytes of evaluating n_models parameter sets on x: the children before the
+    first one holding a generated parameter run once, the rest once per model."""
+    generated = {seg.name for seg in spec.segments}
+    first = min(i for i, child in enumerate(base)
+                if any(f"{i}.{name}" in generated for name, _ in child.named_parameters()))
+    with FlopCounterMode(display=False) as prefix:
+        h = base[:first](x)
+    with FlopCounterMode(display=False) as rest:
+        base[first:](h)
+    return {"flops": prefix.get_total_flops() + n_models * rest.get_total_flops(),
+            "bytes_min": 4 * (x.numel() + n_models * spec.dim) + 8 * n_models * x.shape[0]}
 
 
 PEERS = {
@@ -89,10 +106,8 @@ def test_population_eval(benchmark, peer, where, subset, n_models):
         return out
 
     call()  # warm-up: oneDNN primitives / CUDA kernels, allocator
-    benchmark.group = f"population/cnn1d-{subset}/N{n_models}/{device}"
-    benchmark.extra_info.update({"stage": "population", "peer": peer, "N": n_models, "D": args[1].dim,
-                                 "n_test": N_TEST, "device": device if device == "cpu" else
-                                 f"cuda ({torch.cuda.get_device_name()})",
-                                 "torch_threads": torch.get_num_threads()})
+    common.label(benchmark, group=f"population/cnn1d-{subset}/N{n_models}/{device}", stage="population",
+                 peer=peer, device=torch.device(device),
+                 info={"N": n_models, "D": args[1].dim, "n_test": N_TEST, **work(*args[:2], args[3], n_models)})
     result = benchmark.pedantic(call, rounds=3 if n_models <= 10 or device == "cuda" else 2, iterations=1)
     assert result.finite.all()

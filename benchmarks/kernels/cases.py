@@ -9,11 +9,16 @@ Shapes of the elementwise DDPM ops, (rows, 1, M):
 """
 from __future__ import annotations
 
+import pytest
 import torch
 
 from pdiff_fast import DDPMScheduler
 
+from .. import common
+
 SHAPES = ("sample", "stream")
+# the fused op (auto, Triton on CUDA) and the torch reference op run in CI's quick pass too
+PEERS = (pytest.param("auto", marks=pytest.mark.quick), pytest.param("torch", marks=pytest.mark.quick), "compile")
 
 
 def shape(name: str, device: torch.device) -> tuple[int, int, int]:
@@ -36,3 +41,10 @@ def elementwise_work(x: torch.Tensor, tensors_read: int, tensors_written: int) -
     per-row timestep read; FLOPs are a few per element and never the bound, so 0 here."""
     return {"numel": x.numel(), "flops": 0,
             "bytes_min": 4 * x.numel() * (tensors_read + tensors_written) + 8 * x.shape[0]}
+
+
+def time_elementwise(benchmark, fn, *, op: str, shape: str, x: torch.Tensor, device: torch.device, sizes,
+                     peer: str, info: dict) -> None:
+    """common.time_op for one elementwise op on one of SHAPES, grouped as op/shape[dims]."""
+    common.time_op(benchmark, fn, device=device, sizes=sizes, peer=peer, stage=op,
+                   group=f"{op}/{shape}{list(x.shape)}", info=info)

@@ -2,7 +2,7 @@
 forward alone (sampling, decoding) and forward + backward (training), the Triton kernels against
 the torch reference op and torch.compile of it.
 
-    pytest benchmarks/kernels/test_act_norm_conv1d.py [-m act_norm_conv1d]
+    pytest benchmarks/kernels/test_act_norm_conv1d.py      # or: pytest tests benchmarks -m act_norm_conv1d
 
 Cases are the heaviest blocks the resnet18 configuration runs (recorded from its modules), at
 B = 1000 models on CUDA, B = 8 on a CPU:
@@ -25,8 +25,6 @@ from pdiff_fast.backend import use_backend
 from pdiff_fast.ops.act_norm_conv1d import act_norm_conv1d, act_norm_conv1d_torch
 
 from .. import common
-
-pytestmark = pytest.mark.act_norm_conv1d
 
 # name: (Cin, Cout, L, K, stride, padding, transposed, add, residual)
 CASES = {

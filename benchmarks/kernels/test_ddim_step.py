@@ -1,7 +1,7 @@
 """ddim_step: one DDIM step (eta 0.5, so noise is drawn on the device), the fused Triton kernel
 (auto on CUDA) against the torch reference op and torch.compile of it.
 
-    pytest benchmarks/kernels/test_ddim_step.py [-m ddim_step]
+    pytest benchmarks/kernels/test_ddim_step.py      # or: pytest tests benchmarks -m ddim_step
 
 Fewest bytes: read x_t and eps, write x_prev and pred_x0 (16 B per element).
 """
@@ -13,12 +13,10 @@ from pdiff_fast.ops.ddim_step import ddim_step, ddim_step_torch
 from .. import common
 from . import cases
 
-pytestmark = pytest.mark.ddim_step
 A_T, A_PREV, ETA = 0.4, 0.6, 0.5
 
 
-@pytest.mark.parametrize("peer", [pytest.param("auto", marks=pytest.mark.quick),
-                                  pytest.param("torch", marks=pytest.mark.quick), "compile"])
+@pytest.mark.parametrize("peer", cases.PEERS)
 @pytest.mark.parametrize("shape", cases.SHAPES)
 def test_ddim_step(benchmark, device, sizes, peer, shape):
     a = cases.inputs(shape, device)
@@ -31,5 +29,5 @@ def test_ddim_step(benchmark, device, sizes, peer, shape):
     else:
         def fn():
             ddim_step(a["x"], a["eps"], A_T, A_PREV, None, ETA, seed=0)
-    common.time_op(benchmark, fn, device=device, sizes=sizes, peer=peer, stage="ddim_step",
-                   group=f"ddim_step/{shape}{list(a['x'].shape)}", info=cases.elementwise_work(a["x"], 2, 2))
+    cases.time_elementwise(benchmark, fn, op="ddim_step", shape=shape, x=a["x"], device=device, sizes=sizes,
+                           peer=peer, info=cases.elementwise_work(a["x"], 2, 2))

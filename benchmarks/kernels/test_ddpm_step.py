@@ -1,7 +1,7 @@
 """ddpm_step: one DDPM reverse step with its noise drawn on the device, the fused Triton kernel
 (auto on CUDA) against the torch reference op and torch.compile of it.
 
-    pytest benchmarks/kernels/test_ddpm_step.py [-m ddpm_step]
+    pytest benchmarks/kernels/test_ddpm_step.py      # or: pytest tests benchmarks -m ddpm_step
 
 Fewest bytes: read x_t and eps, write x_prev and pred_x0 (16 B per element).
 """
@@ -13,11 +13,8 @@ from pdiff_fast.ops.ddpm_step import ddpm_step, ddpm_step_torch
 from .. import common
 from . import cases
 
-pytestmark = pytest.mark.ddpm_step
 
-
-@pytest.mark.parametrize("peer", [pytest.param("auto", marks=pytest.mark.quick),
-                                  pytest.param("torch", marks=pytest.mark.quick), "compile"])
+@pytest.mark.parametrize("peer", cases.PEERS)
 @pytest.mark.parametrize("shape", cases.SHAPES)
 def test_ddpm_step(benchmark, device, sizes, peer, shape):
     a = cases.inputs(shape, device)
@@ -30,5 +27,5 @@ def test_ddpm_step(benchmark, device, sizes, peer, shape):
     else:
         def fn():
             ddpm_step(a["x"], a["eps"], a["t"], None, a["step"], seed=0)
-    common.time_op(benchmark, fn, device=device, sizes=sizes, peer=peer, stage="ddpm_step",
-                   group=f"ddpm_step/{shape}{list(a['x'].shape)}", info=cases.elementwise_work(a["x"], 2, 2))
+    cases.time_elementwise(benchmark, fn, op="ddpm_step", shape=shape, x=a["x"], device=device, sizes=sizes,
+                           peer=peer, info=cases.elementwise_work(a["x"], 2, 2))

@@ -1,7 +1,7 @@
 """q_sample: forward noising with the noise drawn in the same pass (training), the fused Triton
 kernel (auto on CUDA) against the torch reference op and torch.compile of it.
 
-    pytest benchmarks/kernels/test_q_sample.py [-m q_sample]
+    pytest benchmarks/kernels/test_q_sample.py      # or: pytest tests benchmarks -m q_sample
 
 Fewest bytes: read x0, write x_t and the noise (the loss needs it): 12 B per element.
 """
@@ -13,11 +13,8 @@ from pdiff_fast.ops.q_sample import q_sample, q_sample_torch
 from .. import common
 from . import cases
 
-pytestmark = pytest.mark.q_sample
 
-
-@pytest.mark.parametrize("peer", [pytest.param("auto", marks=pytest.mark.quick),
-                                  pytest.param("torch", marks=pytest.mark.quick), "compile"])
+@pytest.mark.parametrize("peer", cases.PEERS)
 @pytest.mark.parametrize("shape", cases.SHAPES)
 def test_q_sample(benchmark, device, sizes, peer, shape):
     a = cases.inputs(shape, device)
@@ -29,5 +26,5 @@ def test_q_sample(benchmark, device, sizes, peer, shape):
     else:
         def fn():
             q_sample(a["x"], a["t"], a["noising"], seed=0)
-    common.time_op(benchmark, fn, device=device, sizes=sizes, peer=peer, stage="q_sample",
-                   group=f"q_sample/{shape}{list(a['x'].shape)}", info=cases.elementwise_work(a["x"], 1, 2))
+    cases.time_elementwise(benchmark, fn, op="q_sample", shape=shape, x=a["x"], device=device, sizes=sizes,
+                           peer=peer, info=cases.elementwise_work(a["x"], 1, 2))
