@@ -29,7 +29,7 @@
 # PDIFF_GPU_TEST_WORKERS (4 with
 # pytest-xdist, 0: none), PDIFF_GPU_BENCH_ARGS (extra pytest args), PDIFF_GPU_SCALING_STEPS,
 # PDIFF_GPU_SKIP ("tests cmake": phases to leave out, e.g. in a second window for benchmarks),
-# PDIFF_GPU_BENCH_FILES ("test_sampling kernels/test_ddpm_step": which benchmark files, default all;
+# PDIFF_GPU_BENCH_FILES ("test_sample kernels/test_ddpm_step": which benchmark files, default all;
 # with PDIFF_GPU_BENCH_ARGS="--n 1000 --configs resnet18 --ddpm-steps 100" for a short window).
 # Rehearsal (PDIFF_GPU_REHEARSAL=1, a CPU machine): the same steps with a CPU build, a subset of
 # the tests, the -m quick benchmarks and a small scaling run; a longer default deadline.
@@ -196,9 +196,9 @@ phase_bench() {
   if [ -n "${PDIFF_GPU_BENCH_FILES:-}" ]; then
     for name in $PDIFF_GPU_BENCH_FILES; do files+=("benchmarks/$name.py"); done
   else
-    files=($(ls benchmarks/test_*.py benchmarks/kernels/test_*.py))
+    files=($(ls benchmarks/test_*.py benchmarks/ops/test_*.py benchmarks/kernels/test_*.py))
   fi
-  local weights="test_sampling:4 test_autoencoder:2 test_denoiser:2 test_decode:2 test_population:2 test_flatten_params:1"
+  local weights="test_sample:4 test_autoencoder:4 test_denoiser:2 test_population:2 test_flatten_params:1"
   weight() { local v; v=$(tr ' ' '\n' <<<"$weights" | grep "^$1:" | cut -d: -f2); echo "${v:-1}"; }
   local left_w=0
   for f in "${files[@]}"; do left_w=$(( left_w + $(weight "$(basename "$f" .py)") )); done

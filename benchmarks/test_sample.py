@@ -6,9 +6,9 @@ GraphedLatentSampler (DDPM on CUDA), the same loop on torch.compile(denoiser), a
 
 A timed call runs the first `steps_run` reverse steps of the schedule (extra_info says how many
 of how many); the report divides by steps_run for the time per step and extrapolates nothing.
-With --full every step of the schedule runs. Decoding is timed in test_decode.py.
+With --full every step of the schedule runs. Decoding is timed in test_autoencoder.py.
 
-    pytest benchmarks/test_sampling.py [--full]
+    pytest benchmarks/test_sample.py [--full]     # or: pytest tests benchmarks -m sample
 """
 import pytest
 import torch

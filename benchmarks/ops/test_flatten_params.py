@@ -2,31 +2,29 @@
 over a segment table) against a Python loop of torch.cat / copy_ (the torch reference),
 side by side in one group per (op, subset, N).
 
-    pytest benchmarks/test_flatten_params.py
+    pytest benchmarks/ops/test_flatten_params.py      # or: pytest tests benchmarks -m flatten_params
 
-Subsets of the MNIST-1D CNN of test_population.py: its last two BatchNorm layers (4 tensors,
-D = 96), and all 10 of its parameters (D = 2,730). Sources are the models' live parameters.
+Subsets of the MNIST-1D CNN of the population benchmark (common.mnist1d_cnn): its last two
+BatchNorm layers (4 tensors, D = 96), and all 10 of its parameters (D = 2,090). Sources are the
+models' live parameters. Work: no FLOPs; fewest bytes, every op reads the N * D values once and
+writes them once (fp32).
 """
 from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from pdiff_fast.ops import flatten_params as fp
 from pdiff_fast.params import ParamSpec
 
+from .. import common
+
 _C = pytest.importorskip("pdiff_fast._C", reason="the extension pdiff_fast._C is not built")
-
-
-def mnist1d_cnn() -> nn.Module:
-    return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
-                         nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
 def models_and_spec(n_models: int, subset: str):
     torch.manual_seed(0)
-    models = [mnist1d_cnn() for _ in range(n_models)]
+    models = [common.mnist1d_cnn() for _ in range(n_models)]
     spec = ParamSpec.from_model(models[0], subset)
     return [spec.tensors_of(m) for m in models], spec
 
@@ -61,7 +59,7 @@ def test_flatten_params(benchmark, op, subset, peer, n_models):
     fn = OPS[op][peer]
     fn(sources, spec, flat)  # warm-up
     short = "last2bn" if subset.startswith("last") else "all"
-    benchmark.group = f"{op}/cnn1d-{short}/N{n_models}"
-    benchmark.extra_info.update({"stage": op, "peer": peer, "N": n_models, "D": spec.dim,
-                                 "tensors_per_model": len(spec), "device": "cpu"})
+    common.label(benchmark, group=f"{op}/cnn1d-{short}/N{n_models}", stage=op, peer=peer,
+                 device=torch.device("cpu"), info={"N": n_models, "D": spec.dim, "tensors_per_model": len(spec),
+                                                   "flops": 0, "bytes_min": 2 * 4 * n_models * spec.dim})
     benchmark.pedantic(fn, args=(sources, spec, flat), rounds=20, iterations=5, warmup_rounds=1)
