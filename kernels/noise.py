@@ -22,6 +22,8 @@ import torch
 import triton
 import triton.language as tl
 
+from pdiff_fast.ops.noise import seed_tensor
+
 GOLDEN = tl.constexpr(0x9E3779B9)  # odd: seed_offset -> seed_offset * GOLDEN mod 2**32 is a bijection
 
 
@@ -148,5 +150,4 @@ def _check_scalar_tensor(v: torch.Tensor, name: str, device: torch.device) -> No
 def draw_seed(generator: torch.Generator | None = None) -> int:
     """A Philox seed from torch's RNG (`generator`, else the default CPU one), so results follow
     torch.manual_seed."""
-    device = generator.device if generator is not None else "cpu"
-    return int(torch.randint(0, 2**31 - 1, (1,), generator=generator, device=device).item())
+    return int(seed_tensor(generator).item())

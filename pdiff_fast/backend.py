@@ -16,6 +16,10 @@ others run torch (so `use_backend("triton")` can wrap a whole pipeline, whose fl
 have no Triton kernel); an explicit backend that an op has but cannot run here (no CUDA, not
 built) raises. "auto" falls back to torch with one warning per op, and leaves to torch the calls
 an op marks as measured slower on its fast path (`choose(..., auto=False)`).
+
+torch.compile traces `choose` (fullgraph): kernel modules and the extension are imported once and
+looked up after, and the selection's inputs (use_backend, the environment, the device) are
+guarded, so changing them recompiles instead of reusing a stale choice.
 """
 from __future__ import annotations
 
@@ -61,7 +65,19 @@ def triton_interpreted() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+# module name -> the module, or the exception its import raised. Imported once per process: a
+# failed import is not retried (it would fail again, slowly), and a dict lookup is what lets
+# torch.compile trace `choose` and the dispatchers (it will not trace importlib).
+_imports: dict[str, object] = {}
+
+
 def _import_or_none(module: str):
+    if module not in _imports:
+        _imports[module] = _import_now(module)
+    return _imports[module]
+
+
+def _import_now(module: str):
     try:
         return importlib.import_module(module)
     except Exception as exc:  # missing triton, missing kernel module, broken build
@@ -76,6 +92,28 @@ def load_triton_op(op: str):
 def load_extension():
     """The compiled extension `pdiff_fast._C`, or the import error."""
     return _import_or_none("pdiff_fast._C")
+
+
+@torch.compiler.assume_constant_result
+def _triton_import_error(op: str) -> str:
+    """Why op's Triton kernel cannot be imported ("" when it can). A constant of the process (the
+    import is done once), so torch.compile runs it while tracing, outside the graph, instead of
+    tracing the import; every other input of `choose` (use_backend's thread-local, the environment
+    variables, the device) stays traced and guarded, so a change recompiles."""
+    mod = load_triton_op(op)
+    return str(mod) if isinstance(mod, Exception) else ""
+
+
+@torch.compiler.assume_constant_result
+def _extension_error(cuda: bool) -> str:
+    """Why the extension cannot run (on CUDA tensors when `cuda`), "" when it can; a constant of
+    the process, as `_triton_import_error`."""
+    ext = load_extension()
+    if isinstance(ext, Exception):
+        return f"the extension pdiff_fast._C is not built ({ext})"
+    if cuda and not getattr(ext, "has_cuda", lambda: False)():
+        return "the extension was built without CUDA"
+    return ""
 
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
@@ -146,15 +184,8 @@ def _problem(name: str, op: str, device: torch.device) -> str | None:
     if name == "triton":
         if device.type != "cuda" and not triton_interpreted():
             return "Triton kernels need CUDA tensors (or TRITON_INTERPRET=1 for CPU tensors)"
-        mod = load_triton_op(op)
-        if isinstance(mod, Exception):
-            return f"its Triton kernel could not be imported ({mod})"
-        return None
+        error = _triton_import_error(op)
+        return f"its Triton kernel could not be imported ({error})" if error else None
     if name == "ext":
-        ext = load_extension()
-        if isinstance(ext, Exception):
-            return f"the extension pdiff_fast._C is not built ({ext})"
-        if device.type == "cuda" and not getattr(ext, "has_cuda", lambda: False)():
-            return "the extension was built without CUDA"
-        return None
+        return _extension_error(device.type == "cuda") or None
     return f"unknown backend {name!r}"

@@ -85,3 +85,28 @@ def test_every_dispatching_op_is_registered():
     for path in ops_dir.glob("*.py"):
         named |= set(re.findall(r'backend\.choose\(\s*"(\w+)"', path.read_text()))
     assert named == set(backend.FAST_BACKENDS)
+
+
+def test_imports_are_done_once_and_failures_name_the_error(monkeypatch):
+    monkeypatch.setattr(backend, "_imports", {})
+    assert backend.load_triton_op("ddpm_step") is backend.load_triton_op("ddpm_step")
+    missing = backend.load_triton_op("conv9d")
+    assert isinstance(missing, ImportError) and backend.load_triton_op("conv9d") is missing
+    assert "could not be imported" in backend._problem("triton", "conv9d", CPU)
+
+
+def test_choose_traces_under_torch_compile_and_a_change_recompiles(monkeypatch):
+    """fullgraph: no importlib in the traced code; use_backend and the environment are guarded."""
+    @torch.compile(fullgraph=True, backend="eager")
+    def picked(x):
+        return x + (1.0 if choose("ddpm_step", x.device) == "triton" else 0.0)
+
+    x = torch.zeros(1)
+    with use_backend("torch"):
+        assert picked(x).item() == 0.0
+    with use_backend("triton"):
+        assert picked(x).item() == 1.0
+    monkeypatch.setenv(backend.ENV_VAR, "triton")
+    assert picked(x).item() == 1.0
+    monkeypatch.setenv(backend.ENV_VAR, "torch")
+    assert picked(x).item() == 0.0

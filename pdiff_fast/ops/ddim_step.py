@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from .. import backend
+from . import triton_ops
 from .noise import randn_like
 
 
@@ -47,7 +48,8 @@ def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip
     """
     if (backend.choose("ddim_step", x_t.device) == "triton"
             and backend.triton_dtypes(x_t, eps, noise)):
-        return backend.load_triton_op("ddim_step").ddim_step(
+        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("ddim_step")  # as ddpm_step
+        return impl.ddim_step(
             x_t, eps, a_t, a_prev, noise, eta, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)
     if noise is None and eta > 0:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch
 
 from .. import backend
+from . import triton_ops
 from .noise import randn_like
 
 
@@ -51,7 +52,10 @@ def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, s
     """
     if (backend.choose("ddpm_step", x_t.device) == "triton"
             and backend.triton_dtypes(x_t, eps, noise)):
-        return backend.load_triton_op("ddpm_step").ddpm_step(
+        # under torch.compile the torch op (traceable); in eager the launcher itself, skipping
+        # the op's 15-20 us of dispatch a call (pdiff_fast/ops/triton_ops.py); bitwise the same
+        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("ddpm_step")
+        return impl.ddpm_step(
             x_t, eps, t, noise, coefs, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)
     if noise is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import backend
+from . import triton_ops
 from .noise import randn_like
 
 
@@ -36,6 +37,7 @@ def q_sample(x0, t, coefs, noise=None, generator=None, *, seed=None, seed_offset
     """
     if (backend.choose("q_sample", x0.device) == "triton"
             and backend.triton_dtypes(x0, noise)):
-        return backend.load_triton_op("q_sample").q_sample(
+        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("q_sample")  # as ddpm_step
+        return impl.q_sample(
             x0, t, coefs, noise, generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
     return q_sample_torch(x0, t, coefs, noise, generator)
