@@ -82,21 +82,30 @@ def _config(args) -> Config:
 
 
 def _steps(p, args) -> None:
+    from . import distributed
+
+    say = print if distributed.is_main() else (lambda *a: None)  # under torchrun, rank 0 speaks
     if args.command in ("collect", "run"):
         pop = p.collect()
-        print(f"collected {pop.params.shape[0]} checkpoints of {pop.spec.dim} parameters; "
-              f"test accuracy {pop.accuracy.min():.2f}..{pop.accuracy.max():.2f}")
+        say(f"collected {pop.params.shape[0]} checkpoints of {pop.spec.dim} parameters; "
+            f"test accuracy {pop.accuracy.min():.2f}..{pop.accuracy.max():.2f}")
     if args.command in ("train", "run"):
         p.fit(only=getattr(args, "only", None), restart=args.restart)
-        print(f"trained the {getattr(args, 'only', None) or 'autoencoder and the diffusion'} model -> {p.run_dir}")
+        say(f"trained the {getattr(args, 'only', None) or 'autoencoder and the diffusion'} model -> {p.run_dir}")
     if args.command in ("sample", "run"):
         flat = p.sample()
-        print(f"generated {flat.shape[0]} parameter sets -> {p.path('generated')}")
+        say(f"generated {flat.shape[0]} parameter sets -> {p.path('generated')}")
     if args.command in ("evaluate", "run"):
         p.evaluate()
     if args.command in ("report", "evaluate", "run"):
-        print(p.report())
-        print(f"\nartifacts in {p.run_dir}/ (report.json, report.md, accuracy_distribution.png, iou_vs_accuracy.png)")
+        say(p.report())
+        say(f"\nartifacts in {p.run_dir}/ (report.json, report.md, accuracy_distribution.png, iou_vs_accuracy.png)")
+
+
+def _where() -> str:
+    """' (rank N)' on the ranks other than 0 of a torchrun job, else ''."""
+    dist = sys.modules.get("pdiff_fast.distributed")
+    return f" (rank {dist.rank()})" if dist is not None and dist.rank() != 0 else ""
 
 
 def main(argv=None) -> int:
@@ -108,16 +117,17 @@ def main(argv=None) -> int:
                   log=lambda msg: print(msg, file=sys.stderr))
         _steps(p, args)
     except KeyboardInterrupt:
-        print(f"pdiff-fast {args.command}: interrupted; finished artifacts and checkpoints are kept", file=sys.stderr)
+        print(f"pdiff-fast {args.command}{_where()}: interrupted; finished artifacts and checkpoints are kept",
+              file=sys.stderr)
         return 130
     except ConfigError as exc:
         for line in exc.problems:
-            print(f"pdiff-fast {args.command}: error: {line}", file=sys.stderr)
+            print(f"pdiff-fast {args.command}{_where()}: error: {line}", file=sys.stderr)
         return 2
     except (ValueError, OSError, FloatingPointError) as exc:
         msg = " ".join(str(exc).split("\n")) if not isinstance(exc, OSError) or not exc.filename else \
             f"{exc.filename}: {exc.strerror or exc}"
-        print(f"pdiff-fast {args.command}: error: {msg}", file=sys.stderr)
+        print(f"pdiff-fast {args.command}{_where()}: error: {msg}", file=sys.stderr)
         return 2
     return 0
 

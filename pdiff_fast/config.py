@@ -46,6 +46,8 @@ class Config:
     eta: float = 0.0  # DDIM eta
     num_samples: int = 200  # generated models, as the paper
     cuda_graph: bool = False  # replay the whole DDPM loop as one CUDA graph (CUDA + Triton only)
+    sample_grain: int | None = None  # rows per denoiser call (None: 256 on CPU, 1024 on CUDA); part of the
+    # result (batched convolutions round by batch size); torchrun ranks split the models in whole grains
     memory_budget_mb: int = 1024  # chunking of sampling and evaluation
     # evaluation
     noise_sigmas: list = field(default_factory=lambda: [0.01, 0.05, 0.1])
@@ -217,6 +219,7 @@ CHECKS = {
     "eta": _num(0),
     "num_samples": _int(1),
     "cuda_graph": _type(bool, "true or false"),
+    "sample_grain": _int(1, none_ok=True),
     "memory_budget_mb": _int(1),
     "noise_sigmas": _sigmas,
     "device": _device,

@@ -12,6 +12,7 @@ import math
 import torch
 from torch import nn
 
+from . import distributed
 from .params import ParamSpec
 
 NOISE_SIGMAS = (0.01, 0.05, 0.1)
@@ -26,7 +27,7 @@ def summary(acc: torch.Tensor) -> dict[str, float]:
 
 def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, generated: torch.Tensor,
              x_test: torch.Tensor, y_test: torch.Tensor, *, noise_sigmas=NOISE_SIGMAS, seed: int = 0,
-             memory_budget_bytes: int = 1 << 30) -> dict:
+             memory_budget_bytes: int = 1 << 30, shard: bool = False) -> dict:
     """Judge generated (N, D) parameters against the original (K, D) checkpoints.
 
     Memory: the working memory of each step (a tile of activations, a block of the IoU
@@ -37,8 +38,11 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
     IoU, the report's per-model Python lists): about 2 MB for 15,000 models on 200 samples.
 
     Raises ValueError, before any work, on inputs of the wrong shape, test inputs holding
-    NaN / Inf, or test labels outside [0, num_classes)."""
-    from .population import check_test_set, evaluate_population, iou_stats
+    NaN / Inf, or test labels outside [0, num_classes).
+
+    shard=True, in a process group (pdiff_fast.distributed): each rank evaluates its share of
+    every population and the results are gathered; the report is the one-process report."""
+    from .population import check_test_set, iou_stats
 
     for name, t in (("original", original), ("generated", generated)):
         if t.dim() != 2 or t.shape[1] != spec.dim:
@@ -48,8 +52,7 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
                          f"same (non-zero) number of samples, y_test 1-D")
     check_test_set(base_model, x_test, y_test)
     budget = memory_budget_bytes
-    run = lambda flat: evaluate_population(base_model, spec, flat, x_test, y_test,  # noqa: E731
-                                           memory_budget_bytes=budget, keep_predictions=False)
+    run = lambda flat: evaluate_rows(base_model, spec, flat, x_test, y_test, budget, shard)  # noqa: E731
     orig, gen = run(original), run(generated)
     oo = iou_stats(orig.wrong, row_max=False, memory_budget_bytes=budget)  # off-diagonal
     gg = iou_stats(gen.wrong, row_max=False, memory_budget_bytes=budget)  # off-diagonal
@@ -85,6 +88,28 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
             "max_iou": max_iou.tolist(),
         }
     return report
+
+
+def evaluate_rows(base_model: nn.Module, spec: ParamSpec, flat: torch.Tensor, x_test: torch.Tensor,
+                  y_test: torch.Tensor, memory_budget_bytes: int, shard: bool = False):
+    """evaluate_population without predictions; shard=True: this rank's rows, gathered from every
+    rank (a model's predictions do not depend on the models evaluated beside it)."""
+    from .population import PopulationResult, evaluate_population
+
+    if not (shard and distributed.active()):
+        return evaluate_population(base_model, spec, flat, x_test, y_test,
+                                   memory_budget_bytes=memory_budget_bytes, keep_predictions=False)
+    n = flat.shape[0]
+    start, stop = distributed.shard(n)
+    if stop > start:
+        mine = evaluate_population(base_model, spec, flat[start:stop], x_test, y_test,
+                                   memory_budget_bytes=memory_budget_bytes, keep_predictions=False)
+    else:  # more ranks than models
+        width = (x_test.shape[0] + 7) // 8
+        mine = PopulationResult(torch.empty(0), torch.empty((0, width), dtype=torch.uint8), None,
+                                torch.empty(0, dtype=torch.bool))
+    return PopulationResult(distributed.gather_rows(mine.accuracy, n), distributed.gather_rows(mine.wrong, n),
+                            None, distributed.gather_rows(mine.finite, n), distributed.sum_int(mine.rechecked))
 
 
 def format_table(report: dict) -> str:

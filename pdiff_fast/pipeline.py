@@ -10,24 +10,11 @@
 Each step reads what the previous one wrote, so steps can also run in separate processes
 (that is what the `pdiff-fast` CLI does).
 
-Trust in the run directory:
-- Provenance. Each artifact records the config fields its step used (`config` in its metadata)
-  and the digests of the artifacts it was made from (`inputs`). A step checks that the files it
-  reads belong together and were made with the settings it is given, and refuses otherwise,
-  naming the stale file and the step to rerun (`allow_stale=True` / `--allow-stale` overrides).
-- config.json describes what is on disk: `collect` writes it, `train` and `sample` update their
-  own fields after their artifacts are saved; `evaluate` and `report` never change it.
-- Checkpoints. Training saves resumable state (`autoencoder.ckpt.safetensors`,
-  `diffusion.ckpt.safetensors`) every `checkpoint_every` steps; `fit()` resumes from a
-  checkpoint made from the same inputs and settings, to the same result as an uninterrupted
-  run (bitwise on CPU), unless `restart=True`. The autoencoder is saved as soon as it is
-  trained; if the diffusion checkpoint was made from it, it is kept and only diffusion resumes.
+The run directory's guarantees (provenance, config.json, checkpoints) are in pdiff_fast/run_dir.py.
 """
 from __future__ import annotations
 
 import copy
-import os
-import time
 from pathlib import Path
 
 import torch
@@ -36,35 +23,17 @@ from torch import nn
 from . import autoencoder as ae_lib
 from . import data as data_lib
 from . import denoiser as dn_lib
+from . import distributed
 from .collect import RECIPES, Population, rebuild_base
-from .config import Config, ConfigError, read_config_file
+from .config import Config
 from .diffusion import make_scheduler, DDPMScheduler
 from .evaluate import evaluate, format_table
-from .io import (clean_stale_temporaries, load_artifact, load_json, read_digest, read_meta, save_json,
-                 save_tensors, save_text)
+from .io import load_json, read_digest, save_json, save_text
 from .models import build_model
 from .params import ParamSpec, Standardizer
+from .run_dir import MADE_BY, STEP_COUNT, STEP_FIELDS, RunDirectory, StaleArtifact, prepare_run_dir  # noqa: F401
 from .sample import generate
 from .train import fit_autoencoder, fit_diffusion
-
-# The config fields each artifact depends on (besides the seed, which every step takes).
-STEP_FIELDS = {
-    "population": ("dataset", "model", "model_kwargs", "subset", "recipe", "epochs", "k", "lr", "subset_lr",
-                   "batch_size"),
-    "autoencoder": ("standardize", "autoencoder", "input_noise", "latent_noise", "ae_steps", "ae_lr",
-                    "ae_weight_decay"),
-    "diffusion": ("denoiser", "denoiser_channels", "shared_timestep", "diffusion_steps", "diffusion_lr",
-                  "diffusion_weight_decay", "diffusion_batch_size", "ema_decay"),
-    "generated": ("sampler", "sample_steps", "eta", "num_samples"),
-}
-MADE_BY = {"population": "collect", "autoencoder": "train", "diffusion": "train", "generated": "sample",
-           "report": "evaluate"}
-STEP_COUNT = {"autoencoder": "ae_steps", "diffusion": "diffusion_steps"}  # may grow on resume
-
-
-class StaleArtifact(ValueError):
-    """Files in the run directory that do not belong together."""
-
 
 def pick_device(name: str) -> torch.device:
     if name == "auto":
@@ -72,32 +41,16 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def prepare_run_dir(run_dir: Path) -> Path:
-    """Make the run directory (or check the one there) and clear temporaries a killed write left."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise NotADirectoryError(f"{run_dir}: the run directory is a file, not a directory")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(run_dir, os.W_OK | os.X_OK):
-        raise PermissionError(f"{run_dir}: the run directory is not writable")
-    clean_stale_temporaries(run_dir)
-    return run_dir
-
-
-class PDiff:
-    FILES = {
-        "config": "config.json", "population": "population.safetensors", "autoencoder": "autoencoder.safetensors",
-        "diffusion": "diffusion.safetensors", "generated": "generated.safetensors", "report": "report.json",
-        "table": "report.md", "timings": "timings.json",
-        "autoencoder_ckpt": "autoencoder.ckpt.safetensors", "diffusion_ckpt": "diffusion.ckpt.safetensors",
-    }
-
+class PDiff(RunDirectory):
     def __init__(self, config: Config | None = None, run_dir: str | Path = "runs/default",
                  model: nn.Module | None = None, data: data_lib.TensorData | None = None, progress: bool = True,
                  allow_stale: bool = False, log=print):
         self.config = (config or Config()).validate()
+        self.device = distributed.init(pick_device(self.config.device))  # under torchrun: join its group
         self.run_dir = prepare_run_dir(Path(run_dir))
-        self.device = pick_device(self.config.device)
-        self.progress, self.allow_stale, self.log = progress, allow_stale, log or (lambda *a: None)
+        main = distributed.is_main()  # progress and logs from rank 0 only
+        self.progress, self.allow_stale = progress and main, allow_stale
+        self.log = log if (log and main) else (lambda *a: None)
         self._user_model, self._data = model, data
         self.timings: dict[str, float] = {}
         if self.device.type == "cpu":
@@ -109,65 +62,6 @@ class PDiff:
     def from_run_dir(cls, run_dir, progress: bool = True, **overrides) -> "PDiff":
         cfg = Config.from_file(Path(run_dir) / cls.FILES["config"]).replace(**overrides)
         return cls(cfg, run_dir, progress=progress)
-
-    def path(self, what: str) -> Path:
-        return self.run_dir / self.FILES[what]
-
-    # --- provenance -----------------------------------------------------------------------
-    def _fields(self, artifact: str, **actual) -> dict:
-        cfg = {**self.config.to_dict(), **actual}
-        rec = {f: cfg[f] for f in STEP_FIELDS[artifact]}
-        if artifact == "diffusion":
-            rec["denoiser_channels"] = self.denoiser_channels()  # the resolved widths
-        rec["seed"] = cfg["seed"]
-        return rec
-
-    def _record(self, artifact: str, inputs: dict[str, str], **actual) -> dict:
-        return {"config": self._fields(artifact, **actual), "inputs": inputs}
-
-    def _check_settings(self, artifact: str, meta: dict) -> None:
-        """The artifact was made with the settings of this config (seed aside: a new seed is a new draw)."""
-        recorded = meta.get("config")
-        if recorded is None or self.allow_stale:
-            return
-        mine = self._fields(artifact)
-        for f in STEP_FIELDS[artifact]:
-            if f in recorded and recorded[f] != mine[f]:
-                raise StaleArtifact(
-                    f"{self.path(artifact).name} was made with {f}={recorded[f]!r} but the config says {f}={mine[f]!r}: "
-                    f"rerun `pdiff-fast {MADE_BY[artifact]}` to apply it, or leave {f} unchanged")
-
-    def _check_inputs(self, artifact: str, meta: dict, digests: dict[str, str | None]) -> None:
-        """Every input recorded by `artifact` that this step also reads is the file on disk now."""
-        if self.allow_stale:
-            return
-        for parent, recorded in meta.get("inputs", {}).items():
-            if parent in digests and digests[parent] is not None and recorded != digests[parent]:
-                raise StaleArtifact(
-                    f"{self.path(artifact).name} is stale: it was made from another {self.path(parent).name} than the "
-                    f"one in {self.run_dir}; rerun `pdiff-fast {MADE_BY[artifact]}` (or pass --allow-stale)")
-
-    def _load(self, artifact: str, digests: dict[str, str | None]) -> tuple[dict, dict, str | None]:
-        tensors, meta, digest = load_artifact(self.path(artifact))
-        self._check_inputs(artifact, meta, digests)
-        return tensors, meta, digest
-
-    def _save(self, artifact: str, tensors: dict, meta: dict, inputs: dict[str, str], **actual) -> str:
-        return save_tensors(self.path(artifact), tensors, {**meta, **self._record(artifact, inputs, **actual)})
-
-    def _update_config_json(self, artifact: str) -> None:
-        """config.json follows what is on disk: after a step saved `artifact`, its fields go in."""
-        path = self.path("config")
-        if artifact == "population" or not path.is_file():
-            save_json(path, self.config.to_dict())
-            return
-        try:
-            on_disk = read_config_file(path)
-        except ConfigError:
-            on_disk = {}
-        cfg = self.config.to_dict()
-        on_disk.update({f: cfg[f] for f in STEP_FIELDS[artifact]})
-        save_json(path, {**cfg, **on_disk})
 
     # --- pieces -------------------------------------------------------------------------
     @property
@@ -181,18 +75,6 @@ class PDiff:
             return copy.deepcopy(self._user_model)
         torch.manual_seed(self.config.seed)
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes, **self.config.model_kwargs)
-
-    def _timed(self, name, fn):
-        start = time.perf_counter()
-        out = fn()
-        self.timings[name] = time.perf_counter() - start
-        path = self.path("timings")
-        try:
-            old = load_json(path) if path.is_file() else {}
-        except ValueError:
-            old = {}
-        save_json(path, {**old, **self.timings})
-        return out
 
     def _population(self) -> tuple[Population, str | None]:
         pop = Population.load(self.path("population"))
@@ -240,6 +122,11 @@ class PDiff:
 
     # --- steps --------------------------------------------------------------------------
     def collect(self) -> Population:
+        """Under torchrun: rank 0 collects, the others read its population."""
+        pop = distributed.on_main(self._collect)
+        return pop if pop is not None else Population.load(self.path("population"))
+
+    def _collect(self) -> Population:
         c = self.config
         if c.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {c.recipe!r}; choose from {sorted(RECIPES)}")
@@ -260,56 +147,20 @@ class PDiff:
         self._update_config_json("population")
         return pop
 
-    def _checkpoint_state(self, artifact: str, inputs: dict, restart: bool):
-        """A compatible checkpoint's (tensors, meta), or None (and why, in the log)."""
-        path = self.path(f"{artifact}_ckpt")
-        if restart or not path.is_file():
-            return None
-        try:
-            meta, _ = read_meta(path)  # the header decides; the tensors are read only to resume
-        except ValueError as exc:
-            self.log(f"ignoring an unreadable checkpoint ({exc})")
-            return None
-        mine = self._fields(artifact)
-        rec = meta.get("config", {})
-        steps = STEP_COUNT[artifact]
-        same = {k: v for k, v in rec.items() if k != steps} == {k: v for k, v in mine.items() if k != steps}
-        if not same or meta.get("inputs") != inputs or meta.get("device") != self.device.type \
-                or meta.get("step", 0) > mine[steps]:
-            self.log(f"{path.name} was made from other inputs or settings; training {artifact} from the start")
-            return None
-        try:
-            tensors, meta, _ = load_artifact(path)
-        except ValueError as exc:
-            self.log(f"ignoring an unreadable checkpoint ({exc})")
-            return None
-        self.log(f"resuming {artifact} training from step {meta['step']} ({path.name})")
-        return tensors, meta
-
-    def _checkpointer(self, artifact: str, inputs: dict):
-        def save(tensors, meta):
-            save_tensors(self.path(f"{artifact}_ckpt"), tensors,
-                         {**meta, **self._record(artifact, inputs), "device": self.device.type})
-        return save
-
-    def _autoencoder_is_current(self, pop_digest) -> bool:
-        """The autoencoder on disk was trained from this population with these settings, and the
-        diffusion checkpoint was made from it (an interrupted `train`)."""
-        try:
-            ae, ckpt = read_meta(self.path("autoencoder")), read_meta(self.path("diffusion_ckpt"))
-        except ValueError:
-            return False
-        if ae is None or ckpt is None:
-            return False
-        (ae_meta, ae_digest), (ck_meta, _) = ae, ckpt
-        return (ae_meta.get("inputs", {}).get("population") == pop_digest
-                and ae_meta.get("config") == self._fields("autoencoder")
-                and ck_meta.get("inputs", {}).get("autoencoder") == ae_digest)
-
     def fit(self, only: str | None = None, restart: bool = False) -> tuple[ae_lib.ODEncoder2Decoder, dn_lib.EMA]:
-        """Train the autoencoder, then the diffusion model (`only="autoencoder"` / `"diffusion"`: one of them)."""
+        """Train the autoencoder, then the diffusion model (`only="autoencoder"` / `"diffusion"`: one of them).
+        Under torchrun: rank 0 trains, the others read the trained models."""
         if only not in (None, "autoencoder", "diffusion"):
             raise ValueError(f"fit: only must be 'autoencoder' or 'diffusion', not {only!r}")
+        models = distributed.on_main(lambda: self._fit(only, restart))
+        if models is not None:
+            return models
+        if only == "autoencoder":
+            pop, pop_digest = self._population()
+            return self._load_autoencoder(pop, pop_digest)[0], None
+        return self.load_models()[:2]
+
+    def _fit(self, only: str | None, restart: bool):
         pop, pop_digest = self._population()
         std = self.standardizer(pop)
         x = (std.transform(pop.params) if std else pop.params).to(self.device)
@@ -397,12 +248,16 @@ class PDiff:
         digests: dict = {}
         ae, model, std = self.load_models(digests)
         flat = self._timed("sample", lambda: generate(
-            ae, model.ema, self.scheduler(), n, device=self.device, seed=c.seed,
-            memory_budget_bytes=c.memory_budget_mb << 20, cuda_graph=c.cuda_graph, progress=self.progress))
+            ae, model.ema, self.scheduler(), n, device=self.device, seed=c.seed, grain=c.sample_grain,
+            memory_budget_bytes=c.memory_budget_mb << 20, cuda_graph=c.cuda_graph, progress=self.progress,
+            shard=True))
         if std is not None:
             flat = std.inverse(flat)
-        self._save("generated", {"params": flat}, {"n": n, "sampler": c.sampler}, digests, num_samples=n)
-        self._update_config_json("generated")
+
+        def write():
+            self._save("generated", {"params": flat}, {"n": n, "sampler": c.sampler}, digests, num_samples=n)
+            self._update_config_json("generated")
+        distributed.on_main(write)
         return flat
 
     def evaluate(self) -> dict:
@@ -415,14 +270,14 @@ class PDiff:
         d = self.data.to(self.device)
         report = self._timed("evaluate", lambda: evaluate(
             base, pop.spec, pop.params.to(self.device), gen_t["params"].to(self.device), d.x_test, d.y_test,
-            noise_sigmas=c.noise_sigmas, seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20))
+            noise_sigmas=c.noise_sigmas, seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20, shard=True))
         report["device"] = str(self.device)
         report["timings"] = dict(self.timings)
         report["inputs"] = {"population": pop_digest, "generated": gen_digest}
         report["settings"] = {"population": pop.meta.get("config"), "generated": gen_meta.get("config"),
                               "evaluate": {"noise_sigmas": c.noise_sigmas, "seed": c.seed}}
-        save_json(self.path("report"), report)
-        save_text(self.path("table"), format_table(report) + "\n")
+        distributed.on_main(lambda: (save_json(self.path("report"), report),
+                                     save_text(self.path("table"), format_table(report) + "\n")))
         return report
 
     def report(self) -> str:
@@ -437,7 +292,7 @@ class PDiff:
                 if now is not None and recorded != now:
                     raise StaleArtifact(f"{self.path('report').name} is stale: {self.path(name).name} changed since "
                                         "it was evaluated; rerun `pdiff-fast evaluate` (or pass --allow-stale)")
-        plot_report(report, self.run_dir)
+        distributed.on_main(lambda: plot_report(report, self.run_dir))
         return format_table(report)
 
     def run(self) -> dict:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import backend
+from . import backend, distributed
 from .diffusion import DDIMScheduler, DDPMScheduler
 
 _MASK64 = (1 << 64) - 1
@@ -145,13 +145,17 @@ def chunk_size_for(latent_numel: int, in_dim: int, budget_bytes: int, denoiser_w
 @torch.no_grad()
 def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMScheduler, n: int = 200, *,
              device=None, seed: int | None = 0, memory_budget_bytes: int = 1 << 30, chunk_size: int | None = None,
-             cuda_graph: bool = False, progress: bool = True, grain: int | None = None) -> torch.Tensor:
+             cuda_graph: bool = False, progress: bool = True, grain: int | None = None,
+             shard: bool = False) -> torch.Tensor:
     """Sample n parameter vectors: latents by diffusion, then the autoencoder's decoder. Returns (n, D).
 
     The same seed (and grain) gives the same n models whatever the chunk size or memory budget
     (seed=None draws one from torch's global RNG). Chunks are multiples of `grain` rows (default:
     256 on CPU, 1024 on CUDA, smaller only when the memory budget fits fewer models per chunk). cuda_graph=True (CUDA + Triton, DDPM): capture the whole loop once
     per chunk size and replay it.
+
+    shard=True, in a process group (pdiff_fast.distributed): each rank samples its own whole
+    grains of the n models and every rank returns all n, the same models as one process.
     """
     if n < 1:
         raise ValueError(f"generate: the number of samples must be at least 1, got {n}")
@@ -174,9 +178,10 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
             chunk_size = max(1, chunk_size // grain) * grain
     autoencoder.eval(), denoiser.eval()
     graphed: dict[int, GraphedLatentSampler] = {}
-    out = []
-    for start in tqdm(range(0, n, chunk_size), desc="generate", disable=not progress):
-        m = min(chunk_size, n - start)
+    first, stop = distributed.shard(n, grain) if shard else (0, n)
+    out = [torch.empty((0, autoencoder.in_dim), device=device)]  # a rank may get no grain
+    for start in tqdm(range(first, stop, chunk_size), desc="generate", disable=not progress):
+        m = min(chunk_size, stop - start)
         if cuda_graph:
             if m not in graphed:
                 graphed[m] = GraphedLatentSampler(denoiser, scheduler, m, latent_shape, device)
@@ -184,4 +189,5 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
         else:
             z = sample_latents(denoiser, scheduler, m, latent_shape, device, seed=seed, start=start, grain=grain)
         out.append(in_grains(autoencoder.decode, grain, z))
-    return torch.cat(out)  # (n, D)
+    flat = torch.cat(out)
+    return distributed.gather_rows(flat, n, grain) if shard else flat  # (n, D)

@@ -75,16 +75,15 @@ def test_recollect_then_evaluate_refuses_the_old_generated_models(run):
 
 
 def test_a_failed_save_between_the_two_models_is_caught(run, monkeypatch, capsys):
-    from pdiff_fast import pipeline
-
-    real = pipeline.save_tensors
+    run_dir = sys.modules["pdiff_fast.run_dir"]  # where PDiff's artifacts are saved
+    real = run_dir.save_tensors
 
     def no_space(path, *a, **k):
         if Path(path).name == "diffusion.safetensors":
             raise OSError(28, "No space left on device", str(path))
         return real(path, *a, **k)
 
-    monkeypatch.setattr(pipeline, "save_tensors", no_space)
+    monkeypatch.setattr(run_dir, "save_tensors", no_space)
     assert main(["train", "--run-dir", str(run), "--quiet", "--ae-steps", "41"]) == 2
     assert "No space left on device" in capsys.readouterr().err
     monkeypatch.undo()

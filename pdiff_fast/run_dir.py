@@ -1,0 +1,189 @@
+"""The run directory: where every artifact of a run lands, and why its files can be trusted.
+
+What a run directory guarantees:
+- Provenance. Each artifact records the config fields its step used (`config` in its metadata)
+  and the digests of the artifacts it was made from (`inputs`). A step checks that the files it
+  reads belong together and were made with the settings it is given, and refuses otherwise,
+  naming the stale file and the step to rerun (`allow_stale=True` / `--allow-stale` overrides).
+- config.json describes what is on disk: `collect` writes it, `train` and `sample` update their
+  own fields after their artifacts are saved; `evaluate` and `report` never change it.
+- Checkpoints. Training saves resumable state (`autoencoder.ckpt.safetensors`,
+  `diffusion.ckpt.safetensors`) every `checkpoint_every` steps; `fit()` resumes from a
+  checkpoint made from the same inputs and settings, to the same result as an uninterrupted
+  run (bitwise on CPU), unless `restart=True`. The autoencoder is saved as soon as it is
+  trained; if the diffusion checkpoint was made from it, it is kept and only diffusion resumes.
+- Many processes (torchrun): rank 0 alone cleans and writes the directory; the others wait for
+  it at a barrier (pdiff_fast.distributed).
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from . import distributed
+from .config import ConfigError, read_config_file
+from .io import (clean_stale_temporaries, load_artifact, load_json, read_meta, save_json,
+                 save_tensors)
+
+# The config fields each artifact depends on (besides the seed, which every step takes).
+STEP_FIELDS = {
+    "population": ("dataset", "model", "model_kwargs", "subset", "recipe", "epochs", "k", "lr", "subset_lr",
+                   "batch_size"),
+    "autoencoder": ("standardize", "autoencoder", "input_noise", "latent_noise", "ae_steps", "ae_lr",
+                    "ae_weight_decay"),
+    "diffusion": ("denoiser", "denoiser_channels", "shared_timestep", "diffusion_steps", "diffusion_lr",
+                  "diffusion_weight_decay", "diffusion_batch_size", "ema_decay"),
+    "generated": ("sampler", "sample_steps", "eta", "num_samples", "sample_grain"),
+}
+MADE_BY = {"population": "collect", "autoencoder": "train", "diffusion": "train", "generated": "sample",
+           "report": "evaluate"}
+STEP_COUNT = {"autoencoder": "ae_steps", "diffusion": "diffusion_steps"}  # may grow on resume
+
+
+class StaleArtifact(ValueError):
+    """Files in the run directory that do not belong together."""
+
+
+def prepare_run_dir(run_dir: Path) -> Path:
+    """Make the run directory (or check the one there) and clear temporaries a killed write left
+    (rank 0 only: another rank's clean-up could remove a file rank 0 is writing)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise NotADirectoryError(f"{run_dir}: the run directory is a file, not a directory")
+    if distributed.is_main():
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if not os.access(run_dir, os.W_OK | os.X_OK):
+            raise PermissionError(f"{run_dir}: the run directory is not writable")
+        clean_stale_temporaries(run_dir)
+    distributed.barrier()
+    return run_dir
+
+
+class RunDirectory:
+    """The provenance, checkpoint and file-writing half of PDiff (which sets config, run_dir,
+    device, allow_stale, log and timings, and defines denoiser_channels())."""
+    FILES = {
+        "config": "config.json", "population": "population.safetensors", "autoencoder": "autoencoder.safetensors",
+        "diffusion": "diffusion.safetensors", "generated": "generated.safetensors", "report": "report.json",
+        "table": "report.md", "timings": "timings.json",
+        "autoencoder_ckpt": "autoencoder.ckpt.safetensors", "diffusion_ckpt": "diffusion.ckpt.safetensors",
+    }
+
+    def path(self, what: str) -> Path:
+        return self.run_dir / self.FILES[what]
+
+    # --- provenance -----------------------------------------------------------------------
+    def _fields(self, artifact: str, **actual) -> dict:
+        cfg = {**self.config.to_dict(), **actual}
+        rec = {f: cfg[f] for f in STEP_FIELDS[artifact]}
+        if artifact == "diffusion":
+            rec["denoiser_channels"] = self.denoiser_channels()  # the resolved widths
+        rec["seed"] = cfg["seed"]
+        return rec
+
+    def _record(self, artifact: str, inputs: dict[str, str], **actual) -> dict:
+        return {"config": self._fields(artifact, **actual), "inputs": inputs}
+
+    def _check_settings(self, artifact: str, meta: dict) -> None:
+        """The artifact was made with the settings of this config (seed aside: a new seed is a new draw)."""
+        recorded = meta.get("config")
+        if recorded is None or self.allow_stale:
+            return
+        mine = self._fields(artifact)
+        for f in STEP_FIELDS[artifact]:
+            if f in recorded and recorded[f] != mine[f]:
+                raise StaleArtifact(
+                    f"{self.path(artifact).name} was made with {f}={recorded[f]!r} but the config says {f}={mine[f]!r}: "
+                    f"rerun `pdiff-fast {MADE_BY[artifact]}` to apply it, or leave {f} unchanged")
+
+    def _check_inputs(self, artifact: str, meta: dict, digests: dict[str, str | None]) -> None:
+        """Every input recorded by `artifact` that this step also reads is the file on disk now."""
+        if self.allow_stale:
+            return
+        for parent, recorded in meta.get("inputs", {}).items():
+            if parent in digests and digests[parent] is not None and recorded != digests[parent]:
+                raise StaleArtifact(
+                    f"{self.path(artifact).name} is stale: it was made from another {self.path(parent).name} than the "
+                    f"one in {self.run_dir}; rerun `pdiff-fast {MADE_BY[artifact]}` (or pass --allow-stale)")
+
+    def _load(self, artifact: str, digests: dict[str, str | None]) -> tuple[dict, dict, str | None]:
+        tensors, meta, digest = load_artifact(self.path(artifact))
+        self._check_inputs(artifact, meta, digests)
+        return tensors, meta, digest
+
+    def _save(self, artifact: str, tensors: dict, meta: dict, inputs: dict[str, str], **actual) -> str:
+        return save_tensors(self.path(artifact), tensors, {**meta, **self._record(artifact, inputs, **actual)})
+
+    def _update_config_json(self, artifact: str) -> None:
+        """config.json follows what is on disk: after a step saved `artifact`, its fields go in."""
+        path = self.path("config")
+        if artifact == "population" or not path.is_file():
+            save_json(path, self.config.to_dict())
+            return
+        try:
+            on_disk = read_config_file(path)
+        except ConfigError:
+            on_disk = {}
+        cfg = self.config.to_dict()
+        on_disk.update({f: cfg[f] for f in STEP_FIELDS[artifact]})
+        save_json(path, {**cfg, **on_disk})
+
+    def _timed(self, name, fn):
+        start = time.perf_counter()
+        out = fn()
+        self.timings[name] = time.perf_counter() - start
+        if not distributed.is_main():
+            return out
+        path = self.path("timings")
+        try:
+            old = load_json(path) if path.is_file() else {}
+        except ValueError:
+            old = {}
+        save_json(path, {**old, **self.timings})
+        return out
+
+    def _checkpoint_state(self, artifact: str, inputs: dict, restart: bool):
+        """A compatible checkpoint's (tensors, meta), or None (and why, in the log)."""
+        path = self.path(f"{artifact}_ckpt")
+        if restart or not path.is_file():
+            return None
+        try:
+            meta, _ = read_meta(path)  # the header decides; the tensors are read only to resume
+        except ValueError as exc:
+            self.log(f"ignoring an unreadable checkpoint ({exc})")
+            return None
+        mine = self._fields(artifact)
+        rec = meta.get("config", {})
+        steps = STEP_COUNT[artifact]
+        same = {k: v for k, v in rec.items() if k != steps} == {k: v for k, v in mine.items() if k != steps}
+        if not same or meta.get("inputs") != inputs or meta.get("device") != self.device.type \
+                or meta.get("step", 0) > mine[steps]:
+            self.log(f"{path.name} was made from other inputs or settings; training {artifact} from the start")
+            return None
+        try:
+            tensors, meta, _ = load_artifact(path)
+        except ValueError as exc:
+            self.log(f"ignoring an unreadable checkpoint ({exc})")
+            return None
+        self.log(f"resuming {artifact} training from step {meta['step']} ({path.name})")
+        return tensors, meta
+
+    def _checkpointer(self, artifact: str, inputs: dict):
+        def save(tensors, meta):
+            save_tensors(self.path(f"{artifact}_ckpt"), tensors,
+                         {**meta, **self._record(artifact, inputs), "device": self.device.type})
+        return save
+
+    def _autoencoder_is_current(self, pop_digest) -> bool:
+        """The autoencoder on disk was trained from this population with these settings, and the
+        diffusion checkpoint was made from it (an interrupted `train`)."""
+        try:
+            ae, ckpt = read_meta(self.path("autoencoder")), read_meta(self.path("diffusion_ckpt"))
+        except ValueError:
+            return False
+        if ae is None or ckpt is None:
+            return False
+        (ae_meta, ae_digest), (ck_meta, _) = ae, ckpt
+        return (ae_meta.get("inputs", {}).get("population") == pop_digest
+                and ae_meta.get("config") == self._fields("autoencoder")
+                and ck_meta.get("inputs", {}).get("autoencoder") == ae_digest)

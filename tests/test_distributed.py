@@ -1,0 +1,158 @@
+"""Many processes give the results of one: real 2-process jobs on CPU with gloo.
+
+The API tests start their processes with torch.multiprocessing (each joins through
+pdiff_fast.distributed.init, as under torchrun); the CLI test runs `torchrun --standalone
+--nproc_per_node=2 -m pdiff_fast run` and compares with one process.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from pdiff_fast import distributed
+from pdiff_fast.autoencoder import small
+from pdiff_fast.cli import main
+from pdiff_fast.denoiser import AE_CNN_bottleneck
+from pdiff_fast.diffusion import DDIMScheduler
+from pdiff_fast.evaluate import evaluate
+from pdiff_fast.io import load_artifact
+from pdiff_fast.params import ParamSpec
+from pdiff_fast.sample import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+WORLD = 2
+
+
+@pytest.mark.parametrize("n", [0, 1, 5, 11, 64])
+@pytest.mark.parametrize("block", [1, 2, 4])
+@pytest.mark.parametrize("world", [1, 2, 3, 8])
+def test_shard_deals_whole_blocks_in_order(n, block, world):
+    spans = [distributed.shard(n, block, rank_=r, world=world) for r in range(world)]
+    assert spans[0][0] == 0 and spans[-1][1] == n
+    for (a0, b0), (a1, _) in zip(spans, spans[1:]):
+        assert b0 == a1  # contiguous, in rank order
+    for a, b in spans:
+        assert a <= b and a % block == 0 and (b % block == 0 or b == n)
+    sizes = [-(-(b - a) // block) for a, b in spans]  # blocks per rank
+    assert max(sizes) - min(sizes) <= 1
+
+
+def test_one_process_helpers_are_identities():
+    t = torch.arange(6).view(3, 2)
+    assert not distributed.active() and distributed.rank() == 0 and distributed.world_size() == 1
+    assert distributed.gather_rows(t, 3) is t and distributed.sum_int(4) == 4
+    assert distributed.on_main(lambda: 7) == 7
+    assert distributed.init(torch.device("cpu")) == torch.device("cpu")  # no WORLD_SIZE: nothing to join
+
+
+# --- API: the same models and the same report as one process ---------------------------------
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _join(rank: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(WORLD))
+    torch.set_num_threads(1)
+    distributed.init(torch.device("cpu"))
+    assert distributed.active() and distributed.rank() == rank
+
+
+def _sampling_models():
+    torch.manual_seed(0)
+    ae = small(150).eval()
+    den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[4, 4, 8, 8]).eval()
+    return ae, den
+
+
+def _generate(shard: bool) -> torch.Tensor:
+    ae, den = _sampling_models()
+    return generate(ae, den, DDIMScheduler(6, eta=0.5), 11, device="cpu", seed=7, grain=2, chunk_size=2,
+                    progress=False, shard=shard)
+
+
+def _evaluation_case():
+    """A BatchNorm MLP, its last norm layer as the subset, 5 originals, 9 'generated' rows."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(8, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3)).eval()
+    model[1].running_var.uniform_(0.5, 2)
+    spec = ParamSpec.from_model(model, "last-1-norm-layers")
+    base = torch.cat([p.detach().reshape(-1) for p in model[1].parameters()])
+    original = base + 0.3 * torch.randn(5, spec.dim)
+    generated = base + 0.6 * torch.randn(9, spec.dim)
+    generated[4, 0] = float("nan")  # a non-finite model is gathered as such
+    x, y = torch.randn(70, 8), torch.randint(0, 3, (70,))
+    return model, spec, original, generated, x, y
+
+
+def _evaluate(shard: bool) -> dict:
+    model, spec, original, generated, x, y = _evaluation_case()
+    return evaluate(model, spec, original, generated, x, y, noise_sigmas=[0.05], seed=3,
+                    memory_budget_bytes=1 << 20, shard=shard)
+
+
+def _worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    flat = _generate(shard=True)
+    report = _evaluate(shard=True)
+    if rank == 0:
+        save_file({"flat": flat}, out + ".safetensors")
+        Path(out + ".json").write_text(json.dumps(report))
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_two_processes_sample_and_evaluate_as_one(tmp_path):
+    out = str(tmp_path / "rank0")
+    mp.spawn(_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    assert torch.equal(load_file(out + ".safetensors")["flat"], _generate(shard=False))  # bitwise
+    one = _evaluate(shard=False)
+    assert json.loads(Path(out + ".json").read_text()) == json.loads(json.dumps(one))
+    assert one["generated_nonfinite"] == 1
+
+
+# --- CLI: torchrun end to end, then the same steps in one process -----------------------------
+
+TINY = {
+    "dataset": "digits", "model": "mlp", "epochs": 2, "k": 10, "ae_steps": 30, "diffusion_steps": 30,
+    "denoiser_channels": [4, 4, 8, 8], "sampler": "ddim", "sample_steps": 4, "num_samples": 7,
+    "sample_grain": 2, "noise_sigmas": [0.05], "recipe": "v2",
+}
+
+
+def _pdiff(*args, torchrun: bool = False) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}"] \
+        if torchrun else [sys.executable]
+    return subprocess.run([*launcher, "-m", "pdiff_fast", *map(str, args), "--quiet"], capture_output=True,
+                          text=True, timeout=600, env=env)
+
+
+def test_torchrun_runs_the_pipeline_and_matches_one_process(tmp_path):
+    (tmp_path / "cfg.json").write_text(json.dumps(TINY))
+    both = tmp_path / "two"
+    proc = _pdiff("run", "--run-dir", both, "--config", tmp_path / "cfg.json", torchrun=True)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("generated 7 parameter sets") == 1  # output from rank 0 only
+    one = tmp_path / "one"
+    shutil.copytree(both, one)
+    for step in ("sample", "evaluate"):
+        assert main([step, "--run-dir", str(one), "--quiet"]) == 0
+    gen_two, gen_one = (load_artifact(d / "generated.safetensors")[0]["params"] for d in (both, one))
+    assert torch.equal(gen_two, gen_one)
+    reports = [json.loads((d / "report.json").read_text()) for d in (both, one)]
+    for r in reports:
+        r.pop("timings")
+    assert reports[0] == reports[1]
+    assert not list(both.glob("*.tmp*")) and (both / "accuracy_distribution.png").is_file()
