@@ -111,8 +111,7 @@ def make_net(cfg: BenchConfig, device) -> tuple[torch.nn.Module, list[str]]:
 def mnist1d_cnn() -> torch.nn.Module:
     """The small MNIST-1D CNN (inputs (1, 40)) of the population and flatten_params benchmarks:
     Conv1d(1,16,5)-BN-ReLU-Conv1d(16,32,3)-BN-ReLU-AvgPool-Flatten-Linear(32,10). Not the zoo's
-    cnn1d (pdiff_fast.models, other widths and strides); tests/test_population.py writes the same
-    model for its tests, which do not import from benchmarks/."""
+    cnn1d (pdiff_fast.models, other widths and strides); tests/test_population.py tests with it too."""
     nn = torch.nn
     return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
                          nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))

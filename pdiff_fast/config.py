@@ -19,6 +19,8 @@ class Config:
     recipe: str = "v2"  # v2: K checkpoints within one epoch of subset fine-tuning (fast); "v1": one per epoch
     epochs: int = 10  # base training epochs; MNIST-1D's CNN reaches ~97% test accuracy in this many
     k: int = 200  # checkpoints, as the paper
+    trajectories: int = 1  # independent subset-training runs from the base model (seeds seed+1, seed+2, ...),
+    # sharing the k checkpoints; torchrun ranks split them
     lr: float = 0.1  # reference SGD: lr 0.1, momentum 0.9, wd 5e-4
     subset_lr: float = 0.01  # subset training stays near the base optimum
     batch_size: int = 128
@@ -195,6 +197,7 @@ CHECKS = {
     "recipe": _choice("v1", "v2"),
     "epochs": _int(1),
     "k": _int(1),
+    "trajectories": _int(1),
     "lr": _num(0, lo_open=True),
     "subset_lr": _num(0, lo_open=True),
     "batch_size": _int(1),

@@ -17,6 +17,7 @@ writes every file; the other ranks wait at a barrier until it is written.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 
 import torch
@@ -73,35 +74,77 @@ def shard(n: int, block: int = 1, *, rank_: int | None = None, world: int | None
     return min(n, first * block), min(n, last * block)
 
 
-def _comm_device(t: torch.Tensor) -> torch.device:
+def _comm_device(t: torch.Tensor | None = None) -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
-def gather_rows(t: torch.Tensor, n: int, block: int = 1) -> torch.Tensor:
-    """Every rank's rows shard(n, block) of a tensor (rows [start, stop) of this rank in `t`,
-    shape (stop - start, ...)) put together in order on every rank: (n, ...) on t's device."""
+def gather_rows(t: torch.Tensor, n: int | None = None, block: int = 1) -> torch.Tensor:
+    """Every rank's rows of a tensor put together in rank order, on every rank, on t's device.
+    With n: rank r holds rows shard(n, block) (no sizes exchanged); without: any number of rows
+    each (their counts are gathered first). Trailing dims and dtype must agree across ranks."""
     if not active():
         return t
     w = world_size()
-    spans = [shard(n, block, rank_=r, world=w) for r in range(w)]
-    longest = max(stop - start for start, stop in spans)
+    if n is not None:
+        counts = [stop - start for start, stop in (shard(n, block, rank_=r, world=w) for r in range(w))]
+    else:
+        counts = _all_ints(t.shape[0])
+    longest = max(counts)
     as_bool = t.dtype == torch.bool  # gloo and NCCL move bytes; bool travels as uint8
     padded = torch.zeros((longest, *t.shape[1:]), dtype=torch.uint8 if as_bool else t.dtype,
                          device=_comm_device(t))
     padded[:t.shape[0]] = t.to(padded.device, padded.dtype)
     parts = [torch.empty_like(padded) for _ in range(w)]
     dist.all_gather(parts, padded)
-    out = torch.cat([p[:stop - start] for p, (start, stop) in zip(parts, spans)])
+    out = torch.cat([p[:c] for p, c in zip(parts, counts)])
     return out.to(t.device, torch.bool if as_bool else t.dtype)
+
+
+def _all_ints(value: int) -> list[int]:
+    """Each rank's value of an int, in rank order."""
+    mine = torch.tensor([value], dtype=torch.int64, device=_comm_device(torch.empty(0)))
+    parts = [torch.empty_like(mine) for _ in range(world_size())]
+    dist.all_gather(parts, mine)
+    return [int(p.item()) for p in parts]
+
+
+def broadcast_json(obj=None):
+    """Rank 0's JSON-able `obj` (a digest, a list of numbers) on every rank; the other ranks'
+    arguments are ignored. JSON, not pickle, crosses the wire."""
+    if not active():
+        return obj
+    dev = _comm_device()
+    data = json.dumps(obj).encode() if is_main() else b""
+    size = torch.tensor([len(data)], dtype=torch.int64, device=dev)
+    dist.broadcast(size, src=0)
+    buf = torch.frombuffer(bytearray(data), dtype=torch.uint8).to(dev) if is_main() \
+        else torch.empty(int(size.item()), dtype=torch.uint8, device=dev)
+    dist.broadcast(buf, src=0)
+    return json.loads(bytes(buf.cpu().tolist()).decode())
+
+
+def broadcast_tensors(tensors: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Rank 0's dict of tensors (e.g. a state dict) on every rank, each on its rank-0 device type
+    (cpu, or this rank's GPU)."""
+    if not active():
+        return tensors
+    header = broadcast_json([[k, list(v.shape), str(v.dtype).removeprefix("torch."), v.device.type]
+                             for k, v in tensors.items()] if is_main() else None)
+    out = {}
+    dev = _comm_device()
+    for name, shape, dtype, device_type in header:
+        t = tensors[name].to(dev) if is_main() else torch.empty(shape, dtype=getattr(torch, dtype), device=dev)
+        as_bool = t.dtype == torch.bool
+        t = t.to(torch.uint8) if as_bool else t.contiguous()
+        dist.broadcast(t, src=0)
+        t = t.bool() if as_bool else t
+        out[name] = t.cpu() if device_type == "cpu" else t.to(torch.device("cuda", torch.cuda.current_device()))
+    return tensors if is_main() else out
 
 
 def sum_int(value: int) -> int:
     """The sum of an int over the ranks."""
-    if not active():
-        return value
-    t = torch.tensor([value], dtype=torch.int64, device=_comm_device(torch.empty(0)))
-    dist.all_reduce(t)
-    return int(t.item())
+    return sum(_all_ints(value)) if active() else value
 
 
 def on_main(write):

@@ -70,6 +70,33 @@ def _join(rank: int, port: int) -> None:
     assert distributed.active() and distributed.rank() == rank
 
 
+def _helpers_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    mine = torch.arange(3 * rank, dtype=torch.float64).view(-1, 1).expand(-1, 2) + 100 * rank  # 0 rows, 3 rows
+    got = {
+        "varying": distributed.gather_rows(mine),
+        "blocks": distributed.gather_rows(torch.full((distributed.shard(5, 2)[1] - distributed.shard(5, 2)[0],),
+                                                     rank, dtype=torch.bool), 5, 2),
+        **distributed.broadcast_tensors({"w": torch.randn(2, 3), "steps": torch.tensor(7 + rank),
+                                         "mask": torch.tensor([True, False])}),
+    }
+    assert distributed.broadcast_json({"digest": f"abc{rank}", "n": [1, 2]}) == {"digest": "abc0", "n": [1, 2]}
+    assert distributed.sum_int(rank + 1) == 3
+    save_file({k: v.contiguous() for k, v in got.items()}, f"{out}.{rank}.safetensors")
+
+
+def test_gather_and_broadcast_across_two_processes(tmp_path):
+    out = str(tmp_path / "helpers")
+    mp.spawn(_helpers_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    r0, r1 = (load_file(f"{out}.{r}.safetensors") for r in range(WORLD))
+    for r in (r0, r1):  # every rank holds the same result
+        assert torch.equal(r["varying"], torch.tensor([[100.0, 100.0], [101.0, 101.0], [102.0, 102.0]],
+                                                      dtype=torch.float64))
+        assert r["blocks"].tolist() == [False, False, True, True, True]  # rank 0: 1 block, rank 1: 2
+        assert r["steps"].item() == 7 and r["mask"].tolist() == [True, False]
+    assert torch.equal(r0["w"], r1["w"])
+
+
 def _sampling_models():
     torch.manual_seed(0)
     ae = small(150).eval()

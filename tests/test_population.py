@@ -4,8 +4,8 @@ tiny memory budget, non-finite models, the recheck of close calls, the IoU of th
 bitsets. The ops it runs on have their own tests: tests/ops/test_iou_matrix.py (bitsets, IoU
 extension vs torch reference) and tests/ops/test_norm_affine_act.py (the fused norm affine).
 
-Models (written here, independent of the zoo): a 1D CNN with BatchNorm1d for MNIST-1D-like
-inputs (1, 40); an MLP with LayerNorm whose forward is a chain of attributes (not an
+Models (independent of the zoo): a 1D CNN with BatchNorm1d for MNIST-1D-like inputs (1, 40),
+the population benchmarks' (benchmarks/common.py); an MLP with LayerNorm whose forward is a chain of attributes (not an
 nn.Sequential); a CNN whose generated subset is a conv in the middle; a model that is not a
 chain (runs whole under vmap).
 """
@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from benchmarks.common import mnist1d_cnn as cnn1d  # the one definition, shared with the benchmarks
 from pdiff_fast import backend
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.population import (
@@ -32,9 +33,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftes
 
 # --- models ---------------------------------------------------------------------------------
 
-def cnn1d():  # MNIST-1D-like: (n, 1, 40) -> 10 classes
-    return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
-                         nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))
 
 
 class MLPLayerNorm(nn.Module):
