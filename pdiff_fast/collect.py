@@ -5,6 +5,19 @@ everything but the subset and keep training it, saving one vector per epoch, K t
 v2 (reference `develop`): fine-tune only the subset for one epoch and save K vectors spread
 evenly over it.
 
+Trajectories: the base model is trained once; then `trajectories` (T) independent subset runs
+start from it, run j with a fresh copy of the base model, a fresh optimizer and its own data
+order (generator seed `seed + 1 + j`), and share the K checkpoints: run j takes
+K // T + (1 if j < K % T else 0) of them (v1: that many epochs; v2: that many spread over its one
+epoch, every run at the batch size the largest share needs). T = 1 is the single run of before,
+bit for bit. Each checkpoint's provenance is kept: `Population.trajectory` (j) and
+`Population.step` (v1: the epoch, v2: the subset-training step, counted within its run, from 0).
+
+Under torchrun (pdiff_fast.distributed) rank 0 trains the base model and broadcasts it; the ranks
+split the trajectories (whole runs, `distributed.shard(T)`) and gather the checkpoints in
+trajectory order, so the population depends on the config only, never on the world size (bitwise
+on CPU), and every rank returns it. Progress bars show on rank 0 only.
+
 Norm layers stay in eval mode while the subset trains, so their running statistics remain the
 base model's: every checkpoint (and every generated model) is evaluated with the same ones.
 """
@@ -18,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import distributed
 from .data import TensorData
 from .params import ParamSpec
 
@@ -30,18 +44,33 @@ class Population:
     accuracy: torch.Tensor  # (K,) test accuracy in percent
     spec: ParamSpec
     base_state: dict[str, torch.Tensor]  # the base model's full state dict
-    meta: dict = field(default_factory=dict)  # recipe, dataset, model name and arguments
+    meta: dict = field(default_factory=dict)  # recipe, dataset, model name and arguments, trajectories
+    # provenance, int64 (K,): the subset-training run each checkpoint comes from, and its step in
+    # that run (v1: epoch, v2: subset-training step). None: one run, checkpoints 0..K-1.
+    trajectory: torch.Tensor | None = None
+    step: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.params.dim() != 2 or self.params.shape[1] != self.spec.dim:
             raise ValueError(f"population params must be (K, {self.spec.dim}), got {tuple(self.params.shape)}")
-        if self.accuracy.shape != (self.params.shape[0],):
+        n = self.params.shape[0]
+        if self.accuracy.shape != (n,):
             raise ValueError("population: one accuracy per checkpoint is needed")
+        if self.trajectory is None:
+            self.trajectory = torch.zeros(n, dtype=torch.int64)
+        if self.step is None:
+            self.step = torch.arange(n, dtype=torch.int64)
+        for name in ("trajectory", "step"):
+            t = getattr(self, name)
+            if t.shape != (n,) or t.dtype != torch.int64:
+                raise ValueError(f"population: {name} must be int64 of shape ({n},), "
+                                 f"got {t.dtype} {tuple(t.shape)}")
 
     def save(self, path) -> None:
         from .io import save_tensors
 
-        tensors = {"params": self.params, "accuracy": self.accuracy}
+        tensors = {"params": self.params, "accuracy": self.accuracy,
+                   "trajectory": self.trajectory, "step": self.step}
         tensors.update({f"base.{k}": v for k, v in self.base_state.items()})
         save_tensors(path, tensors, {"spec": self.spec.to_dict(), **self.meta})
 
@@ -54,7 +83,10 @@ class Population:
             raise ValueError(f"{path}: not a pdiff_fast population file (missing params, accuracy or spec)")
         spec = ParamSpec.from_dict(meta.pop("spec"))
         base = {k[5:]: v for k, v in t.items() if k.startswith("base.")}
-        return cls(t["params"], t["accuracy"], spec, base, meta)
+        # Files written before provenance was recorded hold one run: __post_init__ fills
+        # trajectory = 0 and step = arange(K) (exact for v1; for v2 the checkpoint's index, not
+        # the subset-training step it was taken at).
+        return cls(t["params"], t["accuracy"], spec, base, meta, t.get("trajectory"), t.get("step"))
 
 
 @torch.no_grad()
@@ -114,62 +146,128 @@ def _subset_params(model: nn.Module, spec: ParamSpec) -> list[nn.Parameter]:
     return [p for name, p in model.named_parameters() if name in chosen]
 
 
-def _train_base_state(model, data, spec, k, epochs, lr, batch_size, seed, progress) -> dict[str, torch.Tensor]:
-    """Check the arguments, train the whole model, and return a copy of its state (the base)."""
+def _shares(k: int, trajectories: int) -> list[int]:
+    """Checkpoints per trajectory: k // T each, one more for the first k % T."""
     if k < 1:
         raise ValueError("collect: k must be at least 1")
+    if isinstance(trajectories, bool) or not isinstance(trajectories, int) or trajectories < 1:
+        raise ValueError(f"collect: trajectories must be a positive int, got {trajectories!r}")
+    if k < trajectories:
+        raise ValueError(f"collect: k = {k} checkpoints cannot be shared by trajectories = {trajectories} "
+                         f"runs (each needs at least one: k >= trajectories)")
+    return [k // trajectories + (1 if j < k % trajectories else 0) for j in range(trajectories)]
+
+
+def _progress(progress: bool) -> bool:
+    return progress and distributed.is_main()
+
+
+def _train_base_state(model, data, spec, epochs, lr, batch_size, seed, progress) -> dict[str, torch.Tensor]:
+    """Train the whole model once (under torchrun: on rank 0, then its state is broadcast and
+    loaded on every rank, so `model` ends the same everywhere) and return a copy of its state."""
     spec.check(model)
-    train_base(model, data, epochs, lr, batch_size, seed, progress)
-    return {n: t.detach().clone() for n, t in model.state_dict().items()}
+    if not distributed.active():
+        train_base(model, data, epochs, lr, batch_size, seed, progress)
+        return {n: t.detach().clone() for n, t in model.state_dict().items()}
+    state, error = None, None
+    if distributed.is_main():
+        try:
+            train_base(model, data, epochs, lr, batch_size, seed, progress)
+            state = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        except Exception as e:  # the other ranks wait on the broadcast: tell them, then raise
+            error = f"{type(e).__name__}: {e}"
+            distributed.broadcast_json(error)
+            raise
+    error = distributed.broadcast_json(error)
+    if error is not None:
+        raise RuntimeError(f"collect: rank 0 failed to train the base model ({error})")
+    state = distributed.broadcast_tensors(state)
+    if not distributed.is_main():
+        model.load_state_dict(state)
+        model.eval()
+    return {n: t.detach().clone() for n, t in state.items()}
+
+
+def _collect(model: nn.Module, data: TensorData, spec: ParamSpec, shares: list[int], run, lr: float,
+             subset_lr: float | None, seed: int, desc: str, progress: bool):
+    """This rank's trajectories (distributed.shard), each from a fresh copy of the base `model`
+    with a fresh optimizer and generator seed + 1 + j; `run(model, opt, gen, n, save)` trains one
+    and calls save(step) n times. Returns (params, accuracy, trajectory, step), gathered in
+    trajectory order on every rank."""
+    start, stop = distributed.shard(len(shares))
+    device = next(iter(model.parameters())).device
+    rows, accs, traj, steps = [], [], [], []
+    bar = tqdm(total=sum(shares[start:stop]), desc=desc, disable=not _progress(progress))
+    for j in range(start, stop):
+        run_model = copy.deepcopy(model)
+        gen = torch.Generator().manual_seed(seed + 1 + j)
+        opt = _sgd(_subset_params(run_model, spec), subset_lr if subset_lr is not None else lr * 0.1)
+
+        def save(step, j=j, run_model=run_model):
+            rows.append(spec.flatten([run_model])[0])
+            accs.append(accuracy(run_model, data.x_test, data.y_test))
+            traj.append(j)
+            steps.append(step)
+            bar.update(1)
+
+        run(run_model, opt, gen, shares[j], save)
+        del run_model, opt
+    bar.close()
+    params = torch.stack(rows) if rows else torch.empty(0, spec.dim, dtype=torch.float32, device=device)
+    acc = torch.tensor(accs) if accs else torch.empty(0, dtype=torch.float32)
+    provenance = torch.tensor([traj, steps], dtype=torch.int64).reshape(2, -1).T.contiguous()
+    params, acc, provenance = (distributed.gather_rows(t) for t in (params, acc, provenance))
+    return params, acc, provenance[:, 0].contiguous(), provenance[:, 1].contiguous()
 
 
 def collect_v1(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: int = 30, k: int = 200,
                lr: float = 0.1, subset_lr: float | None = None, batch_size: int = 128, seed: int = 0,
-               progress: bool = True) -> Population:
-    """Train the whole model, then train only the subset for `k` epochs, one checkpoint per epoch."""
-    base_state = _train_base_state(model, data, spec, k, epochs, lr, batch_size, seed, progress)
-    gen = torch.Generator().manual_seed(seed + 1)
-    opt = _sgd(_subset_params(model, spec), subset_lr if subset_lr is not None else lr * 0.1)
-    rows, accs = [], []
-    for _ in tqdm(range(k), desc="collect v1 checkpoints", disable=not progress):
-        _epoch(model, opt, data, batch_size, gen, freeze_norm=True)
-        rows.append(spec.flatten([model])[0])
-        accs.append(accuracy(model, data.x_test, data.y_test))
-    for p in model.parameters():
-        p.requires_grad_(True)
-    meta = {"recipe": "v1", "epochs": epochs, "k": k, "lr": lr, "batch_size": batch_size, "seed": seed}
-    return Population(torch.stack(rows), torch.tensor(accs), spec, base_state, meta)
+               trajectories: int = 1, progress: bool = True) -> Population:
+    """Train the whole model, then train only the subset, one checkpoint per epoch: `trajectories`
+    independent runs share the `k` checkpoints (epochs). `model` is left in the base state."""
+    shares = _shares(k, trajectories)
+    base_state = _train_base_state(model, data, spec, epochs, lr, batch_size, seed, _progress(progress))
+
+    def run(run_model, opt, gen, n, save):
+        for epoch in range(n):
+            _epoch(run_model, opt, data, batch_size, gen, freeze_norm=True)
+            save(epoch)
+
+    params, acc, traj, step = _collect(model, data, spec, shares, run, lr, subset_lr, seed,
+                                       "collect v1 checkpoints", progress)
+    meta = {"recipe": "v1", "epochs": epochs, "k": k, "lr": lr, "batch_size": batch_size, "seed": seed,
+            "trajectories": trajectories}
+    return Population(params, acc, spec, base_state, meta, traj, step)
 
 
 def collect_v2(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: int = 30, k: int = 200,
                lr: float = 0.1, subset_lr: float | None = None, batch_size: int = 128, seed: int = 0,
-               progress: bool = True) -> Population:
-    """Train the whole model, then fine-tune the subset for one epoch, saving `k` vectors spread over it."""
-    base_state = _train_base_state(model, data, spec, k, epochs, lr, batch_size, seed, progress)
+               trajectories: int = 1, progress: bool = True) -> Population:
+    """Train the whole model, then fine-tune the subset for one epoch, saving vectors spread over
+    it: `trajectories` independent runs share the `k` checkpoints, all at the batch size the
+    largest share needs (at least that many steps in the epoch). `model` is left in the base state."""
+    shares = _shares(k, trajectories)
     n_train = len(data.y_train)
-    bs = min(batch_size, max(1, n_train // k))  # at least k steps in the epoch
+    bs = min(batch_size, max(1, n_train // shares[0]))  # at least max(shares) steps in the epoch
     n_steps = -(-n_train // bs)
-    save_at = set(torch.linspace(0, n_steps - 1, k).round().long().tolist())
-    if len(save_at) < k:
-        raise ValueError(f"collect v2: one epoch of {n_train} samples cannot hold {k} checkpoints")
-    gen = torch.Generator().manual_seed(seed + 1)
-    opt = _sgd(_subset_params(model, spec), subset_lr if subset_lr is not None else lr * 0.1)
-    rows, accs = [], []
-    bar = tqdm(total=k, desc="collect v2 checkpoints", disable=not progress)
+    save_at = {n: set(torch.linspace(0, n_steps - 1, n).round().long().tolist()) for n in set(shares)}
+    if any(len(save_at[n]) < n for n in save_at):
+        raise ValueError(f"collect v2: one epoch of {n_train} samples cannot hold {shares[0]} checkpoints")
+    base_state = _train_base_state(model, data, spec, epochs, lr, batch_size, seed, _progress(progress))
 
-    def on_step(step):
-        if step in save_at:
-            rows.append(spec.flatten([model])[0])
-            accs.append(accuracy(model, data.x_test, data.y_test))
-            _set_norm_eval(model)
-            bar.update(1)
+    def run(run_model, opt, gen, n, save):
+        def on_step(step):
+            if step in save_at[n]:
+                save(step)
+                _set_norm_eval(run_model)  # accuracy() restored train mode
 
-    _epoch(model, opt, data, bs, gen, on_step=on_step, freeze_norm=True)
-    bar.close()
-    for p in model.parameters():
-        p.requires_grad_(True)
-    meta = {"recipe": "v2", "epochs": epochs, "k": k, "lr": lr, "batch_size": bs, "seed": seed}
-    return Population(torch.stack(rows), torch.tensor(accs), spec, base_state, meta)
+        _epoch(run_model, opt, data, bs, gen, on_step=on_step, freeze_norm=True)
+
+    params, acc, traj, step = _collect(model, data, spec, shares, run, lr, subset_lr, seed,
+                                       "collect v2 checkpoints", progress)
+    meta = {"recipe": "v2", "epochs": epochs, "k": k, "lr": lr, "batch_size": bs, "seed": seed,
+            "trajectories": trajectories}
+    return Population(params, acc, spec, base_state, meta, traj, step)
 
 
 RECIPES = {"v1": collect_v1, "v2": collect_v2}

@@ -1,7 +1,12 @@
 import pytest
 import torch
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from test_distributed import WORLD, _free_port, _join  # tests/ is on sys.path (rootdir, no package)
+from torch import nn
 
-from pdiff_fast.collect import Population, collect_v1, collect_v2, rebuild_base
+from pdiff_fast import collect as collect_lib
+from pdiff_fast.collect import RECIPES, Population, collect_v1, collect_v2, rebuild_base
 from pdiff_fast.data import digits
 from pdiff_fast.models import build_model
 from pdiff_fast.params import ParamSpec
@@ -48,3 +53,153 @@ def test_k_must_be_positive(small_digits):
     m = build_model("mlp", small_digits.input_shape, 10)
     with pytest.raises(ValueError, match="k must be"):
         collect_v1(m, small_digits, ParamSpec.from_model(m), epochs=0, k=0, progress=False)
+
+
+# --- trajectories: independent subset runs from one base model ---------------------------------
+
+def _bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 10))
+
+
+def _tiny_digits():
+    d = digits()
+    d.x_train, d.y_train = d.x_train[:300], d.y_train[:300]
+    return d
+
+
+def _collect(recipe, data, k, trajectories=None):
+    """Collect from the BatchNorm model (subset: its norm layer); returns (population, model)."""
+    m = _bn_model()
+    kw = {} if trajectories is None else {"trajectories": trajectories}
+    pop = RECIPES[recipe](m, data, ParamSpec.from_model(m, "last-1-norm-layers"), epochs=2, k=k,
+                          subset_lr=0.05, progress=False, **kw)
+    return pop, m
+
+
+def _single_run_of_before(recipe, data, k):
+    """The recipes as they were before trajectories (one run, generator seed + 1), verbatim."""
+    m = _bn_model()
+    spec = ParamSpec.from_model(m, "last-1-norm-layers")
+    collect_lib.train_base(m, data, 2, 0.1, 128, 0, False)
+    base = {n: t.detach().clone() for n, t in m.state_dict().items()}
+    gen = torch.Generator().manual_seed(1)
+    opt = collect_lib._sgd(collect_lib._subset_params(m, spec), 0.05)
+    rows, accs = [], []
+    if recipe == "v1":
+        for _ in range(k):
+            collect_lib._epoch(m, opt, data, 128, gen, freeze_norm=True)
+            rows.append(spec.flatten([m])[0])
+            accs.append(collect_lib.accuracy(m, data.x_test, data.y_test))
+        return torch.stack(rows), torch.tensor(accs), base, list(range(k))
+    bs = min(128, max(1, len(data.y_train) // k))
+    save_at = set(torch.linspace(0, -(-len(data.y_train) // bs) - 1, k).round().long().tolist())
+
+    def on_step(step):
+        if step in save_at:
+            rows.append(spec.flatten([m])[0])
+            accs.append(collect_lib.accuracy(m, data.x_test, data.y_test))
+            collect_lib._set_norm_eval(m)
+
+    collect_lib._epoch(m, opt, data, bs, gen, on_step=on_step, freeze_norm=True)
+    return torch.stack(rows), torch.tensor(accs), base, sorted(save_at)
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("recipe", ["v1", "v2"])
+def test_one_trajectory_is_the_single_run_of_before(recipe):
+    data = _tiny_digits()
+    params, acc, base, steps = _single_run_of_before(recipe, data, 4)
+    for pop, m in (_collect(recipe, data, 4), _collect(recipe, data, 4, trajectories=1)):  # default: 1
+        assert torch.equal(pop.params, params) and torch.equal(pop.accuracy, acc)  # bitwise
+        assert pop.base_state.keys() == base.keys() and all(torch.equal(pop.base_state[n], base[n]) for n in base)
+        assert pop.trajectory.tolist() == [0] * 4 and pop.step.tolist() == steps
+        assert pop.meta["trajectories"] == 1
+        assert all(torch.equal(t, base[n]) for n, t in m.state_dict().items())  # model left at the base
+        assert not m.training and all(p.requires_grad for p in m.parameters())
+
+
+@pytest.mark.usefixtures("one_thread")
+@pytest.mark.parametrize("recipe", ["v1", "v2"])
+def test_trajectories_share_k_and_keep_their_provenance(recipe):
+    data = _tiny_digits()
+    pop, m = _collect(recipe, data, 7, trajectories=3)
+    assert pop.params.shape == (7, pop.spec.dim) and pop.accuracy.shape == (7,)
+    assert pop.trajectory.tolist() == [0, 0, 0, 1, 1, 2, 2]  # 7 // 3 each, one more for the first 7 % 3
+    assert pop.trajectory.dtype == pop.step.dtype == torch.int64 and pop.meta["trajectories"] == 3
+    if recipe == "v1":
+        assert pop.step.tolist() == [0, 1, 2, 0, 1, 0, 1]  # epochs within each run
+    else:  # every run at the batch size of the largest share (3): 300 // 3 -> 100, 3 steps in the epoch
+        assert pop.meta["batch_size"] == 100 and pop.step.tolist() == [0, 1, 2, 0, 2, 0, 2]
+    # trajectory 0 is the one run of k = 3 (same base, same seed); the others start from the same
+    # base with other data orders, so they differ
+    one, _ = _collect(recipe, data, 3)
+    assert torch.equal(pop.params[:3], one.params) and torch.equal(pop.accuracy[:3], one.accuracy)
+    assert all(torch.equal(pop.base_state[n], t) for n, t in one.base_state.items())
+    first = {j: pop.params[pop.trajectory == j][0] for j in range(3)}
+    assert not torch.equal(first[0], first[1]) and not torch.equal(first[1], first[2])
+    assert all(torch.equal(t, pop.base_state[n]) for n, t in m.state_dict().items())
+
+
+def test_k_must_cover_the_trajectories(small_digits):
+    m = build_model("mlp", small_digits.input_shape, 10)
+    spec = ParamSpec.from_model(m)
+    for recipe in (collect_v1, collect_v2):
+        with pytest.raises(ValueError, match=r"k = 2 .*trajectories = 3"):
+            recipe(m, small_digits, spec, epochs=0, k=2, trajectories=3, progress=False)
+        with pytest.raises(ValueError, match="trajectories must be a positive int"):
+            recipe(m, small_digits, spec, epochs=0, k=2, trajectories=0, progress=False)
+
+
+def test_provenance_is_saved_and_old_files_load(tmp_path):
+    from pdiff_fast.io import save_tensors
+    spec = ParamSpec(["w"], [(3,)], [torch.float32])
+    pop = Population(torch.randn(4, 3), torch.rand(4) * 100, spec, {"w": torch.zeros(3)}, {"recipe": "v2"},
+                     torch.tensor([0, 0, 1, 1]), torch.tensor([0, 5, 0, 5]))
+    pop.save(tmp_path / "pop.safetensors")
+    back = Population.load(tmp_path / "pop.safetensors")
+    assert torch.equal(back.trajectory, pop.trajectory) and torch.equal(back.step, pop.step)
+    assert torch.equal(back.params, pop.params) and back.meta == {"recipe": "v2"}
+    # a file written before provenance: one run, checkpoints 0..K-1
+    save_tensors(tmp_path / "old.safetensors",
+                 {"params": pop.params, "accuracy": pop.accuracy, "base.w": torch.zeros(3)},
+                 {"spec": spec.to_dict(), "recipe": "v1"})
+    old = Population.load(tmp_path / "old.safetensors")
+    assert old.trajectory.tolist() == [0, 0, 0, 0] and old.step.tolist() == [0, 1, 2, 3]
+    assert old.trajectory.dtype == old.step.dtype == torch.int64 and torch.equal(old.params, pop.params)
+    with pytest.raises(ValueError, match="trajectory must be int64"):
+        Population(pop.params, pop.accuracy, spec, {}, {}, torch.zeros(3, dtype=torch.int64))
+
+
+# --- 2 gloo processes collect the population of one ---------------------------------------------
+
+def _collect_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    data = _tiny_digits()
+    got = {}
+    for recipe, k, trajectories in (("v1", 5, 3), ("v2", 7, 3), ("v2", 3, 1)):  # T = 1: rank 1 has no run
+        pop, m = _collect(recipe, data, k, trajectories)
+        tag = f"{recipe}.{trajectories}"
+        got.update({f"{tag}.params": pop.params, f"{tag}.accuracy": pop.accuracy,
+                    f"{tag}.trajectory": pop.trajectory, f"{tag}.step": pop.step})
+        got.update({f"{tag}.base.{n}": t for n, t in pop.base_state.items()})
+        got.update({f"{tag}.model.{n}": t.detach().clone() for n, t in m.state_dict().items()})
+    save_file({n: t.contiguous() for n, t in got.items()}, f"{out}.{rank}.safetensors")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_two_processes_collect_the_population_of_one(tmp_path):
+    out = str(tmp_path / "collect")
+    mp.spawn(_collect_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    ranks = [load_file(f"{out}.{r}.safetensors") for r in range(WORLD)]
+    data = _tiny_digits()
+    for recipe, k, trajectories in (("v1", 5, 3), ("v2", 7, 3), ("v2", 3, 1)):
+        pop, _ = _collect(recipe, data, k, trajectories)
+        tag = f"{recipe}.{trajectories}"
+        want = {"params": pop.params, "accuracy": pop.accuracy, "trajectory": pop.trajectory, "step": pop.step}
+        want.update({f"base.{n}": t for n, t in pop.base_state.items()})
+        want.update({f"model.{n}": t for n, t in pop.base_state.items()})  # every rank's model: the base
+        for got in ranks:  # bitwise, on every rank
+            assert {n.removeprefix(tag + ".") for n in got if n.startswith(tag + ".")} == want.keys()
+            for n, t in want.items():
+                assert torch.equal(got[f"{tag}.{n}"], t), (tag, n)
