@@ -161,11 +161,17 @@ class ODEncoder2Decoder(nn.Module):
         return self.adjust_output(self.decoder(z))  # (B, in_dim)
 
     @staticmethod
-    def add_noise(x, noise_factor):
-        """Reference noise augmentation: an interpolation towards Gaussian noise."""
+    def noise_factor(noise_factor) -> float:
+        """A fixed factor, or one drawn from (low, high) with Python's random (the reference)."""
         if not isinstance(noise_factor, (float, int)):
             low, high = noise_factor
             noise_factor = random.uniform(low, high)
+        return noise_factor
+
+    @classmethod
+    def add_noise(cls, x, noise_factor):
+        """Reference noise augmentation: an interpolation towards Gaussian noise."""
+        noise_factor = cls.noise_factor(noise_factor)
         return torch.randn_like(x) * noise_factor + x * (1 - noise_factor)
 
     def forward(self, x, **kwargs):

@@ -153,3 +153,12 @@ def on_main(write):
     out = write() if is_main() else None
     barrier()
     return out
+
+
+def all_mean(t: torch.Tensor) -> torch.Tensor:
+    """The mean over the ranks of a tensor (its sum / world size), on every rank."""
+    if not active():
+        return t
+    out = t.detach().to(_comm_device(), copy=True)
+    dist.all_reduce(out)
+    return (out / world_size()).to(t.device)

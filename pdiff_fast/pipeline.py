@@ -122,11 +122,8 @@ class PDiff(RunDirectory):
 
     # --- steps --------------------------------------------------------------------------
     def collect(self) -> Population:
-        """Under torchrun: rank 0 collects, the others read its population."""
-        pop = distributed.on_main(self._collect)
-        return pop if pop is not None else Population.load(self.path("population"))
-
-    def _collect(self) -> Population:
+        """Train the base model, save K checkpoints of the subset. Under torchrun rank 0 trains the
+        base model, the ranks split the trajectories (pdiff_fast.collect), rank 0 writes."""
         c = self.config
         if c.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {c.recipe!r}; choose from {sorted(RECIPES)}")
@@ -140,27 +137,21 @@ class PDiff(RunDirectory):
                 raise ValueError(f"dataset {self.data.name!r}: the {split} inputs contain NaN or Inf")
         pop = self._timed("collect", lambda: RECIPES[c.recipe](
             model, self.data, spec, epochs=c.epochs, k=c.k, lr=c.lr, subset_lr=c.subset_lr,
-            batch_size=c.batch_size, seed=c.seed, progress=self.progress))
+            batch_size=c.batch_size, seed=c.seed, progress=self.progress, trajectories=c.trajectories))
         pop.meta.update({"dataset": self.data.name, "model": c.model, "model_kwargs": c.model_kwargs,
                          **self._record("population", {})})
-        pop.save(self.path("population"))
-        self._update_config_json("population")
+
+        def write() -> None:
+            pop.save(self.path("population"))
+            self._update_config_json("population")
+        distributed.on_main(write)
         return pop
 
     def fit(self, only: str | None = None, restart: bool = False) -> tuple[ae_lib.ODEncoder2Decoder, dn_lib.EMA]:
         """Train the autoencoder, then the diffusion model (`only="autoencoder"` / `"diffusion"`: one of them).
-        Under torchrun: rank 0 trains, the others read the trained models."""
+        Under torchrun every rank trains (DDP, each batch split over the ranks) and rank 0 writes."""
         if only not in (None, "autoencoder", "diffusion"):
             raise ValueError(f"fit: only must be 'autoencoder' or 'diffusion', not {only!r}")
-        models = distributed.on_main(lambda: self._fit(only, restart))
-        if models is not None:
-            return models
-        if only == "autoencoder":
-            pop, pop_digest = self._population()
-            return self._load_autoencoder(pop, pop_digest)[0], None
-        return self.load_models()[:2]
-
-    def _fit(self, only: str | None, restart: bool):
         pop, pop_digest = self._population()
         std = self.standardizer(pop)
         x = (std.transform(pop.params) if std else pop.params).to(self.device)
@@ -171,9 +162,8 @@ class PDiff(RunDirectory):
             ae, _, ae_digest = self._load_autoencoder(pop, pop_digest)
         else:
             ae, ae_digest = self._fit_autoencoder(pop, pop_digest, x, std, restart)
-        if only == "autoencoder":
-            return ae, None
-        model = self._fit_diffusion(ae, ae_digest, pop_digest, x, restart)
+        model = None if only == "autoencoder" else self._fit_diffusion(ae, ae_digest, pop_digest, x, restart)
+        distributed.barrier()  # the files are written before any rank reads them
         return ae, model
 
     def _fit_autoencoder(self, pop, pop_digest, x, std, restart):
@@ -185,13 +175,16 @@ class PDiff(RunDirectory):
         losses = self._timed("train_autoencoder", lambda: fit_autoencoder(
             ae, x, c.ae_steps, c.ae_lr, c.ae_weight_decay, seed=c.seed, progress=self.progress,
             checkpoint=self._checkpointer("autoencoder", inputs), checkpoint_every=c.checkpoint_every,
-            resume=resume))
+            resume=resume, shard=True))
         extra = std.state_dict() if std else {}
-        digest = self._save("autoencoder", {**ae.state_dict(), **extra},
-                            {"preset": c.autoencoder, "in_dim": pop.spec.dim, "losses": losses}, inputs)
-        self.path("autoencoder_ckpt").unlink(missing_ok=True)
-        self._update_config_json("autoencoder")
-        return ae, digest
+
+        def write() -> str:
+            digest = self._save("autoencoder", {**ae.state_dict(), **extra},
+                                {"preset": c.autoencoder, "in_dim": pop.spec.dim, "losses": losses}, inputs)
+            self.path("autoencoder_ckpt").unlink(missing_ok=True)
+            self._update_config_json("autoencoder")
+            return digest
+        return ae, distributed.broadcast_json(distributed.on_main(write))  # the digest, on every rank
 
     def _fit_diffusion(self, ae, ae_digest, pop_digest, x, restart):
         c = self.config
@@ -205,12 +198,15 @@ class PDiff(RunDirectory):
             model, latents, DDPMScheduler(), c.diffusion_steps, c.diffusion_lr, c.diffusion_weight_decay,
             c.diffusion_batch_size, seed=c.seed, progress=self.progress,
             checkpoint=self._checkpointer("diffusion", inputs), checkpoint_every=c.checkpoint_every,
-            resume=resume))
-        self._save("diffusion", model.state_dict(),
-                   {"denoiser": c.denoiser, "channels": self.denoiser_channels(),
-                    "latent_shape": list(latents.shape[1:]), "losses": losses}, inputs)
-        self.path("diffusion_ckpt").unlink(missing_ok=True)
-        self._update_config_json("diffusion")
+            resume=resume, shard=True))
+
+        def write() -> None:
+            self._save("diffusion", model.state_dict(),
+                       {"denoiser": c.denoiser, "channels": self.denoiser_channels(),
+                        "latent_shape": list(latents.shape[1:]), "losses": losses}, inputs)
+            self.path("diffusion_ckpt").unlink(missing_ok=True)
+            self._update_config_json("diffusion")
+        distributed.on_main(write)
         return model
 
     def _load_autoencoder(self, pop, pop_digest):

@@ -28,8 +28,8 @@ from .io import (clean_stale_temporaries, load_artifact, load_json, read_meta, s
 
 # The config fields each artifact depends on (besides the seed, which every step takes).
 STEP_FIELDS = {
-    "population": ("dataset", "model", "model_kwargs", "subset", "recipe", "epochs", "k", "lr", "subset_lr",
-                   "batch_size"),
+    "population": ("dataset", "model", "model_kwargs", "subset", "recipe", "epochs", "k", "trajectories", "lr",
+                   "subset_lr", "batch_size"),
     "autoencoder": ("standardize", "autoencoder", "input_noise", "latent_noise", "ae_steps", "ae_lr",
                     "ae_weight_decay"),
     "diffusion": ("denoiser", "denoiser_channels", "shared_timestep", "diffusion_steps", "diffusion_lr",
@@ -169,7 +169,11 @@ class RunDirectory:
         return tensors, meta
 
     def _checkpointer(self, artifact: str, inputs: dict):
+        """The training loops' checkpoint callback: saves on rank 0, does nothing on the others
+        (it is still called, so every rank reads the loss at the same steps)."""
         def save(tensors, meta):
+            if not distributed.is_main():
+                return
             save_tensors(self.path(f"{artifact}_ckpt"), tensors,
                          {**meta, **self._record(artifact, inputs), "device": self.device.type})
         return save

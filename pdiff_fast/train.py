@@ -7,6 +7,13 @@ Resumable: every `checkpoint_every` steps (and at the end) the loops hand their 
 `checkpoint` callback; passing that state back as `resume` continues to the same final result,
 bitwise on CPU, as an uninterrupted run.
 
+Many processes (`shard=True` under torchrun, pdiff_fast.distributed): DistributedDataParallel,
+the global batch split over the ranks. Every rank draws the whole batch's indices and noise from
+the same generators, so rank r's rows see exactly the noise one process would give them; each
+rank's loss is weighted by its share of the rows, so the averaged gradients are those of the
+whole batch's mean loss, and the loss curve is one process's within float rounding (the sums
+run in another order). The loss read for the record and the divergence check is the global one.
+
 Divergence: the loss is read every CHECK_EVERY steps (one host sync per CHECK_EVERY steps). A
 non-finite loss, or one DIVERGE_FACTOR times its first value, stops training with
 TrainingDiverged; the caller's files are untouched and the last checkpoint is a good state.
@@ -21,6 +28,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from torch.nn.parallel import DistributedDataParallel
+
+from . import distributed
 from .autoencoder import ODEncoder2Decoder
 from .denoiser import EMA
 from .diffusion import DDPMScheduler
@@ -118,7 +128,7 @@ class _Run:
         done = step + 1
         due = self.checkpoint is not None and self.every > 0 and done % self.every == 0 and done < steps
         if step % CHECK_EVERY == 0 or done == steps or due:
-            value = loss.item()
+            value = distributed.all_mean(loss.detach()).item()  # the whole batch's loss on every rank
             self._check(value, step)
             if step % CHECK_EVERY == 0 or done == steps:
                 self.losses.append(value)
@@ -160,11 +170,12 @@ def _check_data(x: torch.Tensor, what: str) -> None:
 def fit_autoencoder(ae: ODEncoder2Decoder, params: torch.Tensor, steps: int = 30000, lr: float = 1e-3,
                     weight_decay: float = 2e-6, batch_size: int | None = None, seed: int = 0,
                     progress: bool = True, *, checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
-                    resume: tuple[dict, dict] | None = None) -> list[float]:
+                    resume: tuple[dict, dict] | None = None, shard: bool = False) -> list[float]:
     """Train `ae` to reconstruct the (K, D) parameter vectors (with its noise augmentation).
 
     Its noise augmentation draws from torch's global RNG, so seed that before calling; it is part
-    of the checkpointed state."""
+    of the checkpointed state. shard=True: DDP over the process group (see the module docstring);
+    every rank passes the same arguments, and a `checkpoint` that saves on rank 0 only."""
     if params.dim() != 2 or params.shape[1] != ae.in_dim:
         raise ValueError(f"autoencoder expects (K, {ae.in_dim}) training data, got {tuple(params.shape)}")
     if steps < 1:
@@ -175,23 +186,58 @@ def fit_autoencoder(ae: ODEncoder2Decoder, params: torch.Tensor, steps: int = 30
     run = _Run("autoencoder", "ae_lr", lr, {"model": ae}, opt, {"batches": gen}, params,
                checkpoint, checkpoint_every, resume)
 
+    ddp = _ddp(_NoisedAutoencoder(ae), len(params), batch_size, "autoencoder") if shard else None
+    latent_shape = ae.latent_shape() if ddp is not None else None
+
     def loss_at(step: int) -> torch.Tensor:
         idx = _batches(len(params), batch_size, gen, params.device)
         x = params if idx is None else params[idx]
-        return F.mse_loss(ae(x), x)
+        if ddp is None:
+            return F.mse_loss(ae(x), x)
+        # the noise ae(x) would draw for the whole batch, in the same order; this rank's rows of it
+        f_in, noise_in = ae.noise_factor(ae.input_noise_factor), torch.randn_like(x)
+        f_lat = ae.noise_factor(ae.latent_noise_factor)
+        noise_lat = torch.randn((x.shape[0], *latent_shape), device=x.device, dtype=x.dtype)
+        a, b = distributed.shard(x.shape[0])
+        y = ddp(x[a:b], noise_in[a:b], f_in, noise_lat[a:b], f_lat)
+        return F.mse_loss(y, x[a:b], reduction="sum") * (distributed.world_size() / x.numel())
 
     return run.train(ae, steps, progress, loss_at)
+
+
+def _ddp(module: nn.Module, n: int, batch_size: int | None, what: str) -> DistributedDataParallel | None:
+    """`module` under DDP when a process group is active (None otherwise); every rank needs rows."""
+    if not distributed.active():
+        return None
+    batch = n if batch_size is None else min(n, batch_size)
+    if batch < distributed.world_size():
+        raise ValueError(f"{what} training: a batch of {batch} rows cannot be split over "
+                         f"{distributed.world_size()} processes; use fewer processes or a larger batch")
+    return DistributedDataParallel(module)
+
+
+class _NoisedAutoencoder(nn.Module):
+    """ae.forward with its noise given (this rank's rows of the whole batch's draws)."""
+
+    def __init__(self, ae: ODEncoder2Decoder):
+        super().__init__()
+        self.ae = ae
+
+    def forward(self, x, noise_in, f_in, noise_lat, f_lat):
+        z = self.ae.encode(noise_in * f_in + x * (1 - f_in))
+        return self.ae.decode(torch.clamp(noise_lat * f_lat + z * (1 - f_lat), -1, 1))
 
 
 def fit_diffusion(model: EMA, latents: torch.Tensor, scheduler: DDPMScheduler, steps: int = 30000,
                   lr: float = 1e-3, weight_decay: float = 2e-6, batch_size: int | None = None,
                   ema_decay: float | None = None, seed: int = 0, progress: bool = True, *,
                   checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
-                  resume: tuple[dict, dict] | None = None) -> list[float]:
+                  resume: tuple[dict, dict] | None = None, shard: bool = False) -> list[float]:
     """Train the denoiser to predict the noise added to latents (B, C, L); EMA updated every step.
 
     Timesteps and noise come from generators seeded with `seed` (on the device, so no host sync
-    per step); both are part of the checkpointed state."""
+    per step); both are part of the checkpointed state. shard=True: DDP over the process group,
+    as fit_autoencoder."""
     if steps < 1:
         raise ValueError(f"diffusion training needs at least 1 step, got {steps}")
     _check_data(latents, "diffusion training data (latents)")
@@ -201,11 +247,16 @@ def fit_diffusion(model: EMA, latents: torch.Tensor, scheduler: DDPMScheduler, s
     run = _Run("diffusion", "diffusion_lr", lr, {"model": model}, opt, {"batches": gen, "noise": dev_gen},
                latents, checkpoint, checkpoint_every, resume)
 
+    ddp = _ddp(model.model, len(latents), batch_size, "diffusion") if shard else None
+
     def loss_at(step: int) -> torch.Tensor:
         idx = _batches(len(latents), batch_size, gen, latents.device)
         x0 = latents if idx is None else latents[idx]
         t = scheduler.sample_timesteps(x0.shape[0], x0.device, dev_gen)
-        x_t, noise = scheduler.add_noise(x0, t, generator=dev_gen, seed=seed, seed_offset=step)
-        return eps_mse(model(x_t, t), noise)
+        x_t, noise = scheduler.add_noise(x0, t, generator=dev_gen, seed=seed, seed_offset=step)  # whole batch
+        if ddp is None:
+            return eps_mse(model(x_t, t), noise)
+        a, b = distributed.shard(x0.shape[0])
+        return eps_mse(ddp(x_t[a:b], t[a:b]), noise[a:b]) * ((b - a) * distributed.world_size() / x0.shape[0])
 
     return run.train(model, steps, progress, loss_at, after_update=lambda: model.update(ema_decay))

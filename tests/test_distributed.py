@@ -21,12 +21,13 @@ from torch import nn
 from pdiff_fast import distributed
 from pdiff_fast.autoencoder import small
 from pdiff_fast.cli import main
-from pdiff_fast.denoiser import AE_CNN_bottleneck
-from pdiff_fast.diffusion import DDIMScheduler
+from pdiff_fast.denoiser import EMA, AE_CNN_bottleneck
+from pdiff_fast.diffusion import DDIMScheduler, DDPMScheduler
 from pdiff_fast.evaluate import evaluate
 from pdiff_fast.io import load_artifact
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.sample import generate
+from pdiff_fast.train import fit_autoencoder, fit_diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -66,7 +67,7 @@ def _join(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
     torch.set_num_threads(1)
-    distributed.init(torch.device("cpu"))
+    distributed.init(torch.device("cpu"), timeout_s=120)  # a deadlock fails the test instead of hanging it
     assert distributed.active() and distributed.rank() == rank
 
 
@@ -147,6 +148,44 @@ def test_two_processes_sample_and_evaluate_as_one(tmp_path):
     one = _evaluate(shard=False)
     assert json.loads(Path(out + ".json").read_text()) == json.loads(json.dumps(one))
     assert one["generated_nonfinite"] == 1
+
+
+def _train(shard: bool) -> dict:
+    """8 steps of each loop: the autoencoder on the full batch of 12 vectors (6 rows a rank),
+    the denoiser on random batches of 5 (3 and 2 rows: the unequal shares are weighted). Few
+    steps: AdamW grows the last-bit differences of the reordered sums (2e-7 after 5 autoencoder
+    steps, 4e-5 after 10, 2e-3 after 20 on this case), as it would any rounding change."""
+    torch.manual_seed(0)
+    params = 0.5 * torch.randn(12, 150)
+    ae = small(150)
+    ae_losses = fit_autoencoder(ae, params, steps=8, seed=0, progress=False, shard=shard)
+    with torch.no_grad():
+        latents = ae.eval().encode(params)
+    torch.manual_seed(1)
+    den = EMA(AE_CNN_bottleneck(latents[0].numel(), 1, channel_list=[4, 4, 8, 8]), 0.9)
+    den_losses = fit_diffusion(den, latents, DDPMScheduler(), steps=8, batch_size=5, seed=0, progress=False,
+                               shard=shard)
+    return {"ae_losses": torch.tensor(ae_losses), "den_losses": torch.tensor(den_losses),
+            **{f"ae.{k}": v for k, v in ae.state_dict().items()}, **{f"den.{k}": v for k, v in den.state_dict().items()}}
+
+
+def _train_worker(rank: int, port: int, out: str) -> None:
+    _join(rank, port)
+    save_file({k: v.contiguous() for k, v in _train(shard=True).items()}, f"{out}.{rank}.safetensors")
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_ddp_training_follows_one_process(tmp_path):
+    out = str(tmp_path / "train")
+    mp.spawn(_train_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    ranks = [load_file(f"{out}.{r}.safetensors") for r in range(WORLD)]
+    one = _train(shard=False)
+    for k, v in ranks[0].items():
+        assert torch.equal(v, ranks[1][k]), k  # DDP keeps the ranks' models identical
+        torch.testing.assert_close(v, one[k], rtol=1e-3, atol=3e-4, msg=k)  # sums in another order
+    for what in ("ae_losses", "den_losses"):  # step 0 (before any update: exact weighting) and the last
+        assert len(one[what]) == 2
+        torch.testing.assert_close(ranks[0][what], one[what], rtol=1e-5, atol=0)
 
 
 # --- CLI: torchrun end to end, then the same steps in one process -----------------------------
