@@ -214,6 +214,7 @@ if __name__ == "__main__":  # setuptools and pip run this file as __main__; test
         long_description=open("README.md").read() if os.path.exists("README.md") else "",
         long_description_content_type="text/markdown",
         packages=["pdiff_fast", "pdiff_fast.ops", "pdiff_fast.kernels"],
+        package_data={"pdiff_fast": ["configs/*.json"]},
         package_dir={"pdiff_fast.kernels": "kernels"},
         python_requires=">=3.10",
         install_requires=[

@@ -2,6 +2,7 @@
 # Regenerate every benchmark figure of pdiff_fast in benchmarks/results/:
 #   <dev>.json  pytest-benchmark data of the whole suite      <dev>.md  its ratio tables (report.py)
 #   scaling_<dev>.{json,md}, scaling_N_<dev>.png, scaling_D_<dev>.png  (scaling.py)
+#   world_size_<dev>.{json,md}  throughput against torchrun processes (world_size.py)
 # where <dev> is cpu or cuda.
 #
 #   bash benchmarks/run.sh            # default sizes: a few minutes on a 2-core CPU
@@ -25,4 +26,5 @@ echo "pytest benchmarks/: $(( $(date +%s) - start )) s"
 "$PY" benchmarks/report.py "$OUT/$DEV.json" -o "$OUT/$DEV.md"
 echo "wrote $OUT/$DEV.md"
 "$PY" -m benchmarks.scaling --out "$OUT" ${FULL[@]+"${FULL[@]}"}
+"$PY" -m benchmarks.world_size --out "$OUT"
 echo "run.sh: $(( $(date +%s) - start )) s in all"

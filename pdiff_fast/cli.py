@@ -7,7 +7,8 @@
     pdiff-fast sample  --run-dir runs/a --num-samples 1000
     pdiff-fast evaluate --run-dir runs/a
     pdiff-fast report  --run-dir runs/a
-    pdiff-fast run --config my.json         # a JSON file with any Config fields
+    pdiff-fast run --config my.json         # a JSON file with any Config fields (or `quick`, shipped)
+    torchrun --standalone --nproc_per_node=2 -m pdiff_fast run    # many processes (README: Scaling out)
 
 A step's config is the run's config.json (the defaults in a new run directory), then the fields
 that --config names, then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
@@ -30,7 +31,8 @@ HELP = {
     "report": "print the table and write the two PNG plots",
     "run": "all of the above with one config",
 }
-FLAG_FIELDS = ["device", "seed", "dataset", "model", "subset", "recipe", "epochs", "k", "autoencoder", "ae_steps",
+FLAG_FIELDS = ["device", "seed", "dataset", "model", "subset", "recipe", "epochs", "k", "trajectories",
+               "autoencoder", "ae_steps",
                "diffusion_steps", "num_samples", "sampler", "sample_steps"]
 
 
@@ -40,7 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     for name in STEPS:
         s = sub.add_parser(name, help=HELP[name], description=HELP[name])
         s.add_argument("--run-dir", default="runs/default", help="directory holding every artifact of the run")
-        s.add_argument("--config", help="JSON file with Config fields (see pdiff_fast/config.py)")
+        s.add_argument("--config", help="JSON file with Config fields (see pdiff_fast/config.py), or the name of "
+                                        "a shipped config: quick")
         s.add_argument("--device", help="cpu, cuda, or auto")
         s.add_argument("--seed", type=int)
         s.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -53,6 +56,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--recipe", choices=["v1", "v2"])
             s.add_argument("--epochs", type=int, help="base training epochs")
             s.add_argument("-k", "--k", type=int, help="number of checkpoints")
+            s.add_argument("--trajectories", type=int, help="subset-training runs sharing the k checkpoints")
         if name in ("train", "run"):
             s.add_argument("--autoencoder", choices=["small", "medium"])
             s.add_argument("--ae-steps", type=int)

@@ -94,8 +94,14 @@ class ConfigError(ValueError):
         super().__init__("\n".join(self.problems))
 
 
+SHIPPED = Path(__file__).resolve().parent / "configs"  # configs that ship with the package, by name
+
+
 def read_config_file(path) -> dict:
+    """A JSON config file, or the name of a shipped one (`quick`: pdiff_fast/configs/quick.json)."""
     path = Path(path)
+    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (SHIPPED / f"{path}.json").is_file():
+        path = SHIPPED / f"{path}.json"
     if path.is_dir():
         raise ConfigError([f"{path}: is a directory, not a JSON config file"])
     if not path.is_file():

@@ -84,3 +84,18 @@ def test_files_that_are_not_configs(tmp_path):
     assert Config.from_file(p).k == 3
     with pytest.raises(ConfigError, match="no such config file"):
         Config.from_file(tmp_path / "missing.json")
+
+
+def test_shipped_configs_by_name(tmp_path, monkeypatch):
+    """`--config quick` names pdiff_fast/configs/quick.json; a file of that name in the working
+    directory wins, and an unknown name is a missing file."""
+    from pdiff_fast.config import SHIPPED, Config, ConfigError, read_config_file
+
+    quick = read_config_file("quick")
+    assert quick == json.loads((SHIPPED / "quick.json").read_text())
+    Config.from_dict(quick, "quick").validate("quick")  # every shipped config is valid
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "quick").write_text('{"k": 3}')
+    assert read_config_file("quick") == {"k": 3}
+    with pytest.raises(ConfigError, match="no such config file"):
+        read_config_file("no-such-config")

@@ -166,7 +166,8 @@ def _train(shard: bool) -> dict:
     den_losses = fit_diffusion(den, latents, DDPMScheduler(), steps=8, batch_size=5, seed=0, progress=False,
                                shard=shard)
     return {"ae_losses": torch.tensor(ae_losses), "den_losses": torch.tensor(den_losses),
-            **{f"ae.{k}": v for k, v in ae.state_dict().items()}, **{f"den.{k}": v for k, v in den.state_dict().items()}}
+            **{f"ae.{k}": v for k, v in ae.state_dict().items()},
+            **{f"den.{k}": v for k, v in den.state_dict().items()}}
 
 
 def _train_worker(rank: int, port: int, out: str) -> None:
@@ -222,3 +223,44 @@ def test_torchrun_runs_the_pipeline_and_matches_one_process(tmp_path):
         r.pop("timings")
     assert reports[0] == reports[1]
     assert not list(both.glob("*.tmp*")) and (both / "accuracy_distribution.png").is_file()
+
+
+FAILING_RANK = '''
+import os, runpy, signal, sys
+import pdiff_fast.pipeline as pipeline
+
+real, how = pipeline.generate, sys.argv[1]
+
+
+def generate(*args, **kwargs):
+    if os.environ["RANK"] == "1":  # dies (or raises) in the middle of sampling
+        if how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError("rank 1 broke down")
+    return real(*args, **kwargs)
+
+
+pipeline.generate = generate
+sys.argv = ["pdiff_fast", *sys.argv[2:]]
+runpy.run_module("pdiff_fast", run_name="__main__")  # python -m pdiff_fast, as users run it
+'''
+
+
+@pytest.mark.parametrize("how", ["kill", "raise"])
+def test_a_failing_rank_ends_the_job_naming_it_and_leaves_the_run_consistent(tmp_path, how):
+    (tmp_path / "cfg.json").write_text(json.dumps(TINY))
+    run = tmp_path / "run"
+    assert main(["run", "--run-dir", str(run), "--config", str(tmp_path / "cfg.json"), "--quiet"]) == 0
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    (tmp_path / "failing.py").write_text(FAILING_RANK)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
+                           str(tmp_path / "failing.py"), how, "sample", "--run-dir", str(run), "--quiet",
+                           "--seed", "5"], capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode != 0
+    summary = proc.stderr[proc.stderr.rindex("Root Cause (first observed failure)"):]  # torchrun's verdict
+    failed = summary[summary.index("rank      : 1"):]
+    assert ("Signal 9 (SIGKILL)" if how == "kill" else "RuntimeError: rank 1 broke down") in failed, summary
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before  # nothing half-written, nothing lost, no temporaries
+    assert main(["sample", "--run-dir", str(run), "--quiet", "--seed", "5"]) == 0  # the step reruns
