@@ -160,9 +160,9 @@ print('pdiff_fast._C', C.__file__, 'has_cuda', C.has_cuda())
 raise SystemExit(0 if C.has_cuda() or torch.version.cuda is None else 3)" || return $?
   # an error raised in C++ must reach python as RuntimeError, not kill it (see CXX above)
   "$PY" -c "
-import torch, pdiff_fast._C as C
-try:
-    C.flatten_params([[torch.zeros(3)]], [4], torch.float32)
+import torch, pdiff_fast._C
+try:  # TORCH_CHECK with numbers in its message: the case that crashed
+    torch.ops.pdiff_fast.iou_matrix(torch.zeros(2, 4, dtype=torch.uint8), torch.zeros(2, 5, dtype=torch.uint8))
 except RuntimeError as e:
     print('build: C++ errors arrive as RuntimeError:', str(e).splitlines()[0])
 " || { echo "build: a C++ error killed python (rc $?): rebuild with another compiler (PDIFF_GPU_CXX)"; return 4; }

@@ -51,7 +51,12 @@ def init(device: torch.device, timeout_s: float = 1800) -> torch.device:
     if not launched():
         return device
     if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"torchrun started process {local} of this machine, which has "
+                             f"{torch.cuda.device_count()} GPU(s): one process per GPU (--nproc_per_node), "
+                             "or --device cpu")
+        device = torch.device("cuda", local)
         torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo",

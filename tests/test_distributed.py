@@ -55,6 +55,15 @@ def test_one_process_helpers_are_identities():
     assert distributed.init(torch.device("cpu")) == torch.device("cpu")  # no WORLD_SIZE: nothing to join
 
 
+def test_more_processes_than_gpus_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ValueError, match=r"process 1 of this machine, which has 1 GPU\(s\): one process per GPU"):
+        distributed.init(torch.device("cuda"))
+    assert not distributed.active()
+
+
 # --- API: the same models and the same report as one process ---------------------------------
 
 def _free_port() -> int:
@@ -191,8 +200,8 @@ def test_ddp_training_follows_one_process(tmp_path):
 
 # --- CLI: torchrun end to end, then the same steps in one process -----------------------------
 
-TINY = {
-    "dataset": "digits", "model": "mlp", "epochs": 2, "k": 10, "ae_steps": 30, "diffusion_steps": 30,
+TINY = {  # on CPU (gloo) also on a GPU machine, which may have fewer GPUs than processes
+    "device": "cpu", "dataset": "digits", "model": "mlp", "epochs": 2, "k": 10, "ae_steps": 30, "diffusion_steps": 30,
     "denoiser_channels": [4, 4, 8, 8], "sampler": "ddim", "sample_steps": 4, "num_samples": 7,
     "sample_grain": 2, "noise_sigmas": [0.05], "recipe": "v2",
 }
