@@ -29,7 +29,7 @@ if [ ! -x "$R/venv/bin/python" ]; then
   "$R/venv/bin/python" -m pip freeze --all | cut -d= -f1 | sort >"$R/venv.base.txt"
 fi
 # a venv kept from an earlier rehearsal: remove what that rehearsal installed (gpu.sh must install it)
-extra=$(comm -13 "$R/venv.base.txt" <("$R/venv/bin/python" -m pip freeze --all | cut -d= -f1 | sort) | grep -v '^-e\|^pdiff' || true)
+extra=$(comm -13 "$R/venv.base.txt" <("$R/venv/bin/python" -m pip freeze --all | cut -d= -f1 | sort) | grep -v '^-e\|^pdiff\|^#' || true)
 if [ -n "$extra" ]; then "$R/venv/bin/python" -m pip uninstall -q -y $extra; fi
 echo "rehearse: venv ready in $(( $(date +%s) - t0 )) s"
 [ -d "$WHEELS" ] || PDIFF_GPU_PY=$PYVER PDIFF_GPU_WHEELS=$WHEELS bash benchmarks/gpu_prepare.sh
