@@ -115,11 +115,13 @@ def _where() -> str:
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
+        from . import distributed
         from .pipeline import PDiff
 
         p = PDiff(_config(args), args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
                   log=lambda msg: print(msg, file=sys.stderr))
         _steps(p, args)
+        distributed.shutdown()  # under torchrun: every rank done, the group left cleanly
     except KeyboardInterrupt:
         print(f"pdiff-fast {args.command}{_where()}: interrupted; finished artifacts and checkpoints are kept",
               file=sys.stderr)

@@ -167,3 +167,11 @@ def all_mean(t: torch.Tensor) -> torch.Tensor:
     out = t.detach().to(_comm_device(), copy=True)
     dist.all_reduce(out)
     return (out / world_size()).to(t.device)
+
+
+def shutdown() -> None:
+    """Leave the process group cleanly: wait for every rank, then destroy it (a process that exits
+    holding a gloo group can abort in its C++ teardown)."""
+    if active():
+        dist.barrier()
+        dist.destroy_process_group()

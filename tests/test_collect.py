@@ -6,6 +6,7 @@ from test_distributed import WORLD, _free_port, _join  # tests/ is on sys.path (
 from torch import nn
 
 from pdiff_fast import collect as collect_lib
+from pdiff_fast import distributed
 from pdiff_fast.collect import RECIPES, Population, collect_v1, collect_v2, rebuild_base
 from pdiff_fast.data import digits
 from pdiff_fast.models import build_model
@@ -185,6 +186,7 @@ def _collect_worker(rank: int, port: int, out: str) -> None:
         got.update({f"{tag}.base.{n}": t for n, t in pop.base_state.items()})
         got.update({f"{tag}.model.{n}": t.detach().clone() for n, t in m.state_dict().items()})
     save_file({n: t.contiguous() for n, t in got.items()}, f"{out}.{rank}.safetensors")
+    distributed.shutdown()
 
 
 @pytest.mark.usefixtures("one_thread")

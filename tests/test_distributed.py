@@ -93,6 +93,7 @@ def _helpers_worker(rank: int, port: int, out: str) -> None:
     assert distributed.broadcast_json({"digest": f"abc{rank}", "n": [1, 2]}) == {"digest": "abc0", "n": [1, 2]}
     assert distributed.sum_int(rank + 1) == 3
     save_file({k: v.contiguous() for k, v in got.items()}, f"{out}.{rank}.safetensors")
+    distributed.shutdown()
 
 
 def test_gather_and_broadcast_across_two_processes(tmp_path):
@@ -147,6 +148,7 @@ def _worker(rank: int, port: int, out: str) -> None:
     if rank == 0:
         save_file({"flat": flat}, out + ".safetensors")
         Path(out + ".json").write_text(json.dumps(report))
+    distributed.shutdown()
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -182,6 +184,7 @@ def _train(shard: bool) -> dict:
 def _train_worker(rank: int, port: int, out: str) -> None:
     _join(rank, port)
     save_file({k: v.contiguous() for k, v in _train(shard=True).items()}, f"{out}.{rank}.safetensors")
+    distributed.shutdown()
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -273,3 +276,10 @@ def test_a_failing_rank_ends_the_job_naming_it_and_leaves_the_run_consistent(tmp
     after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
     assert after == before  # nothing half-written, nothing lost, no temporaries
     assert main(["sample", "--run-dir", str(run), "--quiet", "--seed", "5"]) == 0  # the step reruns
+
+
+def test_two_process_workers_exit_cleanly_many_times(tmp_path):
+    """The gloo teardown abort ("terminate called without an active exception", SIGABRT) seen
+    once in CI: every worker leaves the group with distributed.shutdown(); repeat the smallest job."""
+    for i in range(5):
+        mp.spawn(_helpers_worker, args=(_free_port(), str(tmp_path / f"h{i}")), nprocs=WORLD, join=True)
