@@ -1,8 +1,7 @@
 import pytest
 import torch
-import torch.multiprocessing as mp
-from safetensors.torch import load_file, save_file
-from test_distributed import WORLD, _free_port, _join  # tests/ is on sys.path (rootdir, no package)
+from safetensors.torch import save_file
+from test_distributed import _join, spawn_ranks  # tests/ is on sys.path (rootdir, no package)
 from torch import nn
 
 from pdiff_fast import collect as collect_lib
@@ -191,9 +190,7 @@ def _collect_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.usefixtures("one_thread")
 def test_two_processes_collect_the_population_of_one(tmp_path):
-    out = str(tmp_path / "collect")
-    mp.spawn(_collect_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
-    ranks = [load_file(f"{out}.{r}.safetensors") for r in range(WORLD)]
+    ranks = spawn_ranks(_collect_worker, str(tmp_path / "collect"))
     data = _tiny_digits()
     for recipe, k, trajectories in (("v1", 5, 3), ("v2", 7, 3), ("v2", 3, 1)):
         pop, _ = _collect(recipe, data, k, trajectories)

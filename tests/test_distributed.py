@@ -97,15 +97,20 @@ def _helpers_worker(rank: int, port: int, out: str) -> None:
 
 
 def test_gather_and_broadcast_across_two_processes(tmp_path):
-    out = str(tmp_path / "helpers")
-    mp.spawn(_helpers_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
-    r0, r1 = (load_file(f"{out}.{r}.safetensors") for r in range(WORLD))
+    r0, r1 = spawn_ranks(_helpers_worker, str(tmp_path / "helpers"))
     for r in (r0, r1):  # every rank holds the same result
         assert torch.equal(r["varying"], torch.tensor([[100.0, 100.0], [101.0, 101.0], [102.0, 102.0]],
                                                       dtype=torch.float64))
         assert r["blocks"].tolist() == [False, False, True, True, True]  # rank 0: 1 block, rank 1: 2
         assert r["steps"].item() == 7 and r["mask"].tolist() == [True, False]
     assert torch.equal(r0["w"], r1["w"])
+
+
+def spawn_ranks(worker, out: str) -> list[dict]:
+    """worker(rank, port, out) in WORLD gloo processes; the tensors each rank saved to
+    f"{out}.{rank}.safetensors", in rank order."""
+    mp.spawn(worker, args=(_free_port(), out), nprocs=WORLD, join=True)
+    return [load_file(f"{out}.{r}.safetensors") for r in range(WORLD)]
 
 
 def _sampling_models():
@@ -189,9 +194,7 @@ def _train_worker(rank: int, port: int, out: str) -> None:
 
 @pytest.mark.usefixtures("one_thread")
 def test_ddp_training_follows_one_process(tmp_path):
-    out = str(tmp_path / "train")
-    mp.spawn(_train_worker, args=(_free_port(), out), nprocs=WORLD, join=True)
-    ranks = [load_file(f"{out}.{r}.safetensors") for r in range(WORLD)]
+    ranks = spawn_ranks(_train_worker, str(tmp_path / "train"))
     one = _train(shard=False)
     for k, v in ranks[0].items():
         assert torch.equal(v, ranks[1][k]), k  # DDP keeps the ranks' models identical
