@@ -11,7 +11,6 @@ With --full every step of the schedule runs. Decoding is timed in test_autoencod
     pytest benchmarks/test_sample.py [--full]     # or: pytest tests benchmarks -m sample
 """
 import pytest
-import torch
 
 from pdiff_fast.sample import GraphedLatentSampler
 

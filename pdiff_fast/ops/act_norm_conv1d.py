@@ -61,7 +61,6 @@ def act_norm_conv1d(x, weight, bias, **kwargs) -> torch.Tensor:
         t is not None and t.requires_grad for t in (x, weight, bias, kwargs.get("add"), kwargs.get("residual")))
     if (backend.choose("act_norm_conv1d", x.device, auto=not training) == "triton"
             and backend.triton_dtypes(x, weight, bias, kwargs.get("add"), kwargs.get("residual"))):
-        # as in ddpm_step: the torch op under torch.compile, the launcher in eager
-        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("act_norm_conv1d")
+        impl = triton_ops.implementation("act_norm_conv1d")
         return impl.act_norm_conv1d(x, weight, bias, **kwargs)
     return act_norm_conv1d_torch(x, weight, bias, **kwargs)

@@ -48,7 +48,7 @@ def ddim_step(x_t, eps, a_t: float, a_prev: float, noise, eta: float = 0.0, clip
     """
     if (backend.choose("ddim_step", x_t.device) == "triton"
             and backend.triton_dtypes(x_t, eps, noise)):
-        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("ddim_step")  # as ddpm_step
+        impl = triton_ops.implementation("ddim_step")
         return impl.ddim_step(
             x_t, eps, a_t, a_prev, noise, eta, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)

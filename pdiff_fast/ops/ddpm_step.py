@@ -52,9 +52,7 @@ def ddpm_step(x_t, eps, t, noise, coefs, clip: bool = True, *, generator=None, s
     """
     if (backend.choose("ddpm_step", x_t.device) == "triton"
             and backend.triton_dtypes(x_t, eps, noise)):
-        # under torch.compile the torch op (traceable); in eager the launcher itself, skipping
-        # the op's 15-20 us of dispatch a call (pdiff_fast/ops/triton_ops.py); bitwise the same
-        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("ddpm_step")
+        impl = triton_ops.implementation("ddpm_step")
         return impl.ddpm_step(
             x_t, eps, t, noise, coefs, clip, generator=generator, seed=seed, seed_offset=seed_offset,
             row_offset=row_offset)

@@ -20,6 +20,6 @@ def eps_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if pred.shape != target.shape:
         raise ValueError(f"eps_mse: prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
     if backend.choose("eps_mse", pred.device) == "triton" and backend.triton_dtypes(pred, target):
-        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("eps_mse")  # as ddpm_step
+        impl = triton_ops.implementation("eps_mse")
         return impl.eps_mse(pred, target)
     return eps_mse_torch(pred, target)

@@ -6,10 +6,11 @@
 
 `iou_matrix` uses the popcount kernel of the extension `pdiff_fast._C` (`ext` backend), the torch
 op `torch.ops.pdiff_fast.iou_matrix(Tensor a_bits, Tensor b_bits) -> Tensor`, on (N, W) uint8 or
-int64 words (its fake kernel, for torch.compile / torch.export, is registered below); `iou_matrix_torch` is its reference on bool tensors (1.0 for two
-empty sets). `iou_stats` reduces the IoU matrix of two populations (or of one with itself,
-diagonal left out) to its mean, row maxima and maximum block by block, within a memory budget,
-without ever holding the whole (Na, Nb) matrix.
+int64 words (its fake kernel, for torch.compile / torch.export, is registered below);
+`iou_matrix_torch` is its reference on bool tensors (1.0 for two empty sets). `iou_stats` reduces
+the IoU matrix of two populations (or of one with itself, diagonal left out) to its mean, row
+maxima and maximum block by block, within a memory budget, without ever holding the whole (Na, Nb)
+matrix.
 """
 from __future__ import annotations
 

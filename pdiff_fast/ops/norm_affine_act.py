@@ -9,8 +9,9 @@ act is "identity", "relu" or "leaky_relu" (negative_slope). The torch function i
 reference; the extension `pdiff_fast._C` fuses it into one pass (`ext` backend, float32 and
 float64), the torch op `torch.ops.pdiff_fast.norm_affine_act(Tensor x, Tensor weight, Tensor bias,
 Tensor? running_mean, Tensor? running_var, float eps, str act, float negative_slope) -> Tensor`
-(its fake kernel, for torch.compile / torch.export, is registered below). pdiff_fast.population_plan calls it for a normalisation layer whose affine is generated
-(for LayerNorm: after F.layer_norm without affine, x (R, F, 1) or (N, R, F, 1), no running stats).
+(its fake kernel, for torch.compile / torch.export, is registered below).
+pdiff_fast.population_plan calls it for a normalisation layer whose affine is generated (for
+LayerNorm: after F.layer_norm without affine, x (R, F, 1) or (N, R, F, 1), no running stats).
 """
 from __future__ import annotations
 

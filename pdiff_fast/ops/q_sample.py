@@ -37,7 +37,7 @@ def q_sample(x0, t, coefs, noise=None, generator=None, *, seed=None, seed_offset
     """
     if (backend.choose("q_sample", x0.device) == "triton"
             and backend.triton_dtypes(x0, noise)):
-        impl = triton_ops if torch.compiler.is_compiling() else backend.load_triton_op("q_sample")  # as ddpm_step
+        impl = triton_ops.implementation("q_sample")
         return impl.q_sample(
             x0, t, coefs, noise, generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
     return q_sample_torch(x0, t, coefs, noise, generator)

@@ -29,6 +29,7 @@ int64 tensor on the data's device, read in the kernel) or the int `seed`; `row_o
 """
 from __future__ import annotations
 
+import sys
 from typing import Optional, Sequence
 
 import torch
@@ -36,6 +37,13 @@ from torch import Tensor
 
 from .. import backend
 from .noise import seed_tensor
+
+
+def implementation(op: str):
+    """What a dispatcher calls `op`'s Triton path on: this module (the torch ops) under
+    torch.compile, else the kernel module's launcher directly (see the module docstring); both
+    have a function named `op` with the same arguments, bitwise the same results."""
+    return sys.modules[__name__] if torch.compiler.is_compiling() else backend.load_triton_op(op)
 
 
 def _kernels(op: str):
