@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -202,3 +204,44 @@ def test_two_processes_collect_the_population_of_one(tmp_path):
             assert {n.removeprefix(tag + ".") for n in got if n.startswith(tag + ".")} == want.keys()
             for n, t in want.items():
                 assert torch.equal(got[f"{tag}.{n}"], t), (tag, n)
+
+
+# --- v2's learning rate for subsets beyond norm layers (collect.v2_subset_lr) -------------------
+
+def test_v2_subset_lr_rule():
+    m = _bn_model()  # Flatten, Linear(64, 16), BatchNorm1d, ReLU, Linear(16, 10)
+    rule = collect_lib.v2_subset_lr
+    norm = ParamSpec.from_model(m, "last-1-norm-layers")
+    for sl in (0.05, None):  # norm layers only: subset_lr as given, whatever the batch
+        assert rule(m, norm, sl, 0.1, 10, 128, 20) is sl
+    last_epoch = 0.1 * (1 + math.cos(math.pi * 9 / 10)) / 2  # cosine over 10 epochs, its last one
+    for selector in ("all", "4.*", ["2.weight", "4.bias"]):  # any other parameter: capped and scaled
+        spec = ParamSpec.from_model(m, selector)
+        assert rule(m, spec, 0.05, 0.1, 10, 128, 20) == pytest.approx(last_epoch * 20 / 128)
+        assert rule(m, spec, 0.05, 0.1, 10, 128, 128) == pytest.approx(last_epoch)  # batch not shrunk
+        assert rule(m, spec, 1e-4, 0.1, 10, 128, 32) == pytest.approx(1e-4 / 4)  # below the cap
+        assert rule(m, spec, None, 0.1, 1, 128, 64) == pytest.approx(0.01 / 2)  # lr / 10; one epoch: cap lr
+        assert rule(m, spec, 0.05, 0.1, 0, 128, 64) == pytest.approx(0.025)  # no base training: no cap
+    # MLP: LayerNorm parameters count as norm layers too
+    mlp = build_model("mlp", (1, 8, 8), 10)
+    assert rule(mlp, ParamSpec.from_model(mlp, "last-2-norm-layers"), 0.01, 0.1, 10, 128, 7) == 0.01
+    assert rule(mlp, ParamSpec.from_model(mlp, "all"), 0.01, 0.1, 10, 128, 7) < 0.01 * 7 / 128
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_v2_trains_at_the_rule_lr(monkeypatch):
+    data = _tiny_digits()  # 300 samples, k = 4: bs 75 < 128
+    used = []
+    sgd = collect_lib._sgd
+    monkeypatch.setattr(collect_lib, "_sgd", lambda params, lr, *a, **kw: used.append(lr) or sgd(params, lr, *a, **kw))
+    for selector, expected in (("last-1-norm-layers", 0.05),
+                               ("all", 0.1 * (1 + math.cos(math.pi / 2)) / 2 * 75 / 128)):
+        m = _bn_model()
+        used.clear()
+        pop = collect_v2(m, data, ParamSpec.from_model(m, selector), epochs=2, k=4, subset_lr=0.05, progress=False)
+        assert pop.meta["batch_size"] == 75 and pop.meta["subset_lr"] == pytest.approx(expected)
+        assert used[-1] == pytest.approx(expected)  # base training first (lr 0.1), then the subset run
+    assert used[-1] != 0.05
+    v1 = collect_v1(_bn_model(), data, ParamSpec.from_model(_bn_model(), "all"), epochs=1, k=1, subset_lr=0.05,
+                    progress=False)
+    assert used[-1] == 0.05 and "subset_lr" not in v1.meta  # v1 unchanged
