@@ -124,6 +124,8 @@ def min_in_dim(fold_rate: int, kernel_size: int, n_layers: int = 4) -> int:
 
 
 class ODEncoder2Decoder(nn.Module):
+    decode_channels = 64  # widest decoder activation, values per parameter (sizes sampling chunks)
+
     def __init__(self, in_dim, kernel_size=3, fold_rate=3, input_noise_factor=0.001, latent_noise_factor=0.1,
                  enc_channel_list=None, dec_channel_list=None):
         super().__init__()

@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("-k", "--k", type=int, help="number of checkpoints")
             s.add_argument("--trajectories", type=int, help="subset-training runs sharing the k checkpoints")
         if name in ("train", "run"):
-            s.add_argument("--autoencoder", choices=["small", "medium"])
+            s.add_argument("--autoencoder", choices=["auto", "small", "medium", "lowrank"])
             s.add_argument("--ae-steps", type=int)
             s.add_argument("--diffusion-steps", type=int)
             s.add_argument("--restart", action="store_true", help="ignore training checkpoints; train from scratch")

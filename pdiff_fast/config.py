@@ -25,7 +25,8 @@ class Config:
     subset_lr: float = 0.01  # subset training stays near the base optimum
     batch_size: int = 128
     # parameter autoencoder
-    autoencoder: str = "small"  # `medium` is the reference CIFAR preset; `small` fits a 2-core CPU
+    autoencoder: str = "auto"  # auto: `small` below 4096 values, `lowrank` (whole networks) from there
+    # (pdiff_fast.autoencoder_choice); `medium` is the reference CIFAR preset
     input_noise: float = 0.001  # reference input noise factor
     latent_noise: float = 0.1  # reference latent noise factor (0.5 in its ae_ddpm config)
     standardize: bool = True  # per-tensor standardisation (reference v2) so BN weights and biases share a scale
@@ -207,7 +208,7 @@ CHECKS = {
     "lr": _num(0, lo_open=True),
     "subset_lr": _num(0, lo_open=True),
     "batch_size": _int(1),
-    "autoencoder": _choice("small", "medium"),
+    "autoencoder": _choice("auto", "small", "medium", "lowrank"),
     "input_noise": _num(0, 1),
     "latent_noise": _num(0, 1),
     "standardize": _type(bool, "true or false"),

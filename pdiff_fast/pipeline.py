@@ -20,15 +20,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import autoencoder as ae_lib
 from . import data as data_lib
 from . import denoiser as dn_lib
 from . import distributed
+from .autoencoder_choice import build_autoencoder, choose_preset
 from .collect import RECIPES, Population, rebuild_base
 from .config import Config
 from .diffusion import make_scheduler, DDPMScheduler
 from .evaluate import evaluate, format_table
-from .io import load_json, read_digest, save_json, save_text
+from .io import load_json, read_digest, read_meta, save_json, save_text
 from .models import build_model
 from .params import ParamSpec, Standardizer
 from .run_dir import MADE_BY, STEP_COUNT, STEP_FIELDS, RunDirectory, StaleArtifact, prepare_run_dir  # noqa: F401
@@ -92,10 +92,17 @@ class PDiff(RunDirectory):
             return None
         return Standardizer.fit(pop.spec, pop.params)
 
-    def build_autoencoder(self, in_dim: int) -> ae_lib.ODEncoder2Decoder:
-        if self.config.autoencoder not in ae_lib.PRESETS:
-            raise ValueError(f"unknown autoencoder preset {self.config.autoencoder!r}; choose from {sorted(ae_lib.PRESETS)}")
-        return ae_lib.PRESETS[self.config.autoencoder](in_dim, self.config.input_noise, self.config.latent_noise)
+    def build_autoencoder(self, in_dim: int) -> nn.Module:
+        """The configured preset for D = in_dim values (`auto` and padding: pdiff_fast.autoencoder_choice)."""
+        c = self.config
+        return build_autoencoder(c.autoencoder, in_dim, c.input_noise, c.latent_noise)
+
+    def autoencoder_preset(self) -> str:
+        """The preset the config's `autoencoder` stands for at this run's D (read from the population)."""
+        meta = read_meta(self.path("population"))
+        if meta is None or "spec" not in meta[0]:
+            return self.config.autoencoder
+        return choose_preset(self.config.autoencoder, ParamSpec.from_dict(meta[0]["spec"]).dim)
 
     def denoiser_channels(self) -> list[int]:
         if self.config.denoiser_channels is not None:
@@ -131,7 +138,9 @@ class PDiff(RunDirectory):
         model = self.new_model()
         spec = ParamSpec.from_model(model, c.subset)
         with torch.random.fork_rng(devices=[]):  # leaves the RNG as collection expects it
-            self.build_autoencoder(spec.dim)  # a subset the autoencoder cannot take fails now, not after collection
+            ae = self.build_autoencoder(spec.dim)  # a subset it cannot take fails now, not after collection
+        padded = f", its input zero padded to {ae.padded_dim} values" if ae.padded_dim != spec.dim else ""
+        self.log(f"subset: {spec.dim} values; autoencoder {c.autoencoder!r} -> {ae.preset}{padded}")
         for split in ("train", "test"):
             if not torch.isfinite(getattr(self.data, f"x_{split}")).all():
                 raise ValueError(f"dataset {self.data.name!r}: the {split} inputs contain NaN or Inf")
@@ -147,7 +156,7 @@ class PDiff(RunDirectory):
         distributed.on_main(write)
         return pop
 
-    def fit(self, only: str | None = None, restart: bool = False) -> tuple[ae_lib.ODEncoder2Decoder, dn_lib.EMA]:
+    def fit(self, only: str | None = None, restart: bool = False) -> tuple[nn.Module, dn_lib.EMA]:
         """Train the autoencoder, then the diffusion model (`only="autoencoder"` / `"diffusion"`: one of them).
         Under torchrun every rank trains (DDP, each batch split over the ranks) and rank 0 writes."""
         if only not in (None, "autoencoder", "diffusion"):
@@ -180,7 +189,8 @@ class PDiff(RunDirectory):
 
         def write() -> str:
             digest = self._save("autoencoder", {**ae.state_dict(), **extra},
-                                {"preset": c.autoencoder, "in_dim": pop.spec.dim, "losses": losses}, inputs)
+                                {"preset": ae.preset, "in_dim": pop.spec.dim, "padded_dim": ae.padded_dim,
+                                 "losses": losses}, inputs)
             self.path("autoencoder_ckpt").unlink(missing_ok=True)
             self._update_config_json("autoencoder")
             return digest

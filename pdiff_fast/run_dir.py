@@ -61,7 +61,7 @@ def prepare_run_dir(run_dir: Path) -> Path:
 
 class RunDirectory:
     """The provenance, checkpoint and file-writing half of PDiff (which sets config, run_dir,
-    device, allow_stale, log and timings, and defines denoiser_channels())."""
+    device, allow_stale, log and timings, and defines denoiser_channels() and autoencoder_preset())."""
     FILES = {
         "config": "config.json", "population": "population.safetensors", "autoencoder": "autoencoder.safetensors",
         "diffusion": "diffusion.safetensors", "generated": "generated.safetensors", "report": "report.json",
@@ -78,6 +78,8 @@ class RunDirectory:
         rec = {f: cfg[f] for f in STEP_FIELDS[artifact]}
         if artifact == "diffusion":
             rec["denoiser_channels"] = self.denoiser_channels()  # the resolved widths
+        if artifact == "autoencoder":
+            rec["autoencoder"] = self.autoencoder_preset()  # `auto` resolved at this run's D
         rec["seed"] = cfg["seed"]
         return rec
 

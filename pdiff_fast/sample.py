@@ -135,10 +135,11 @@ class GraphedLatentSampler:
 
 
 def chunk_size_for(latent_numel: int, in_dim: int, budget_bytes: int, denoiser_width: int = 512,
-                   noise_draws: int = 0, grain: int = 1) -> int:
-    """Samples per chunk: the widest activation (denoiser and decoder) times 4 bytes, a few times over,
-    plus the sample's pre-drawn noise (noise_draws latents) on the torch path; a multiple of `grain`."""
-    per_sample = 4 * 8 * max(latent_numel * denoiser_width, in_dim * 64) + 4 * noise_draws * latent_numel
+                   noise_draws: int = 0, grain: int = 1, decode_channels: int = 64) -> int:
+    """Samples per chunk: the widest activation (denoiser and decoder: decode_channels values per
+    parameter, 64 for the conv presets) times 4 bytes, a few times over, plus the sample's pre-drawn
+    noise (noise_draws latents) on the torch path; a multiple of `grain`."""
+    per_sample = 4 * 8 * max(latent_numel * denoiser_width, in_dim * decode_channels) + 4 * noise_draws * latent_numel
     return max(1, budget_bytes // per_sample // grain) * grain
 
 
@@ -168,7 +169,7 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
     if chunk_size is None:
         draws = 0 if (cuda_graph or _fused_step_noise(scheduler, device)) else scheduler.noise_draws()
         fits = chunk_size_for(int(torch.Size(latent_shape).numel()), autoencoder.in_dim, memory_budget_bytes,
-                              noise_draws=draws)
+                              noise_draws=draws, decode_channels=getattr(autoencoder, "decode_channels", 64))
         if grain is None:  # the default grain, shrunk to a power of two when the budget fits fewer models
             grain = min(default_grain(device), 1 << (fits.bit_length() - 1))
         chunk_size = max(1, fits // grain) * grain

@@ -21,6 +21,7 @@ TrainingDiverged; the caller's files are untouched and the last checkpoint is a 
 from __future__ import annotations
 
 import random
+import time
 from typing import Callable
 
 import torch
@@ -31,7 +32,6 @@ from tqdm.auto import tqdm
 from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
-from .autoencoder import ODEncoder2Decoder
 from .denoiser import EMA
 from .diffusion import DDPMScheduler
 from .ops import eps_mse
@@ -76,6 +76,7 @@ class _Run:
         model.train()
         bar = tqdm(range(self.start, steps), desc=f"train {self.what}", disable=not progress, initial=self.start,
                    total=steps)
+        timer = _Eta(self.what, self.start, steps, progress)
         for step in bar:
             loss = loss_at(step)
             self.opt.zero_grad(set_to_none=True)
@@ -84,6 +85,7 @@ class _Run:
             if after_update is not None:
                 after_update()
             self.after_step(step, steps, loss, bar)
+            timer.after(step)
         model.eval()
         return self.losses
 
@@ -152,6 +154,36 @@ class _Run:
                 f"Models already on disk were kept.")
 
 
+class _Eta:
+    """One line, a few steps in: the measured seconds per step and how long the rest will take
+    (the bar shows the same as elapsed<remaining; this line stays in the log)."""
+
+    AFTER = 5  # steps timed, after the first (which pays for warm-up)
+
+    def __init__(self, what: str, start: int, steps: int, progress: bool):
+        self.what, self.start, self.steps, self.progress = what, start, steps, progress
+        self.t0 = None
+
+    def after(self, step: int) -> None:
+        if not self.progress:
+            return
+        if step == self.start:
+            self.t0 = time.perf_counter()
+        elif step == self.start + self.AFTER and self.t0 is not None:
+            per_step = (time.perf_counter() - self.t0) / self.AFTER
+            left = per_step * (self.steps - step - 1)
+            tqdm.write(f"train {self.what}: {per_step:.3g} s/step, {self.steps} steps; about "
+                       f"{_duration(left)} to go")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def _jsonable(x):
     return [_jsonable(v) for v in x] if isinstance(x, (tuple, list)) else x
 
@@ -167,7 +199,7 @@ def _check_data(x: torch.Tensor, what: str) -> None:
                          "(check the collected checkpoints)")
 
 
-def fit_autoencoder(ae: ODEncoder2Decoder, params: torch.Tensor, steps: int = 30000, lr: float = 1e-3,
+def fit_autoencoder(ae: nn.Module, params: torch.Tensor, steps: int = 30000, lr: float = 1e-3,
                     weight_decay: float = 2e-6, batch_size: int | None = None, seed: int = 0,
                     progress: bool = True, *, checkpoint: Checkpoint | None = None, checkpoint_every: int = 0,
                     resume: tuple[dict, dict] | None = None, shard: bool = False) -> list[float]:
@@ -181,6 +213,8 @@ def fit_autoencoder(ae: ODEncoder2Decoder, params: torch.Tensor, steps: int = 30
     if steps < 1:
         raise ValueError(f"autoencoder training needs at least 1 step, got {steps}")
     _check_data(params, "autoencoder training data")
+    if resume is None and hasattr(ae, "initialize"):
+        ae.initialize(params)  # a data-dependent start (the lowrank preset: principal components)
     opt = torch.optim.AdamW(ae.parameters(), lr=lr, weight_decay=weight_decay)
     gen = torch.Generator().manual_seed(seed)
     run = _Run("autoencoder", "ae_lr", lr, {"model": ae}, opt, {"batches": gen}, params,
@@ -219,7 +253,7 @@ def _ddp(module: nn.Module, n: int, batch_size: int | None, what: str) -> Distri
 class _NoisedAutoencoder(nn.Module):
     """ae.forward with its noise given (this rank's rows of the whole batch's draws)."""
 
-    def __init__(self, ae: ODEncoder2Decoder):
+    def __init__(self, ae: nn.Module):
         super().__init__()
         self.ae = ae
 

@@ -102,3 +102,14 @@ def test_non_finite_data_is_named_as_the_data():
 def test_steps_must_be_positive():
     with pytest.raises(ValueError, match="at least 1 step"):
         _ae_run(0, torch.randn(6, 90))
+
+
+def test_progress_prints_the_time_per_step_and_what_is_left(capsys):
+    torch.manual_seed(0)
+    fit_autoencoder(small(100), torch.randn(4, 100), steps=8, progress=True)
+    out = capsys.readouterr()
+    line = [s for s in (out.out + out.err).splitlines() if "s/step" in s]
+    assert line and line[0].startswith("train autoencoder:") and "8 steps; about" in line[0] and "to go" in line[0]
+    fit_autoencoder(small(100), torch.randn(4, 100), steps=8, progress=False)
+    out = capsys.readouterr()
+    assert "s/step" not in out.out + out.err
