@@ -22,7 +22,10 @@ autoencoder_choice.build_autoencoder(preset, D)), three phases; the preset that 
   a 1000-step run. Measured: the whole call and, inside it, the decode calls (ae.decode, timed by a
   wrapper); reverse loop = call - decode (initial noise, S denoiser calls + steps per chunk).
   Reported for 1000 steps: reverse loop x 1000 / S (extrapolated when S < 1000) + the measured
-  decode. S = --budget / (seconds per step of a 2-step warm-up call), within [--sample-steps, 1000].
+  decode. S = --budget / (seconds per step of a 2-step warm-up call), within [--sample-steps, 1000];
+  the S-step call runs --repeats times, the one with the fastest reverse loop is reported. The
+  denoiser is seeded alike at every D, so a preset whose latent does not change with D (lowrank)
+  runs the same denoiser on the same values.
 Each (preset, D, phase) runs in a fresh subprocess (`--worker`, one JSON line on stdout), torch
 threads = --threads (default: all cores). Peak memory: ru_maxrss of that subprocess minus ru_maxrss of a subprocess
 that only imports torch and pdiff_fast (the same imports); it includes the population (K x D x 4
@@ -120,7 +123,7 @@ def _timed_fit(fit, budget: float, min_steps: int, max_steps: int, excluded=None
 
 
 def measure(phase: str, preset: str, d: int, k: int, *, budget: float = 20.0, min_steps: int = 2,
-            max_steps: int = 10, sample_steps: int = 20, seed: int = 0) -> dict:
+            max_steps: int = 10, sample_steps: int = 20, repeats: int = 2, seed: int = 0) -> dict:
     """One measurement in this process; returns the JSON-able record (peak_rss_kib: this process's)."""
     _imports()
     import torch
@@ -180,6 +183,7 @@ def measure(phase: str, preset: str, d: int, k: int, *, budget: float = 20.0, mi
     elif phase == "sample":
         torch.manual_seed(seed)
         ae = build_autoencoder(preset, d).eval()
+        torch.manual_seed(seed)  # the same denoiser weights at every D of a latent shape
         den = AE_CNN_bottleneck(latent_numel, 1, channel_list=DENOISER_WIDTHS).eval()
         decode = ae.decode
         calls: list[tuple[int, float]] = []
@@ -203,9 +207,11 @@ def measure(phase: str, preset: str, d: int, k: int, *, budget: float = 20.0, mi
 
         total, dec = run(2)  # warm-up, and the per-step estimate
         s = _steps_for(budget, (total - dec) / 2, sample_steps, DDPM_STEPS)
-        total, dec = run(s)
+        runs = [run(s) for _ in range(repeats)]  # the fastest loop of `repeats` calls, with its decode
+        total, dec = min(runs, key=lambda r: r[0] - r[1])
         loop = total - dec
-        rec.update({"loop_steps": s, "loop_s": loop, "decode_s": dec, "call_s": total,
+        rec.update({"loop_steps": s, "loop_s": loop, "loop_s_all": [t - d for t, d in runs], "decode_s": dec,
+                    "call_s": total,
                     "step_s": loop / s, "sample_s": loop * DDPM_STEPS / s + dec, "extrapolated": s < DDPM_STEPS,
                     "grain": calls[0][0], "decode_calls": len(calls), "denoiser_calls_per_step": len(den_rows) // s})
     else:
@@ -234,7 +240,8 @@ def TruncatedDDPM(steps: int):
 def worker_command(phase: str, preset: str, d: int, args) -> list[str]:
     return [sys.executable, "-m", "benchmarks.subset_scaling", "--worker", "--phase", phase, "--preset", preset,
             "--d", str(d), "--k", str(args.k), "--budget", str(args.budget), "--min-steps", str(args.min_steps),
-            "--steps", str(args.steps), "--sample-steps", str(args.sample_steps), "--threads", str(args.threads)]
+            "--steps", str(args.steps), "--sample-steps", str(args.sample_steps), "--repeats", str(args.repeats),
+            "--threads", str(args.threads)]
 
 
 def run_subprocess(phase: str, preset: str, d: int, args) -> dict:
@@ -286,7 +293,8 @@ def _key(phase: str) -> str:
 
 def estimate_not_run(records: list[dict]) -> None:
     """Fill `estimate` of every not-run record: a straight line in D through the preset's two
-    largest measured D of the phase (time and peak memory)."""
+    largest measured D of the phase (time and peak memory); where the line falls with D, the
+    largest measured value instead (listed in `floored`: a lower bound, not a line)."""
     for r in records:
         if r["status"] != "not run":
             continue
@@ -295,9 +303,12 @@ def estimate_not_run(records: list[dict]) -> None:
         if len(ok) < 2:
             continue
         a, b = ok[-2], ok[-1]
-        est = {"from_d": [a["d"], b["d"]]}
+        est = {"from_d": [a["d"], b["d"]], "floored": []}
         for key in (_key(r["phase"]), "peak_mib"):
-            est[key] = a[key] + (b[key] - a[key]) * (r["d"] - a["d"]) / (b["d"] - a["d"])
+            line = a[key] + (b[key] - a[key]) * (r["d"] - a["d"]) / (b["d"] - a["d"])
+            if line < b[key]:
+                est["floored"].append(key)
+            est[key] = max(line, b[key])
         r["estimate"] = est
 
 
@@ -333,7 +344,7 @@ def _cells(records, r, cols) -> list[str]:
         out = []
         for c in cols:
             if est and c in est:
-                out.append(f"not run (est. {_num(est[c])})")
+                out.append(f"not run (est. {'>= ' if c in est['floored'] else ''}{_num(est[c])})")
             else:
                 out.append("not run")
         return out
@@ -398,9 +409,11 @@ def summary(records, presets) -> list[str]:
             if len(ok) < 2:
                 continue
             a, b = ok[0], ok[-1]
-            slopes = [s for s in (slope(records, r) for r in ok) if s is not None]
-            top = max(slopes)
-            growth = "no faster than D" if top <= 1 else "faster than D somewhere"
+            pairs = [(s, prev["d"], r["d"]) for prev, r in zip(ok, ok[1:]) if (s := slope(records, r)) is not None]
+            slopes = [s for s, _, _ in pairs]
+            top, d0, d1 = max(pairs)
+            growth = ("no faster than D" if top <= 1 else
+                      f"faster than D between D = {d0:,} and {d1:,} (slope {top:.2f})")
             parts.append(f"`{p}` {_num(a[key])} at D = {a['d']:,} -> {_num(b[key])} at D = {b['d']:,} "
                          f"(x{b[key] / a[key]:.3g} for x{b['d'] / a['d']:.3g} in D; log-log "
                          f"{_span(slopes)}: {growth}; peak memory {_num(a['peak_mib'])} -> "
@@ -416,8 +429,11 @@ def summary(records, presets) -> list[str]:
             out.append(f"- {PHASE_TITLES[phase]} ({unit}): " + "; ".join(parts) + ".")
     est = [r for r in records if r["status"] == "not run" and r.get("estimate")]
     if est:
-        shown = ", ".join(f"{r['phase']} {_num(r['estimate'][_key(r['phase'])])} s and "
-                          f"{_num(r['estimate']['peak_mib'])} MiB at D = {r['d']:,}" for r in est)
+        def val(r, key):
+            return ("at least " if key in r["estimate"]["floored"] else "") + _num(r["estimate"][key])
+
+        shown = ", ".join(f"{r['phase']} {val(r, _key(r['phase']))} s and {val(r, 'peak_mib')} MiB at D = {r['d']:,}"
+                          for r in est)
         out.append(f"- Not run, estimated `{est[0]['preset']}`: {shown}.")
     return out
 
@@ -449,7 +465,8 @@ def markdown(meta: dict, records: list[dict]) -> str:
              "torch and pdiff_fast; the autoencoder phase includes the (K, D) float32 population. **slope**: "
              "log-log slope of the time against D from the row above (1 = linear in D). "
              f"`small` is not run above D = {meta['small_max_d']:,}: \"not run (est. x)\" is a straight line in D "
-             "through its two largest measured D (computed, not measured).", ""]
+             "through its two largest measured D (computed, not measured); where that line falls with D, \"est. >= x\" "
+             "is the largest measured value instead.", ""]
     for phase in PHASES:
         lines.append(f"## {PHASE_TITLES[phase]}")
         lines.append("")
@@ -484,7 +501,7 @@ def markdown(meta: dict, records: list[dict]) -> str:
 def meta_for(args, baseline_kib: int, wall_s: float) -> dict:
     return {"device": device_info(), "dims": args.dims, "presets": args.presets, "k": args.k,
             "small_max_d": args.small_max_d, "budget": args.budget, "min_steps": args.min_steps, "steps": args.steps,
-            "sample_steps": args.sample_steps, "ddpm_steps": DDPM_STEPS, "denoiser_widths": DENOISER_WIDTHS,
+            "sample_steps": args.sample_steps, "repeats": args.repeats, "ddpm_steps": DDPM_STEPS, "denoiser_widths": DENOISER_WIDTHS,
             "population_rank": POPULATION_RANK, "threads": args.threads or os.cpu_count(),
             "baseline_kib": baseline_kib, "baseline_mib": baseline_kib / 1024, "wall_s": wall_s}
 
@@ -496,9 +513,10 @@ def main(argv=None) -> None:
     p.add_argument("--k", type=int, default=200, help="parameter vectors (training set and models sampled)")
     p.add_argument("--small-max-d", type=int, default=32842, help="largest D `small` runs at (above: estimated)")
     p.add_argument("--budget", type=float, default=20.0, help="seconds of timed steps per measurement (about)")
-    p.add_argument("--min-steps", type=int, default=2, help="fewest timed training steps")
+    p.add_argument("--min-steps", type=int, default=3, help="fewest timed training steps")
     p.add_argument("--steps", type=int, default=10, help="most timed training steps")
     p.add_argument("--sample-steps", type=int, default=20, help="fewest reverse steps timed (at most 1000)")
+    p.add_argument("--repeats", type=int, default=2, help="timed sampling calls (the fastest is reported)")
     p.add_argument("--threads", type=int, default=0, help="torch threads per measurement (0: all cores)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
     p.add_argument("--out", default="benchmarks/results")
@@ -512,7 +530,7 @@ def main(argv=None) -> None:
 
         torch.set_num_threads(args.threads or os.cpu_count() or 1)
         rec = measure(args.phase, args.preset, args.d, args.k, budget=args.budget, min_steps=args.min_steps,
-                      max_steps=args.steps, sample_steps=args.sample_steps)
+                      max_steps=args.steps, sample_steps=args.sample_steps, repeats=args.repeats)
         print(json.dumps(rec), flush=True)
         return
     args.dims = [int(v) for v in args.dims.split(",")]

@@ -21,7 +21,7 @@ FIELDS = {
 
 def _args(**kw) -> argparse.Namespace:
     base = dict(k=8, budget=0.0, min_steps=2, steps=2, sample_steps=2, threads=1, timeout=300,
-                dims=[100, 500, 1000], presets=["small", "lowrank"], small_max_d=500)
+                dims=[100, 500, 1000], presets=["small", "lowrank"], small_max_d=500, repeats=2)
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -37,6 +37,7 @@ def _check(rec: dict, phase: str, preset: str, d: int) -> None:
         assert rec["population_mib"] == pytest.approx(8 * d * 4 / 2**20)
     if phase == "sample":
         assert rec["loop_steps"] == 2 and rec["extrapolated"]
+        assert len(rec["loop_s_all"]) == 2 and rec["loop_s"] == pytest.approx(min(rec["loop_s_all"]))
         assert rec["sample_s"] == pytest.approx(rec["loop_s"] * 500 + rec["decode_s"])
         assert rec["grain"] * rec["denoiser_calls_per_step"] >= 8
 
@@ -49,7 +50,7 @@ def test_worker_subprocess_json():
 
 def _in_process(phase, preset, d, args):
     return ss.measure(phase, preset, d, args.k, budget=args.budget, min_steps=args.min_steps,
-                      max_steps=args.steps, sample_steps=args.sample_steps)
+                      max_steps=args.steps, sample_steps=args.sample_steps, repeats=args.repeats)
 
 
 @pytest.mark.usefixtures("one_thread")
@@ -65,7 +66,8 @@ def test_collect_and_markdown():
             assert est["from_d"] == [100, 500]
             key = ss._key(r["phase"])
             a, b = (ss._find(records, r["phase"], "small", d) for d in (100, 500))
-            assert est[key] == pytest.approx(b[key] + (b[key] - a[key]) * 500 / 400)
+            assert est[key] == pytest.approx(max(b[key], b[key] + (b[key] - a[key]) * 500 / 400))
+            assert (key in est["floored"]) == (b[key] < a[key])
         else:
             _check(r, r["phase"], r["preset"], r["d"])
             assert "peak_mib" in r
@@ -80,3 +82,17 @@ def test_collect_and_markdown():
     assert len(rows) == 3 and all("not run (est. " in row for row in rows)
     assert "lowrank init (SVD) s" in md and "small init (SVD) s" not in md
     assert "## What the numbers show" in md and "Not run, estimated `small`" in md
+
+
+def test_estimate_line_and_floor():
+    """A rising line is extended; a falling one is floored at the largest measured value (shown '>=')."""
+    def rec(d, t, mib):
+        return {"phase": "sample", "preset": "small", "d": d, "status": "ok", "sample_s": t, "peak_mib": mib}
+
+    records = [rec(10, 1.0, 300.0), rec(20, 2.0, 200.0),
+               {"phase": "sample", "preset": "small", "d": 40, "status": "not run"}]
+    ss.estimate_not_run(records)
+    est = records[-1]["estimate"]
+    assert est["sample_s"] == pytest.approx(4.0) and est["peak_mib"] == 200.0 and est["floored"] == ["peak_mib"]
+    cells = ss._cells(records, records[-1], ["sample_s", "slope", "peak_mib"])
+    assert cells == ["not run (est. 4)", "not run", "not run (est. >= 200)"]
