@@ -25,7 +25,7 @@ class Config:
     subset_lr: float = 0.01  # subset training stays near the base optimum
     batch_size: int = 128
     # parameter autoencoder
-    autoencoder: str = "auto"  # auto: `small` below 4096 values, `lowrank` (whole networks) from there
+    autoencoder: str = "auto"  # auto: `small` for 81..4095 values, `lowrank` (whole networks, tiny subsets) outside
     # (pdiff_fast.autoencoder_choice); `medium` is the reference CIFAR preset
     input_noise: float = 0.001  # reference input noise factor
     latent_noise: float = 0.1  # reference latent noise factor (0.5 in its ae_ddpm config)
