@@ -2,6 +2,7 @@
 
     python -m benchmarks.subset_scaling --out benchmarks/results/            # D = 384 ... 1,000,000
     python -m benchmarks.subset_scaling --dims 100,500 --k 8 --out /tmp/ss   # a smoke run
+    python -m benchmarks.subset_scaling --from-json --out benchmarks/results/  # the Markdown from the JSON
 
 For each D in --dims and each preset in --presets (`small`, `lowrank`; built with
 autoencoder_choice.build_autoencoder(preset, D)), three phases; the preset that `auto` picks at D
@@ -35,7 +36,8 @@ bytes) in the `ae` phase. `small` is not run above --small-max-d (its activation
 measured D. The tables give the log-log slope of seconds per step against D between consecutive
 measured D (1: linear in D).
 
-Writes subset_scaling_<dev>.json and subset_scaling_<dev>.md.
+Writes subset_scaling_<dev>.json and subset_scaling_<dev>.md (--from-json: the Markdown again from
+that JSON, nothing measured).
 """
 from __future__ import annotations
 
@@ -427,6 +429,7 @@ def summary(records, presets) -> list[str]:
                          f"time and {x['peak_mib'] / max(y['peak_mib'], 1e-9):.3g}x the peak memory of `{presets[1]}`")
         if parts:
             out.append(f"- {PHASE_TITLES[phase]} ({unit}): " + "; ".join(parts) + ".")
+    out += noise(records)
     est = [r for r in records if r["status"] == "not run" and r.get("estimate")]
     if est:
         def val(r, key):
@@ -442,6 +445,35 @@ def _span(slopes: list[float]) -> str:
     if len(slopes) == 1:
         return f"slope {slopes[0]:.2f}"
     return f"slopes {min(slopes):.2f} to {max(slopes):.2f}"
+
+
+def _same_work(r: dict):
+    """What the timed loop of r computes, apart from D: equal keys run the same operations on the
+    same values (the denoiser and its inputs are seeded alike; the autoencoder is not in the loop)."""
+    if r["status"] != "ok" or r["phase"] == "ae":
+        return None
+    key = (r["preset"], r["phase"], tuple(r["latent_shape"]))
+    return key + ((r["grain"], r["denoiser_calls_per_step"]) if r["phase"] == "sample" else ())
+
+
+def noise(records) -> list[str]:
+    """The spread of time per step among measurements that do the same work at different D: the
+    run-to-run noise of the machine, to read the slopes against."""
+    groups: dict = {}
+    for r in records:
+        if (key := _same_work(r)) is not None:
+            groups.setdefault(key, []).append(r)
+    out = []
+    for (preset, phase, *_), group in groups.items():
+        if len(group) < 2:
+            continue
+        v = [r["step_s"] for r in group]
+        ds = ", ".join(f"{r['d']:,}" for r in group)
+        out.append(f"- Run-to-run noise: `{preset}` {PHASE_TITLES[phase].lower()} does the same work at D = {ds} "
+                   f"(same latent shape, denoiser weights, inputs and seeds{', grain and calls per step' if phase == 'sample' else ''}); "
+                   f"its seconds per step there range {_num(min(v))} to {_num(max(v))} (x{max(v) / min(v):.2f}), "
+                   "each cell from its own subprocess: slopes near 0 in that column are within this spread.")
+    return out
 
 
 def device_info() -> dict:
@@ -520,6 +552,8 @@ def main(argv=None) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads per measurement (0: all cores)")
     p.add_argument("--timeout", type=float, default=1800, help="seconds per measurement subprocess")
     p.add_argument("--out", default="benchmarks/results")
+    p.add_argument("--from-json", action="store_true",
+                   help="measure nothing: rewrite the Markdown from the JSON already in --out")
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--phase", help=argparse.SUPPRESS)
     p.add_argument("--preset", help=argparse.SUPPRESS)
@@ -533,13 +567,19 @@ def main(argv=None) -> None:
                       max_steps=args.steps, sample_steps=args.sample_steps, repeats=args.repeats)
         print(json.dumps(rec), flush=True)
         return
+    out = Path(args.out)
+    if args.from_json:
+        data = json.loads((out / "subset_scaling_cpu.json").read_text())
+        text = markdown(data["meta"], data["results"])
+        (out / "subset_scaling_cpu.md").write_text(text)
+        print(text)
+        return
     args.dims = [int(v) for v in args.dims.split(",")]
     args.presets = args.presets.split(",")
     _imports()
     t0 = time.perf_counter()
     base, records = collect(args)
     meta = meta_for(args, base, time.perf_counter() - t0)
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "subset_scaling_cpu.json").write_text(json.dumps({"meta": meta, "results": records}, indent=1))
     text = markdown(meta, records)

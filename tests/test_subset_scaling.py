@@ -82,6 +82,8 @@ def test_collect_and_markdown():
     assert len(rows) == 3 and all("not run (est. " in row for row in rows)
     assert "lowrank init (SVD) s" in md and "small init (SVD) s" not in md
     assert "## What the numbers show" in md and "Not run, estimated `small`" in md
+    # lowrank's latent (1 x 64) does not change with D: its denoiser phases do the same work at every D
+    assert "Run-to-run noise: `lowrank` latent denoiser training does the same work at D = 100, 500, 1,000" in md
 
 
 def test_estimate_line_and_floor():
