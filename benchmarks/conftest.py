@@ -165,8 +165,7 @@ def _hardware_extra_info(request):
 
 
 def environment(config=None) -> dict:
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    cpu = common.cpu_model()
     try:
         triton = importlib.metadata.version("triton")
     except importlib.metadata.PackageNotFoundError:

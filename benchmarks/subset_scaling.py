@@ -479,11 +479,9 @@ def noise(records) -> list[str]:
 def device_info() -> dict:
     import torch
 
-    cpu = platform.processor()
-    if os.path.exists("/proc/cpuinfo"):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                   cpu)
-    return {"cpu_model": cpu, "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
+    from benchmarks.common import cpu_model
+
+    return {"cpu_model": cpu_model(), "cores": os.cpu_count(), "torch": torch.__version__, "python": platform.python_version()}
 
 
 def markdown(meta: dict, records: list[dict]) -> str:

@@ -139,7 +139,8 @@ def chunk_size_for(latent_numel: int, in_dim: int, budget_bytes: int, denoiser_w
     """Samples per chunk: the widest activation (denoiser and decoder: decode_channels values per
     parameter, 64 for the conv presets) times 4 bytes, a few times over, plus the sample's pre-drawn
     noise (noise_draws latents) on the torch path; a multiple of `grain`."""
-    per_sample = 4 * 8 * max(latent_numel * denoiser_width, in_dim * decode_channels) + 4 * noise_draws * latent_numel
+    widest = max(latent_numel * denoiser_width, in_dim * decode_channels)
+    per_sample = 4 * 8 * widest + 4 * noise_draws * latent_numel
     return max(1, budget_bytes // per_sample // grain) * grain
 
 
