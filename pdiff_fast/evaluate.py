@@ -3,7 +3,10 @@
 Accuracy of every original and generated model on the test set (batched, see population.py),
 best / mean / median, and the IoU of the sets of wrongly predicted test samples:
 original-original, generated-generated, generated-original (mean, and each generated model's
-max over the originals), with noise-added originals as baselines.
+max over the originals). Beside them, the baselines a generator has to beat (originals + noise
+of fixed sigmas and of the generated set's own distance, interpolations of two originals, the
+weight mean, the output ensemble), each set's distance to the nearest original, and a verdict
+computed from those numbers (pdiff_fast.novelty says how).
 """
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ import torch
 from torch import nn
 
 from . import distributed
+from . import novelty
 from .params import ParamSpec
 
 NOISE_SIGMAS = (0.01, 0.05, 0.1)
@@ -35,14 +39,16 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
     are reduced block by block (iou_stats) and never held whole. Besides the inputs, what grows
     with N is O(N * (n_test / 8 + 4 * n_test / 1024 + 100)) bytes: the packed wrong-prediction
     bitsets, the smallest top-2 gap per test batch and a few per-model values (accuracy, max
-    IoU, the report's per-model Python lists): about 2 MB for 15,000 models on 200 samples.
+    IoU, distance to the nearest original, the report's per-model Python lists): about 2 MB for
+    15,000 models on 200 samples. Each baseline holds K models (the weight mean and the ensemble
+    one), whatever N.
 
     Raises ValueError, before any work, on inputs of the wrong shape, test inputs holding
     NaN / Inf, or test labels outside [0, num_classes).
 
     shard=True, in a process group (pdiff_fast.distributed): each rank evaluates its share of
     every population and the results are gathered; the report is the one-process report."""
-    from .population import check_test_set, iou_stats
+    from .population import check_test_set, iou_stats, pack_bits
 
     for name, t in (("original", original), ("generated", generated)):
         if t.dim() != 2 or t.shape[1] != spec.dim:
@@ -54,9 +60,17 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
     budget = memory_budget_bytes
     run = lambda flat: evaluate_rows(base_model, spec, flat, x_test, y_test, budget, shard)  # noqa: E731
     orig, gen = run(original), run(generated)
-    oo = iou_stats(orig.wrong, row_max=False, memory_budget_bytes=budget)  # off-diagonal
+    oo = iou_stats(orig.wrong, memory_budget_bytes=budget)  # off-diagonal, row max over the other originals
     gg = iou_stats(gen.wrong, row_max=False, memory_budget_bytes=budget)  # off-diagonal
     go = iou_stats(gen.wrong, orig.wrong, memory_budget_bytes=budget)  # (N, K), row max over K
+    std = novelty.standardizer(spec, original)
+    nearest = lambda flat, **kw: novelty.nearest_distance(  # noqa: E731
+        flat, original, transform=std.transform, memory_budget_bytes=budget, **kw)[0]
+    orig_nn, gen_nn = nearest(original, exclude_self=True), nearest(generated)
+    tau = orig_nn.nanmedian().item() if original.shape[0] > 1 else math.nan
+    bar = summary(orig.accuracy)["median"]
+    measures = lambda acc, dist, max_iou: novelty.set_measures(  # noqa: E731
+        acc, dist, max_iou, tau=tau, accuracy_bar=bar)
     report = {
         "original": summary(orig.accuracy),
         "generated": summary(gen.accuracy),
@@ -72,21 +86,55 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
             "original_accuracy": orig.accuracy.tolist(),
             "generated_accuracy": gen.accuracy.tolist(),
             "generated_max_iou": go.row_max.tolist(),
+            "original_nn_distance": orig_nn.tolist(),
+            "original_max_iou": oo.row_max.tolist(),
+            "generated_nn_distance": gen_nn.tolist(),
         },
         "noise_baselines": {},
+        "baselines": {},
     }
+    sets = {"generated": measures(gen.accuracy, gen_nn, go.row_max),
+            "original": measures(orig.accuracy, orig_nn, oo.row_max)}
     del gen
     gen_t = torch.Generator(device=original.device).manual_seed(seed)
+
+    def baseline(flat: torch.Tensor) -> dict:
+        res = run(flat)
+        max_iou = iou_stats(res.wrong, orig.wrong, memory_budget_bytes=budget).row_max
+        dist = nearest(flat)
+        return {**summary(res.accuracy), "max_iou_mean": max_iou.double().mean().item(),
+                "accuracy": res.accuracy.tolist(), "max_iou": max_iou.tolist(), "nn_distance": dist.tolist(),
+                "_measures": measures(res.accuracy, dist, max_iou)}
+
     for sigma in noise_sigmas:
         noisy = original + sigma * torch.randn(original.shape, generator=gen_t, device=original.device)
-        res = run(noisy)
-        max_iou = iou_stats(res.wrong, orig.wrong, memory_budget_bytes=budget).row_max
-        report["noise_baselines"][str(sigma)] = {
-            **summary(res.accuracy),
-            "max_iou_mean": max_iou.double().mean().item(),
-            "accuracy": res.accuracy.tolist(),
-            "max_iou": max_iou.tolist(),
-        }
+        report["noise_baselines"][str(sigma)] = baseline(noisy)
+    cpu_gen = torch.Generator().manual_seed(seed + 1)
+    matched_rms = sets["generated"]["nn_distance"]["median"]
+    others = {}
+    if math.isfinite(matched_rms):
+        others["noise matched"] = novelty.matched_noise(original, std, matched_rms, cpu_gen)
+    mixed = novelty.interpolations(original, original.shape[0], cpu_gen)
+    if mixed is not None:
+        others["interpolation"] = mixed
+    others["weight mean"] = original.double().mean(0, keepdim=True).to(original.dtype)
+    for name, flat in others.items():
+        report["baselines"][name] = baseline(flat)
+    if "noise matched" in others:
+        report["baselines"]["noise matched"]["rms"] = matched_rms
+    ens_mask = novelty.ensemble_predictions(base_model, spec, original, x_test) != y_test.cpu()
+    ens_wrong, ens_acc = pack_bits(ens_mask[None]), torch.tensor([100.0 * (1 - ens_mask.double().mean().item())])
+    ens_iou = iou_stats(ens_wrong, orig.wrong, memory_budget_bytes=budget).row_max
+    report["baselines"]["ensemble"] = {**summary(ens_acc), "max_iou_mean": ens_iou.double().mean().item(),
+                                       "accuracy": ens_acc.tolist(), "max_iou": ens_iou.tolist(), "nn_distance": None,
+                                       "_measures": measures(ens_acc, None, ens_iou)}
+    for group in ("noise_baselines", "baselines"):
+        for name, b in report[group].items():
+            sets[f"noise σ={name}" if group == "noise_baselines" else name] = b.pop("_measures")
+    report["novelty"] = {"distance": "RMS over the subset, each tensor standardised by the originals' mean / std; "
+                                     "to the nearest original",
+                         "tau": tau, "accuracy_bar": bar, "sets": sets}
+    report["verdict"] = novelty.verdict(sets, tau)
     return report
 
 
@@ -112,17 +160,32 @@ def evaluate_rows(base_model: nn.Module, spec: ParamSpec, flat: torch.Tensor, x_
                             None, distributed.gather_rows(mine.finite, n), distributed.sum_int(mine.rechecked))
 
 
+def _pct(v) -> str:
+    return "–" if v is None or v != v else f"{100 * v:.1f}%"
+
+
+def _num(v, fmt: str) -> str:
+    return "–" if v is None or v != v else format(v, fmt)
+
+
 def format_table(report: dict) -> str:
-    """The paper's table: original vs generated best / mean / median, and the IoU figures."""
+    """The paper's table: original vs generated best / mean / median and the IoU figures, then
+    the baselines, each set's distance to the nearest original, and the verdict."""
     o, g, iou = report["original"], report["generated"], report["iou"]
+    row = lambda name, b: f"| {name} | {b['n']} | {b['best']:.2f} | {b['mean']:.2f} | {b['median']:.2f} |"  # noqa: E731
     lines = [
         "| models | n | best | mean | median |",
         "|---|---:|---:|---:|---:|",
-        f"| original | {o['n']} | {o['best']:.2f} | {o['mean']:.2f} | {o['median']:.2f} |",
-        f"| generated (p-diff) | {g['n']} | {g['best']:.2f} | {g['mean']:.2f} | {g['median']:.2f} |",
+        row("original", o),
+        row("generated (p-diff)", g),
     ]
     for sigma, b in report.get("noise_baselines", {}).items():
-        lines.append(f"| original + noise σ={sigma} | {b['n']} | {b['best']:.2f} | {b['mean']:.2f} | {b['median']:.2f} |")
+        lines.append(row(f"original + noise σ={sigma}", b))
+    for name, b in report.get("baselines", {}).items():
+        label = {"noise matched": f"original + noise, distance matched (RMS {b.get('rms', math.nan):.3g})",
+                 "interpolation": "interpolation of two originals", "weight mean": "mean of the originals' weights",
+                 "ensemble": "output ensemble of the originals"}.get(name, name)
+        lines.append(row(label, b))
     lines += [
         "",
         "| IoU of wrong predictions | value |",
@@ -135,4 +198,23 @@ def format_table(report: dict) -> str:
     ]
     for sigma, b in report.get("noise_baselines", {}).items():
         lines.append(f"| original + noise σ={sigma} - original (max, mean) | {b['max_iou_mean']:.3f} |")
+    nov = report.get("novelty")
+    if nov:
+        lines += [
+            "",
+            f"Distance: {nov['distance']}. Originals' spacing tau (median distance of an original to its nearest "
+            f"other original) = {_num(nov['tau'], '.4g')}. New and better: accuracy above the originals' median "
+            f"({nov['accuracy_bar']:.2f}) and farther than tau from every original.",
+            "",
+            "| set | median accuracy | median distance to nearest original | / tau | max IoU to originals (mean) "
+            "| new and better |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for name, m in nov["sets"].items():
+            dist = m["nn_distance"]["median"] if m["nn_distance"] else None
+            lines.append(f"| {name} | {m['accuracy']['median']:.2f} | {_num(dist, '.4g')} | "
+                         f"{_num(m['distance_ratio'], '.3f')} | {m['max_iou_mean']:.3f} | {_pct(m['new_and_better'])} |")
+    if "verdict" in report:
+        v = report["verdict"]
+        lines += ["", f"**Verdict: {v['label']}; median accuracy {v['accuracy']} the originals'.** {v['text']}"]
     return "\n".join(lines)

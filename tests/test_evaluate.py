@@ -169,7 +169,8 @@ def test_report_equals_the_whole_matrix_analysis():
     assert report["per_model"]["generated_max_iou"] == go_rmax.tolist()
     assert report["per_model"]["generated_accuracy"][:5] == gen.accuracy[:5].tolist()
     assert report["generated_nonfinite"] == 1 and report["generated"]["n"] == 22
-    assert set(report) == {"original", "generated", "generated_nonfinite", "iou", "per_model", "noise_baselines"}
+    assert set(report) == {"original", "generated", "generated_nonfinite", "iou", "per_model", "noise_baselines",
+                           "baselines", "novelty", "verdict"}
     assert list(report["noise_baselines"]) == ["0.01", "0.05", "0.1"]
     again = evaluate(base, spec, original, generated, x, y)  # default budget: one block
     assert json.dumps(again, sort_keys=True) == json.dumps(report, sort_keys=True)

@@ -27,7 +27,7 @@ def run_dir(tmp_path_factory):
 def test_run_writes_every_artifact(run_dir):
     for name in ["config.json", "population.safetensors", "autoencoder.safetensors", "diffusion.safetensors",
                  "generated.safetensors", "report.json", "report.md", "timings.json",
-                 "accuracy_distribution.png", "iou_vs_accuracy.png"]:
+                 "accuracy_distribution.png", "iou_vs_accuracy.png", "distance_vs_accuracy.png"]:
         assert (run_dir / name).is_file(), name
     assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporaries left
 
@@ -39,7 +39,10 @@ def test_report_has_the_paper_figures(run_dir):
                 "generated_original_max"]:
         assert 0.0 <= r["iou"][key] <= 1.0
     assert set(r["noise_baselines"]) == {"0.05"}
-    assert "| generated (p-diff) |" in (run_dir / "report.md").read_text()
+    assert set(r["baselines"]) == {"noise matched", "interpolation", "weight mean", "ensemble"}
+    assert r["verdict"]["label"] in ("copies", "close", "new")
+    table = (run_dir / "report.md").read_text()
+    assert "| generated (p-diff) |" in table and f"**Verdict: {r['verdict']['label']};" in table
 
 
 def test_diffusion_state_dict_holds_model_and_ema(run_dir):
