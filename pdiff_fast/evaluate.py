@@ -20,6 +20,16 @@ from . import novelty
 from .params import ParamSpec
 
 NOISE_SIGMAS = (0.01, 0.05, 0.1)
+BASELINES = ("noise matched", "interpolation", "weight mean", "ensemble")  # report order (JSON sorts keys)
+
+
+def _in_order(sets: dict) -> list[str]:
+    """generated, original, the fixed-σ noise sets by σ, then BASELINES."""
+    def rank(name: str):
+        if name.startswith("noise σ="):
+            return (2, float(name.split("=", 1)[1]))
+        return ({"generated": 0, "original": 1}.get(name, 3 + BASELINES.index(name) if name in BASELINES else 9), 0)
+    return sorted(sets, key=rank)
 
 
 def summary(acc: torch.Tensor) -> dict[str, float]:
@@ -133,8 +143,9 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
             sets[f"noise σ={name}" if group == "noise_baselines" else name] = b.pop("_measures")
     report["novelty"] = {"distance": "RMS over the subset, each tensor standardised by the originals' mean / std; "
                                      "to the nearest original",
-                         "tau": tau, "accuracy_bar": bar, "sets": sets}
-    report["verdict"] = novelty.verdict(sets, tau)
+                         "tau": tau, "extent": novelty.spread(original, std.transform), "accuracy_bar": bar,
+                         "sets": sets}
+    report["verdict"] = novelty.verdict(sets, tau, report["novelty"]["extent"])
     return report
 
 
@@ -181,7 +192,8 @@ def format_table(report: dict) -> str:
     ]
     for sigma, b in report.get("noise_baselines", {}).items():
         lines.append(row(f"original + noise σ={sigma}", b))
-    for name, b in report.get("baselines", {}).items():
+    for name in _in_order(report.get("baselines", {})):
+        b = report["baselines"][name]
         label = {"noise matched": f"original + noise, distance matched (RMS {b.get('rms', math.nan):.3g})",
                  "interpolation": "interpolation of two originals", "weight mean": "mean of the originals' weights",
                  "ensemble": "output ensemble of the originals"}.get(name, name)
@@ -203,18 +215,22 @@ def format_table(report: dict) -> str:
         lines += [
             "",
             f"Distance: {nov['distance']}. Originals' spacing tau (median distance of an original to its nearest "
-            f"other original) = {_num(nov['tau'], '.4g')}. New and better: accuracy above the originals' median "
+            f"other original) = {_num(nov['tau'], '.4g')}; their extent (median distance between two originals) = "
+            f"{_num(nov.get('extent'), '.4g')}. New and better: accuracy above the originals' median "
             f"({nov['accuracy_bar']:.2f}) and farther than tau from every original.",
             "",
             "| set | median accuracy | median distance to nearest original | / tau | max IoU to originals (mean) "
             "| new and better |",
             "|---|---:|---:|---:|---:|---:|",
         ]
-        for name, m in nov["sets"].items():
+        for name in _in_order(nov["sets"]):
+            m = nov["sets"][name]
             dist = m["nn_distance"]["median"] if m["nn_distance"] else None
             lines.append(f"| {name} | {m['accuracy']['median']:.2f} | {_num(dist, '.4g')} | "
                          f"{_num(m['distance_ratio'], '.3f')} | {m['max_iou_mean']:.3f} | {_pct(m['new_and_better'])} |")
     if "verdict" in report:
         v = report["verdict"]
-        lines += ["", f"**Verdict: {v['label']}; median accuracy {v['accuracy']} the originals'.** {v['text']}"]
+        beats = ", ".join(v.get("beats", [])) or "none"
+        lines += ["", f"**Verdict: {v['label']}; median accuracy {v['accuracy']} the originals'; above these "
+                      f"baselines: {beats}.** {v['text']}"]
     return "\n".join(lines)

@@ -71,6 +71,18 @@ def nearest_distance(x: torch.Tensor, ref: torch.Tensor, *, exclude_self: bool =
     return dist, index
 
 
+def spread(original: torch.Tensor, transform=None, max_rows: int = 2048) -> float:
+    """The originals' extent: the median distance between two different originals (evenly spaced
+    max_rows of them when there are more; NaN with one)."""
+    k = original.shape[0]
+    if k < 2:
+        return math.nan
+    rows = original[torch.linspace(0, k - 1, min(k, max_rows)).round().long().unique().to(original.device)]
+    z = (transform or (lambda t: t))(rows).double()
+    d = torch.cdist(z, z) / math.sqrt(z.shape[1])
+    return d[torch.triu_indices(len(z), len(z), 1).unbind()].median().item()
+
+
 def interpolations(original: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor | None:
     """n random convex combinations lam * a + (1 - lam) * b of two different originals, lam ~ U(0, 1)."""
     k = original.shape[0]
@@ -140,7 +152,7 @@ def _level(a: float, b: float) -> str:
     return "above" if a > b else "below"
 
 
-def verdict(sets: dict, tau: float) -> dict:
+def verdict(sets: dict, tau: float, extent: float = math.nan) -> dict:
     """The verdict on the generated set, computed from the measures only.
 
     label (how new): "copies" (median nearest-original distance <= COPY_RATIO * tau, or exactly 0 when
@@ -176,10 +188,19 @@ def verdict(sets: dict, tau: float) -> dict:
     if rivals:
         parts[-1] += "; " + ", ".join(f"{_level(acc, v)} {name} ({v:.2f})" for name, v in rivals)
     parts[-1] += "."
+    noise = sets.get("noise matched")
+    if noise is not None:
+        word = "less" if g["max_iou_mean"] < noise["max_iou_mean"] else "as much or more"
+        parts.append(f"Their wrong predictions overlap the originals' {word} than those of noise at the same "
+                     f"distance (mean max IoU {g['max_iou_mean']:.3f} vs {noise['max_iou_mean']:.3f}).")
+    if math.isfinite(extent) and extent > 0:
+        parts.append(f"For scale: two originals lie {extent:.3g} apart (median over pairs); the generated models' "
+                     f"median distance to the nearest original is {median / extent:.2f}x that.")
     share = g["new_and_better"]
     if share is not None and math.isfinite(share):
         parts.append(f"{100 * share:.1f}% of them are both better than the median original and farther than "
                      f"{tau:.3g} from every original (originals: {100 * sets['original']['new_and_better']:.1f}%).")
     beaten = [name for name, v in rivals if _level(acc, v) == "above"]
-    return {"label": label, "accuracy": _level(acc, orig), "distance_ratio": ratio, "median_distance": median, "tau": tau,
+    return {"label": label, "accuracy": _level(acc, orig), "distance_ratio": ratio, "median_distance": median,
+            "tau": tau, "extent": extent,
             "beats": beaten, "text": " ".join(parts)}

@@ -97,7 +97,8 @@ def plot_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
         tau = report.get("novelty", {}).get("tau")
         if tau is not None and tau == tau:
             ax.axvline(tau, color="gray", linestyle=":", linewidth=1, label="originals' spacing (tau)")
-        ax.set_xscale("symlog", linthresh=max(1e-3, (tau or 1e-3) / 100))
+        ax.set_xscale("symlog", linthresh=max(1e-4, (tau or 1e-3) / 10))  # linear near 0: copies stay on the plot
+        ax.set_xlim(left=0)
         ax.set_xlabel("distance to the nearest original (RMS, standardised per tensor)")
         ax.set_ylabel("test accuracy (%)")
         ax.set_title(title["distance"], fontsize=9)

@@ -71,6 +71,18 @@ def test_distances_are_in_standardised_units():
     assert torch.allclose(da, db)  # the same move at each tensor's own scale is the same distance
 
 
+def test_spread_is_the_median_pairwise_distance():
+    torch.manual_seed(4)
+    original = torch.randn(7, 5)
+    d = torch.cdist(original.double(), original.double()) / 5 ** 0.5
+    pairs = d[torch.triu_indices(7, 7, 1).unbind()]
+    assert novelty.spread(original) == pytest.approx(pairs.median().item())
+    assert novelty.spread(original, max_rows=3) == pytest.approx(
+        (torch.cdist(original[[0, 3, 6]].double(), original[[0, 3, 6]].double()) / 5 ** 0.5)[
+            torch.triu_indices(3, 3, 1).unbind()].median().item())
+    assert math.isnan(novelty.spread(original[:1]))
+
+
 def test_interpolations_mix_two_different_originals():
     k = 6
     original = torch.eye(k) * 10
