@@ -9,6 +9,7 @@
     pdiff-fast report  --run-dir runs/a
     pdiff-fast run --config my.json         # a JSON file with any Config fields (or `quick`, shipped)
     torchrun --standalone --nproc_per_node=2 -m pdiff_fast run    # many processes (README: Scaling out)
+    pdiff-fast study --run-dir runs/study   # ablation, sampler trade-off, fine-tuning (pdiff_fast/study.py)
 
 A step's config is the run's config.json (the defaults in a new run directory), then the fields
 that --config names, then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
@@ -69,6 +70,24 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--num-samples", type=int)
             s.add_argument("--sampler", choices=["ddpm", "ddim"])
             s.add_argument("--sample-steps", type=int, help="DDIM steps")
+    s = sub.add_parser("study", help="the paper's ablation, the sampler trade-off and fine-tuning from generated "
+                                     "parameters (pdiff_fast/study.py)",
+                       description="Run the ablation variants, the sampler trade-off and the fine-tuning comparison; "
+                                   "tables in <run-dir>/study.md, numbers in study.json.")
+    s.add_argument("--run-dir", default="runs/study", help="directory of the study (each variant in variants/)")
+    s.add_argument("--config", help="the base config: a JSON file or a shipped name (default: the defaults)")
+    s.add_argument("--only", action="append", choices=["ablation", "sampler", "finetune"],
+                   help="run this part only (repeatable; default: all three)")
+    s.add_argument("--variant", action="append", help="ablation variant to run (repeatable; default: all of "
+                                                       "pdiff_fast.study.VARIANTS)")
+    s.add_argument("--jobs", type=int, help="ablation variants run at a time, each in its own process "
+                                            "(default: the CPU count on a CPU, 1 on a GPU)")
+    s.add_argument("--fresh", action="store_true", help="rerun variants whose current report is on disk")
+    s.add_argument("--finetune-models", type=int, default=20, help="models fine-tuned per start")
+    for flag in ("--ae-steps", "--diffusion-steps", "--num-samples", "--seed"):
+        s.add_argument(flag, type=int)
+    s.add_argument("--device", help="cpu, cuda, or auto")
+    s.add_argument("--quiet", action="store_true", help="no log lines")
     return p
 
 
@@ -113,10 +132,29 @@ def _where() -> str:
     return f" (rank {dist.rank()})" if dist is not None and dist.rank() != 0 else ""
 
 
+def _study(args) -> None:
+    from .study import PARTS, run_study
+
+    fields = read_config_file(args.config) if args.config else {}
+    cfg = Config.from_dict(fields, args.config or "config")
+    flags = {n: getattr(args, n) for n in ("ae_steps", "diffusion_steps", "num_samples", "seed", "device")}
+    cfg = cfg.replace(**flags).validate("command-line flags")
+    if args.jobs is not None and args.jobs < 1:
+        raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    run_study(cfg, args.run_dir, parts=tuple(args.only or PARTS), jobs=args.jobs, fresh=args.fresh,
+              finetune_models=args.finetune_models, variants=args.variant, log=log)
+    print((Path(args.run_dir) / "study.md").read_text())
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
         from . import distributed
+
+        if args.command == "study":
+            _study(args)
+            return 0
         from .pipeline import PDiff
 
         p = PDiff(_config(args), args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
