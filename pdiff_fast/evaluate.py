@@ -227,7 +227,8 @@ def format_table(report: dict) -> str:
             m = nov["sets"][name]
             dist = m["nn_distance"]["median"] if m["nn_distance"] else None
             lines.append(f"| {name} | {m['accuracy']['median']:.2f} | {_num(dist, '.4g')} | "
-                         f"{_num(m['distance_ratio'], '.3f')} | {m['max_iou_mean']:.3f} | {_pct(m['new_and_better'])} |")
+                         f"{_num(m['distance_ratio'], '.3f')} | {m['max_iou_mean']:.3f} | "
+                         f"{_pct(m['new_and_better'])} |")
     if "verdict" in report:
         v = report["verdict"]
         beats = ", ".join(v.get("beats", [])) or "none"

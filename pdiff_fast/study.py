@@ -283,7 +283,8 @@ def _ratio(v) -> str:
 
 
 def format_study(study: dict) -> str:
-    lines = [f"# p-diff study ({study.get('device', '?')})", ""]
+    lines = [f"# p-diff study ({study.get('device', '?')}, torch {study.get('torch', '?')}, {study.get('cpus', '?')} "
+             f"CPUs, ablation variants {study.get('jobs', '?')} at a time)", ""]
     rows = study.get("ablation")
     if rows:
         lines += ["## Ablation", "",
@@ -388,7 +389,8 @@ def run_study(base: Config, study_dir, *, parts=PARTS, jobs: int | None = None, 
         old = load_json(path)
         if isinstance(old, dict) and old.get("config") == base.to_dict():
             study = old  # other parts from an earlier call with the same config stay
-    study.update({"config": base.to_dict(), "seconds": {}, "device": str(pick_device(base.device))})
+    study.update({"config": base.to_dict(), "seconds": {}, "device": str(pick_device(base.device)),
+                  "torch": torch.__version__, "cpus": os.cpu_count(), "jobs": jobs or default_jobs(base.device)})
 
     def write():
         save_json(path, study)
