@@ -119,18 +119,10 @@ def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, gen
     for sigma in noise_sigmas:
         noisy = original + sigma * torch.randn(original.shape, generator=gen_t, device=original.device)
         report["noise_baselines"][str(sigma)] = baseline(noisy)
-    cpu_gen = torch.Generator().manual_seed(seed + 1)
     matched_rms = sets["generated"]["nn_distance"]["median"]
-    others = {}
-    if math.isfinite(matched_rms):
-        others["noise matched"] = novelty.matched_noise(original, std, matched_rms, cpu_gen)
-    mixed = novelty.interpolations(original, original.shape[0], cpu_gen)
-    if mixed is not None:
-        others["interpolation"] = mixed
-    others["weight mean"] = original.double().mean(0, keepdim=True).to(original.dtype)
-    for name, flat in others.items():
+    for name, flat in novelty.baseline_sets(original, std, matched_rms, seed + 1).items():
         report["baselines"][name] = baseline(flat)
-    if "noise matched" in others:
+    if "noise matched" in report["baselines"]:
         report["baselines"]["noise matched"]["rms"] = matched_rms
     ens_mask = novelty.ensemble_predictions(base_model, spec, original, x_test) != y_test.cpu()
     ens_wrong, ens_acc = pack_bits(ens_mask[None]), torch.tensor([100.0 * (1 - ens_mask.double().mean().item())])

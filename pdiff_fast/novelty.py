@@ -102,6 +102,20 @@ def matched_noise(original: torch.Tensor, std: Standardizer, rms: float, generat
     return std.inverse(noisy).to(original.dtype).to(original.device)
 
 
+def baseline_sets(original: torch.Tensor, std: Standardizer, matched_rms: float, seed: int) -> dict:
+    """The baselines that are parameter sets, in report order: matched noise (when the generated
+    models have a finite median distance), interpolation (K >= 2), weight mean."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    if math.isfinite(matched_rms):
+        out["noise matched"] = matched_noise(original, std, matched_rms, gen)
+    mixed = interpolations(original, original.shape[0], gen)
+    if mixed is not None:
+        out["interpolation"] = mixed
+    out["weight mean"] = original.double().mean(0, keepdim=True).to(original.dtype)
+    return out
+
+
 def ensemble_predictions(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, x_test: torch.Tensor,
                          batch_size: int = 1024) -> torch.Tensor:
     """(n_test,) class predictions of the originals' output ensemble: the mean of their softmax
