@@ -15,6 +15,19 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _finish(fig, ax, xlabel: str, title: str, path: Path) -> Path:
+    """Accuracy on y, the labels, a small legend; saved and closed."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7)
+    _save(fig, path)
+    plt.close(fig)
+    return path
+
+
 def _median(values) -> float:
     v = sorted(x for x in values if x is not None and x == x)
     if not v:
@@ -76,16 +89,12 @@ def plot_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.scatter(pm["generated_max_iou"], pm["generated_accuracy"], s=12, label="generated")
+    ax.scatter(pm["generated_max_iou"], pm["generated_accuracy"], s=12, label="generated", zorder=3)
     for name, b in _baselines(report).items():
         ax.scatter(b["max_iou"], b["accuracy"], s=12, alpha=0.6, label=name)
     ax.axhline(max(orig), color="gray", linestyle="--", linewidth=1, label="best original")
-    ax.set_xlabel("max IoU of wrong predictions to the originals")
-    ax.set_ylabel("test accuracy (%)")
-    ax.set_title(title["iou"], fontsize=9)
-    ax.legend(fontsize=7)
-    paths.append(_save(fig, out_dir / "iou_vs_accuracy.png"))
-    plt.close(fig)
+    paths.append(_finish(fig, ax, "max IoU of wrong predictions to the originals", title["iou"],
+                         out_dir / "iou_vs_accuracy.png"))
 
     if "generated_nn_distance" in pm:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
@@ -99,10 +108,6 @@ def plot_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
             ax.axvline(tau, color="gray", linestyle=":", linewidth=1, label="originals' spacing (tau)")
         ax.set_xscale("symlog", linthresh=max(1e-4, (tau or 1e-3) / 10))  # linear near 0: copies stay on the plot
         ax.set_xlim(left=0)
-        ax.set_xlabel("distance to the nearest original (RMS, standardised per tensor)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(title["distance"], fontsize=9)
-        ax.legend(fontsize=7)
-        paths.append(_save(fig, out_dir / "distance_vs_accuracy.png"))
-        plt.close(fig)
+        paths.append(_finish(fig, ax, "distance to the nearest original (RMS, standardised per tensor)",
+                             title["distance"], out_dir / "distance_vs_accuracy.png"))
     return paths
