@@ -188,8 +188,11 @@ def test_ctrl_c_exits_130_quietly(finished, tmp_path):
     cfg = tmp_path / "c.json"
     cfg.write_text(json.dumps({**TINY, "ae_steps": 100000}))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # SIG_DFL in the child, as in a terminal: a shell without job control starts background jobs
+    # (`cmd &`) with SIGINT ignored, the child would inherit that and rightly never see the Ctrl-C
     proc = subprocess.Popen([sys.executable, "-m", "pdiff_fast", "train", "--run-dir", str(d), "--config", str(cfg),
-                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                             "--quiet"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     _wait_for(d / "autoencoder.ckpt.safetensors", proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
