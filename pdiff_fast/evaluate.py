@@ -20,7 +20,7 @@ from . import novelty
 from .params import ParamSpec
 
 NOISE_SIGMAS = (0.01, 0.05, 0.1)
-BASELINES = ("noise matched", "interpolation", "weight mean", "ensemble")  # report order (JSON sorts keys)
+BASELINES = novelty.BASELINES
 
 
 def _in_order(sets: dict) -> list[str]:

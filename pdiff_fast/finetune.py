@@ -272,7 +272,7 @@ def plot_finetune(result: dict, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .io import _write_atomic
+    from .report import _save
 
     epochs = result["epochs"]
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -291,6 +291,6 @@ def plot_finetune(result: dict, path: str | os.PathLike) -> Path:
     ax.legend()
     path = Path(path)
     try:
-        return _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+        return _save(fig, path)
     finally:
         plt.close(fig)

@@ -32,6 +32,7 @@ from .params import ParamSpec, Standardizer
 
 COPY_RATIO = 0.1  # median nearest-original distance <= 0.1 tau: copies
 SAME_ACCURACY = 0.1  # points of median accuracy within which two sets are called level
+BASELINES = ("noise matched", "interpolation", "weight mean", "ensemble")  # report order (JSON sorts keys)
 
 
 def standardizer(spec: ParamSpec, original: torch.Tensor) -> Standardizer:
@@ -198,7 +199,7 @@ def verdict(sets: dict, tau: float, extent: float = math.nan) -> dict:
     orig = sets["original"]["accuracy"]["median"]
     parts.append(f"Their median accuracy {acc:.2f} is {_level(acc, orig)} the originals' {orig:.2f}")
     rivals = [(name, s["accuracy"]["median"]) for name, s in sets.items()
-              if name in ("noise matched", "interpolation", "weight mean", "ensemble")]
+              if name in BASELINES]
     if rivals:
         parts[-1] += "; " + ", ".join(f"{_level(acc, v)} {name} ({v:.2f})" for name, v in rivals)
     parts[-1] += "."

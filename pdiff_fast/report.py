@@ -3,7 +3,6 @@ to the originals against accuracy, and distance to the nearest original against 
 Titles state numbers taken from the report, never a conclusion written in advance."""
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -28,13 +27,6 @@ def _finish(fig, ax, xlabel: str, title: str, path: Path) -> Path:
     return path
 
 
-def _median(values) -> float:
-    v = sorted(x for x in values if x is not None and x == x)
-    if not v:
-        return math.nan
-    return v[(len(v) - 1) // 2]  # torch.median's lower median, as the report's summaries
-
-
 def _baselines(report: dict) -> dict:
     """Every baseline with per-model values: fixed-σ noise, then the others (ensemble excluded: no parameters)."""
     out = {f"original + noise σ={s}": b for s, b in report.get("noise_baselines", {}).items()}
@@ -44,8 +36,7 @@ def _baselines(report: dict) -> dict:
 
 def titles(report: dict) -> dict[str, str]:
     """The three plot titles, each built from the report's numbers."""
-    pm = report["per_model"]
-    gen_acc, orig_acc = _median(pm["generated_accuracy"]), _median(pm["original_accuracy"])
+    gen_acc, orig_acc = report["generated"]["median"], report["original"]["median"]
     base = report.get("baselines", {})
     iou = f"Mean max IoU to the originals: generated {report['iou']['generated_original_max_mean']:.3f}"
     for name in ("noise matched", "interpolation"):

@@ -89,18 +89,22 @@ def _spec_dim(run_dir: Path) -> int:
     return ParamSpec.from_dict(read_meta(run_dir / RunDirectory.FILES["population"])[0]["spec"]).dim
 
 
+def _generated_fields(report: dict) -> dict:
+    """What a study row keeps of an evaluation report: the generated set's accuracy and novelty."""
+    return {"generated": report["generated"], "generated_nonfinite": report["generated_nonfinite"],
+            "max_iou_mean": report["iou"]["generated_original_max_mean"],
+            "novelty": report["novelty"]["sets"]["generated"],
+            "verdict": {k: report["verdict"][k] for k in ("label", "accuracy", "distance_ratio")}}
+
+
 def _row(name: str, config: Config, run_dir: Path, report: dict) -> dict:
     timings = report.get("timings", {})
     steps = ("collect", "train_autoencoder", "train_diffusion", "sample", "evaluate")
     return {
         "variant": name, "changes": VARIANTS.get(name, {}), "run_dir": str(run_dir),
         "k": config.k, "dim": _spec_dim(run_dir), "input_noise": config.input_noise,
-        "latent_noise": config.latent_noise, "original": report["original"], "generated": report["generated"],
-        "generated_nonfinite": report["generated_nonfinite"],
-        "max_iou_mean": report["iou"]["generated_original_max_mean"],
-        "novelty": report["novelty"]["sets"]["generated"], "tau": report["novelty"]["tau"],
-        "verdict": {k: report["verdict"][k] for k in ("label", "accuracy", "distance_ratio")},
-        "seconds": sum(timings.get(s, 0.0) for s in steps),
+        "latent_noise": config.latent_noise, "original": report["original"], **_generated_fields(report),
+        "tau": report["novelty"]["tau"], "seconds": sum(timings.get(s, 0.0) for s in steps),
     }
 
 
@@ -159,13 +163,15 @@ def _default_run(base: Config, study_dir: Path, fresh: bool, log):
 def run_samplers(p, samplers=SAMPLERS, log=print) -> list[dict]:
     """Each sampler on the same trained models, seed and number of models; sampling is timed
     alone (no evaluation inside), the evaluation is the run's."""
+    from .collect import rebuild_base
     from .diffusion import make_scheduler
     from .evaluate import evaluate
     from .sample import generate
 
     c = p.config
     ae, model, std = p.load_models()
-    pop, base, data = p.population(), p.base_model(), p.data.to(p.device)
+    pop = p.population()
+    base, data = rebuild_base(p.new_model(), pop).to(p.device), p.data.to(p.device)
     rows = []
     for sampler, steps in samplers:
         scheduler = make_scheduler(sampler, steps, c.eta)
@@ -179,11 +185,7 @@ def run_samplers(p, samplers=SAMPLERS, log=print) -> list[dict]:
             flat = std.inverse(flat)
         report = evaluate(base, pop.spec, pop.params.to(p.device), flat.to(p.device), data.x_test, data.y_test,
                           noise_sigmas=[], seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20)
-        rows.append({"sampler": sampler, "steps": steps, "seconds": seconds, "generated": report["generated"],
-                     "generated_nonfinite": report["generated_nonfinite"],
-                     "max_iou_mean": report["iou"]["generated_original_max_mean"],
-                     "novelty": report["novelty"]["sets"]["generated"],
-                     "verdict": {k: report["verdict"][k] for k in ("label", "accuracy", "distance_ratio")}})
+        rows.append({"sampler": sampler, "steps": steps, "seconds": seconds, **_generated_fields(report)})
         log(f"study: sampler {sampler} {steps}: {seconds:.1f} s, generated median "
             f"{report['generated']['median']:.2f}")
     return rows
@@ -192,6 +194,7 @@ def run_samplers(p, samplers=SAMPLERS, log=print) -> list[dict]:
 def run_finetune(p, n_models: int = 20, epochs=FINETUNE_EPOCHS, log=print) -> dict:
     """Fine-tune n_models of each start: the first generated rows (they are i.i.d.), originals
     evenly spaced over the collection, random draws at the originals' per-tensor scale."""
+    from .collect import rebuild_base
     from .finetune import finetune, random_starts
 
     if n_models < 1:
@@ -204,7 +207,7 @@ def run_finetune(p, n_models: int = 20, epochs=FINETUNE_EPOCHS, log=print) -> di
     starts = {"generated": gen[:n_models], "original": pop.params[pick],
               "random": random_starts(pop.spec, pop.params, n_models, seed=c.seed)}
     t0 = time.perf_counter()
-    result = finetune(p.base_model(), pop.spec, p.data.to(p.device), {n: s.to(p.device) for n, s in starts.items()},
+    result = finetune(rebuild_base(p.new_model(), pop).to(p.device), pop.spec, p.data.to(p.device), {n: s.to(p.device) for n, s in starts.items()},
                       epochs=epochs, lr=c.subset_lr, batch_size=c.batch_size, seed=c.seed,
                       memory_budget_bytes=c.memory_budget_mb << 20)
     result["seconds"] = time.perf_counter() - t0
