@@ -74,8 +74,10 @@ def _fused_step_noise(scheduler: DDPMScheduler, device) -> bool:
 @torch.no_grad()
 def sample_latents(denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent_shape: tuple[int, ...],
                    device, generator: torch.Generator | None = None, progress: bool = False, *,
-                   seed: int | None = None, start: int = 0, grain: int | None = None) -> torch.Tensor:
+                   seed: int | None = None, start: int = 0, grain: int | None = None,
+                   cond: torch.Tensor | None = None) -> torch.Tensor:
     """Run the reverse process for n samples at once; returns (n, *latent_shape) in [-1, 1].
+    cond (n, ...): a per-sample condition, passed to the denoiser as its third argument.
 
     With `seed`, the samples are models start..start+n-1 of that seed's sequence, the denoiser run
     on `grain`-row micro-batches (see the module docstring; start must be a multiple of grain);
@@ -89,9 +91,13 @@ def sample_latents(denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent
     else:
         noise = model_noise(seed, start, n, 1 + len(steps), latent_shape, device)  # (1 + steps, n, ...)
         x = noise[0]
+    per_row = () if cond is None else (cond,)
     for i, t in enumerate(tqdm(steps, desc=f"sample {n}", disable=not progress, leave=False)):
         tt = torch.full((n,), t, device=device, dtype=torch.long)
-        eps = denoiser(x, tt) if seed is None else in_grains(denoiser, grain or default_grain(device), x, tt)
+        if seed is None:
+            eps = denoiser(x, tt, *per_row)
+        else:
+            eps = in_grains(denoiser, grain or default_grain(device), x, tt, *per_row)
         if seed is None:
             x = scheduler.step(eps, tt, x, generator=generator).prev_sample
         elif noise is not None:
@@ -148,7 +154,7 @@ def chunk_size_for(latent_numel: int, in_dim: int, budget_bytes: int, denoiser_w
 def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMScheduler, n: int = 200, *,
              device=None, seed: int | None = 0, memory_budget_bytes: int = 1 << 30, chunk_size: int | None = None,
              cuda_graph: bool = False, progress: bool = True, grain: int | None = None,
-             shard: bool = False) -> torch.Tensor:
+             shard: bool = False, cond: torch.Tensor | None = None) -> torch.Tensor:
     """Sample n parameter vectors: latents by diffusion, then the autoencoder's decoder. Returns (n, D).
 
     The same seed (and grain) gives the same n models whatever the chunk size or memory budget
@@ -158,9 +164,16 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
 
     shard=True, in a process group (pdiff_fast.distributed): each rank samples its own whole
     grains of the n models and every rank returns all n, the same models as one process.
+
+    cond (n, ...): one condition per model (a task embedding: pdiff_fast.conditional), passed to
+    the denoiser with its rows; model i's result depends on cond[i] alone.
     """
     if n < 1:
         raise ValueError(f"generate: the number of samples must be at least 1, got {n}")
+    if cond is not None and cond.shape[0] != n:
+        raise ValueError(f"generate: cond needs one row per model ({n}), got {tuple(cond.shape)}")
+    if cond is not None and cuda_graph:
+        raise ValueError("generate: cuda_graph=True does not take a condition; sample conditioned models without it")
     device = torch.device(device or next(denoiser.parameters()).device)
     latent_shape = autoencoder.latent_shape()
     if cuda_graph and device.type != "cuda":
@@ -189,7 +202,9 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
                 graphed[m] = GraphedLatentSampler(denoiser, scheduler, m, latent_shape, device)
             z = graphed[m].sample(seed, start)
         else:
-            z = sample_latents(denoiser, scheduler, m, latent_shape, device, seed=seed, start=start, grain=grain)
+            c = None if cond is None else cond[start:start + m].to(device)
+            z = sample_latents(denoiser, scheduler, m, latent_shape, device, seed=seed, start=start, grain=grain,
+                               cond=c)
         out.append(in_grains(autoencoder.decode, grain, z))
     flat = torch.cat(out)
     return distributed.gather_rows(flat, n, grain) if shard else flat  # (n, D)
