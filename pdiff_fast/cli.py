@@ -10,6 +10,8 @@
     pdiff-fast run --config my.json         # a JSON file with any Config fields (or `quick`, shipped)
     torchrun --standalone --nproc_per_node=2 -m pdiff_fast run    # many processes (README: Scaling out)
     pdiff-fast study --run-dir runs/study   # ablation, sampler trade-off, fine-tuning (pdiff_fast/study.py)
+    pdiff-fast tasks run                    # dataset-conditioned generation: zoo, generator, held-out tasks
+    pdiff-fast tasks sample --task 3-8      # models for one task (pdiff_fast/task_pipeline.py)
 
 A step's config is the run's config.json (the defaults in a new run directory), then the fields
 that --config names, then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
@@ -88,7 +90,82 @@ def _parser() -> argparse.ArgumentParser:
         s.add_argument(flag, type=int)
     s.add_argument("--device", help="cpu, cuda, or auto")
     s.add_argument("--quiet", action="store_true", help="no log lines")
+    _tasks_parser(sub)
     return p
+
+
+TASK_STEPS = {
+    "zoo": "train the model zoo: zoo_runs models per seen task, all at once",
+    "train": "train the conditioned generator (parameter autoencoder, set encoder, latent diffusion) on the zoo",
+    "sample": "generate models for every task (or for --task NAME ...) with the trained generator",
+    "evaluate": "no-training accuracy against the baselines and fine-tuning on the held-out tasks; report and plots",
+    "report": "print the table and redraw the plots",
+    "run": "all of the above with one config",
+}
+TASK_FLAGS = ["device", "seed", "zoo_runs", "zoo_steps", "ae_steps", "diffusion_steps", "samples_per_task",
+              "guidance", "sampler", "sample_steps"]
+
+
+def _tasks_parser(sub) -> None:
+    t = sub.add_parser("tasks", help="dataset-conditioned generation: weights for tasks the generator has never "
+                                     "seen (pdiff_fast/task_pipeline.py)",
+                       description="Dataset-conditioned generation (D2NWG) on the 90 digit-pair tasks: a model zoo, "
+                                   "a task-conditioned generator, models for held-out tasks, and their evaluation.")
+    steps = t.add_subparsers(dest="task_command", required=True)
+    for name, what in TASK_STEPS.items():
+        s = steps.add_parser(name, help=what, description=what)
+        s.add_argument("--run-dir", default="runs/tasks", help="directory holding every artifact of the run")
+        s.add_argument("--config", help="JSON file with TaskConfig fields (pdiff_fast/task_pipeline.py), or the "
+                                        "name of a shipped config: tasks-quick")
+        s.add_argument("--device", help="cpu, cuda, or auto")
+        s.add_argument("--seed", type=int)
+        s.add_argument("--quiet", action="store_true", help="no progress bars")
+        s.add_argument("--allow-stale", action="store_true",
+                       help="use artifacts even when they were made from other inputs or settings")
+        if name in ("zoo", "run"):
+            s.add_argument("--zoo-runs", type=int, help="models per seen task")
+            s.add_argument("--zoo-steps", type=int, help="SGD steps per zoo model")
+        if name in ("train", "run"):
+            s.add_argument("--ae-steps", type=int)
+            s.add_argument("--diffusion-steps", type=int)
+        if name in ("sample", "run"):
+            s.add_argument("--samples-per-task", type=int)
+            s.add_argument("--guidance", type=float, help="classifier-free guidance scale (0: unconditional)")
+            s.add_argument("--sampler", choices=["ddpm", "ddim"])
+            s.add_argument("--sample-steps", type=int, help="DDIM steps")
+        if name == "sample":
+            s.add_argument("--task", action="append", help="a task to sample for, e.g. 3-8 (digit 3 is label 0, "
+                                                           "8 label 1; repeatable); default: every task")
+
+
+def _tasks(args) -> None:
+    from .task_pipeline import TaskConfig, TaskPDiff, sample_tasks
+
+    run_json = Path(args.run_dir) / "config.json"
+    fields: dict = read_config_file(run_json) if run_json.is_file() else {}
+    if args.config:
+        fields.update(read_config_file(args.config))
+    cfg = TaskConfig.from_dict(fields, args.config or (str(run_json) if fields else "config"))
+    cfg = cfg.replace(**{n: getattr(args, n, None) for n in TASK_FLAGS}).validate("command-line flags")
+    say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
+    p = TaskPDiff(cfg, args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale, log=say)
+    step = args.task_command
+    if step == "sample" and args.task:
+        for name, acc in sample_tasks(p, args.task).items():
+            print(f"{name}: {len(acc)} models, test accuracy " + " ".join(f"{a:.1f}" for a in acc)
+                  + f" -> {p.run_dir / 'samples' / (name + '.safetensors')}")
+        return
+    if step in ("zoo", "run"):
+        p.zoo()
+    if step in ("train", "run"):
+        p.train()
+    if step in ("sample", "run"):
+        p.sample()
+    if step in ("evaluate", "run"):
+        p.evaluate()
+    if step in ("evaluate", "report", "run"):
+        print(p.report())
+        print(f"artifacts in {p.run_dir}/ (report.json, report.md, zero_shot.png, finetune.png)")
 
 
 def _config(args) -> Config:
@@ -154,6 +231,9 @@ def main(argv=None) -> int:
 
         if args.command == "study":
             _study(args)
+            return 0
+        if args.command == "tasks":
+            _tasks(args)
             return 0
         from .pipeline import PDiff
 

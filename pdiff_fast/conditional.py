@@ -7,10 +7,14 @@ never seen.
     emb = model.ema.embed(support_sets)                      # (tasks, E)
     flat = generate_conditioned(ae, model.ema, scheduler, emb.repeat_interleave(m, 0), scale=1.0)
 
-How the condition enters: the embedding is projected to the latent's length and added to the
-time embedding, which every block of the denoiser already adds to its input inside the fused
-conv kernel (pdiff_fast.ops.act_norm_conv1d); conditioning costs one small matmul per call and
-no new kernel.
+How the condition enters (`mode`); both reuse the `add` input of the fused conv kernel
+(pdiff_fast.ops.act_norm_conv1d: x + add -> [act] -> instance norm -> conv), so neither needs a
+new kernel:
+- "time": the embedding is projected to the latent's length and added to the time embedding,
+  the one (B, 1, L) pattern every block adds to all its input channels;
+- "blocks": the embedding is projected to a few (B, M, L) maps, and each block gets its own
+  (B, C_in, L) mix of them (a 1x1 convolution per block) added to its input with the time
+  embedding: every channel of every block can read the task differently.
 
 Classifier-free guidance: during training a fraction `drop` of the rows get the learned `null`
 embedding instead of their task's, so the one network is both the conditional and the
@@ -29,7 +33,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .denoiser import EMA
+from .denoiser import EMA, AE_CNN_bottleneck
 from .diffusion import DDPMScheduler
 from .ops import eps_mse
 from .sample import generate
@@ -37,14 +41,29 @@ from .set_encoder import SetEncoder
 from .train import Checkpoint, _batches, _check_data, _Run
 
 
-class ConditionedDenoiser(nn.Module):
-    """A latent denoiser (AE_CNN_bottleneck: forward(x, t, cond) adds cond to its time embedding)
-    plus the set encoder, the embedding's projection and the null embedding."""
+MODES = ("time", "blocks")
+BLOCK_MAPS = 8  # M, the condition maps of mode "blocks"
 
-    def __init__(self, denoiser: nn.Module, encoder: SetEncoder):
+
+class ConditionedDenoiser(nn.Module):
+    """A latent denoiser (AE_CNN_bottleneck) plus the set encoder, the embedding's projection
+    (`mode`, module docstring) and the null embedding."""
+
+    def __init__(self, denoiser: nn.Module, encoder: SetEncoder, mode: str = "time"):
         super().__init__()
-        self.denoiser, self.encoder = denoiser, encoder
-        self.project = nn.Linear(encoder.out_dim, denoiser.in_dim)
+        if mode not in MODES:
+            raise ValueError(f"conditioning mode must be one of {MODES}, got {mode!r}")
+        if not isinstance(denoiser, AE_CNN_bottleneck):
+            raise ValueError(f"ConditionedDenoiser needs an AE_CNN_bottleneck, got {type(denoiser).__name__}")
+        self.denoiser, self.encoder, self.mode = denoiser, encoder, mode
+        length = denoiser.in_dim
+        if mode == "time":
+            self.project = nn.Linear(encoder.out_dim, length)
+        else:
+            self.project = nn.Linear(encoder.out_dim, BLOCK_MAPS * length)
+            c = denoiser.channel_list
+            widths = [1, c[0], c[1], c[2], c[3], c[2], c[1], c[0]]  # each block's input channels
+            self.mix = nn.ModuleList(nn.Conv1d(BLOCK_MAPS, w, 1, bias=False) for w in widths)
         self.null = nn.Parameter(torch.zeros(encoder.out_dim))
 
     def embed(self, sets: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,7 +74,27 @@ class ConditionedDenoiser(nn.Module):
         if emb.dim() != 2 or emb.shape != (x.shape[0], self.null.shape[0]):
             raise ValueError(f"ConditionedDenoiser: emb must be ({x.shape[0]}, {self.null.shape[0]}), "
                              f"got {tuple(emb.shape)}")
-        return self.denoiser(x, t, self.project(emb))
+        if self.mode == "time":
+            return self.denoiser(x, t, self.project(emb))
+        return self._blocks(x, t, emb)
+
+    def _blocks(self, x: torch.Tensor, time: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        """AE_CNN_bottleneck.forward with a per-block condition added to the time embedding."""
+        d, n = self.denoiser, x.shape[0]
+        h = x.reshape(n, 1, -1)
+        if h.shape[2] != d.in_dim:
+            raise ValueError(f"denoiser expects {d.in_dim} latent values per sample, got {tuple(x.shape)}")
+        t = d.time_info(time, n)  # (B, 1, L)
+        maps = self.project(emb).view(n, BLOCK_MAPS, d.in_dim)
+        add = [t + mix(maps) for mix in self.mix]  # (B, C_in, L) per block
+        e1 = d.enc1(h, add[0])
+        e2 = d.enc2(e1, add[1])
+        e3 = d.enc3(e2, add[2])
+        e4 = d.enc4(e3, add[3])
+        d1 = d.dec1(e4, add[4], skip=e3)
+        d2 = d.dec2(d1, add[5], skip=e2)
+        d3 = d.dec3(d2, add[6], skip=e1)
+        return d.dec4(d3, add[7]).reshape(x.shape)
 
     def unconditional(self, n: int) -> torch.Tensor:
         """(n, E) null embeddings."""

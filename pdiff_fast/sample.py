@@ -159,7 +159,8 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
 
     The same seed (and grain) gives the same n models whatever the chunk size or memory budget
     (seed=None draws one from torch's global RNG). Chunks are multiples of `grain` rows (default:
-    256 on CPU, 1024 on CUDA, smaller only when the memory budget fits fewer models per chunk). cuda_graph=True (CUDA + Triton, DDPM): capture the whole loop once
+    256 on CPU, 1024 on CUDA, smaller only when the memory budget fits fewer models per chunk).
+    cuda_graph=True (CUDA + Triton, DDPM): capture the whole loop once
     per chunk size and replay it.
 
     shard=True, in a process group (pdiff_fast.distributed): each rank samples its own whole

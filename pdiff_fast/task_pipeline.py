@@ -30,10 +30,10 @@ import torch
 
 from . import denoiser as dn_lib
 from . import task_report
-from .conditional import ConditionedDenoiser, fit_conditional, generate_conditioned
+from .conditional import MODES, ConditionedDenoiser, fit_conditional, generate_conditioned
 from .config import ConfigError, _channels, _choice, _device, _int, _num, _type, read_config_file
 from .diffusion import make_scheduler
-from .io import load_artifact, read_digest, read_meta, save_json, save_tensors, save_text
+from .io import load_artifact, read_digest, save_json, save_tensors, save_text
 from .lowrank_autoencoder import LowRankAutoencoder
 from .models import MLP
 from .params import ParamSpec, Standardizer
@@ -42,7 +42,7 @@ from .population import evaluate_population, warm_allocator
 from .run_dir import StaleArtifact, prepare_run_dir
 from .sample import model_seed
 from .set_encoder import SetEncoder
-from .tasks import TaskFamily, digit_pair_tasks, evidence, fixed_support, split_tasks, support, task_by_name
+from .tasks import TaskFamily, digit_pair_tasks, fixed_support, split_tasks, support, task_by_name
 from .train import fit_autoencoder
 from .zoo import Zoo, train_models
 
@@ -67,6 +67,7 @@ class TaskConfig:
     latent_noise: float = 0.1
     # conditioned latent diffusion
     denoiser_channels: list | None = None  # None: [64,128,256,512] on a GPU, [16,32,64,128] on a CPU
+    conditioning: str = "time"  # how the task embedding enters the denoiser (pdiff_fast.conditional)
     encoder_width: int = 64
     embed_dim: int = 32
     support: int = 64  # (x, y) samples per support set
@@ -128,7 +129,8 @@ CHECKS = {
     "zoo_steps": _int(1), "zoo_lr": _num(0, lo_open=True), "batch_size": _int(1),
     "standardize": _type(bool, "true or false"), "rank": _int(1), "ae_steps": _int(1),
     "ae_lr": _num(0, lo_open=True), "input_noise": _num(0, 1), "latent_noise": _num(0, 1),
-    "denoiser_channels": _channels, "encoder_width": _int(4), "embed_dim": _int(1), "support": _int(1),
+    "denoiser_channels": _channels, "conditioning": _choice(*MODES), "encoder_width": _int(4),
+    "embed_dim": _int(1), "support": _int(1),
     "cond_drop": _num(0, 1, hi_open=True), "diffusion_steps": _int(1), "diffusion_lr": _num(0, lo_open=True),
     "diffusion_batch_size": _int(1), "ema_decay": _num(0, 1, hi_open=True), "guidance": _num(0),
     "sampler": _choice("ddpm", "ddim"), "sample_steps": _int(1, 1000), "samples_per_task": _int(1),
@@ -152,14 +154,15 @@ def _problems(d: dict, source: str) -> list[str]:
 STEP_FIELDS = {
     "zoo": ("held_out_pairs", "split_seed", "hidden", "zoo_runs", "zoo_steps", "zoo_lr", "batch_size", "seed"),
     "generator": ("standardize", "rank", "ae_steps", "ae_lr", "input_noise", "latent_noise", "denoiser_channels",
-                  "encoder_width", "embed_dim", "support", "cond_drop", "diffusion_steps", "diffusion_lr",
-                  "diffusion_batch_size", "ema_decay", "seed"),
+                  "conditioning", "encoder_width", "embed_dim", "support", "cond_drop", "diffusion_steps",
+                  "diffusion_lr", "diffusion_batch_size", "ema_decay", "seed"),
     "generated": ("guidance", "sampler", "sample_steps", "samples_per_task", "seed"),
 }
 MADE_BY = {"zoo": "zoo", "generator": "train", "generated": "sample"}
 RANDOM_INIT_SEED = 10_000  # random-initialisation baselines: seeds RANDOM_INIT_SEED + j, apart from the zoo's
 FINETUNE_RECORD = (0, 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512)
 STARTS = ("generated", "random", "nearest task")
+GUIDANCE_SWEEP = (0.0, 1.0, 2.0, 4.0)  # classifier-free guidance scales measured on the held-out tasks
 
 
 class TaskPDiff:
@@ -307,7 +310,7 @@ class TaskPDiff:
         ae = LowRankAutoencoder(zoo.spec.dim, c.rank, c.input_noise, c.latent_noise).to(self.device)
         features = int(torch.Size(self.family.input_shape).numel()) + self.family.num_classes
         net = ConditionedDenoiser(dn_lib.AE_CNN_bottleneck(c.rank, 1, channel_list=self.denoiser_channels()),
-                                  SetEncoder(features, c.encoder_width, c.embed_dim))
+                                  SetEncoder(features, c.encoder_width, c.embed_dim), c.conditioning)
         return ae, dn_lib.EMA(net, c.ema_decay).to(self.device)
 
     def train(self) -> None:
@@ -421,6 +424,7 @@ class TaskPDiff:
                 per_task[task.name]["accuracy"][name] = acc[r0:r0 + len(rows)]
                 r0 += len(rows)
         self.timings["evaluate_zero_shot"] = time.perf_counter() - start
+        sweep = self._timed("guidance_sweep", lambda: self._guidance_sweep(t, loaded))
         record, curves = self._timed("finetune", lambda: self._finetune(t, randoms, zoo, nearest[len(self.seen):]))
         zero_shot, finetune = task_report.summarize_zero_shot(per_task), task_report.summarize_finetune(record, curves)
         timings = {**(read_config_file(self.path("timings")) if self.path("timings").is_file() else {}),
@@ -429,7 +433,7 @@ class TaskPDiff:
                   "tasks": {"seen": [x.name for x in self.seen], "held out": [x.name for x in self.held_out]},
                   "zoo": {"models": len(zoo.params), "models_per_second": zoo.meta.get("models_per_second"),
                           "median_accuracy": float(zoo.accuracy.median())},
-                  "zero_shot": zero_shot, "finetune": finetune, "finetune_record": record,
+                  "zero_shot": zero_shot, "guidance_sweep": sweep, "finetune": finetune, "finetune_record": record,
                   "finetune_curves": curves, "finetune_steps": c.finetune_steps, "finetune_lr": c.finetune_lr,
                   "batch_size": c.batch_size, "targets": task_report.targets(zero_shot, finetune),
                   "per_task": per_task, "timings": timings}
@@ -437,6 +441,22 @@ class TaskPDiff:
         save_text(self.path("table"), task_report.format_report(report))
         task_report.plot_report(report, self.run_dir)
         return report
+
+    def _guidance_sweep(self, generated: dict, loaded) -> dict:
+        """Held-out tasks' mean accuracy (over tasks, of each task's mean over its models) at each guidance
+        scale of GUIDANCE_SWEEP and the configured one (taken from `generated`)."""
+        c = self.config
+        n = c.samples_per_task
+        out = {}
+        for scale in sorted({*GUIDANCE_SWEEP, c.guidance}):
+            if scale == c.guidance:
+                rows = [generated["params"][generated["task"] == self.family.tasks.index(t)] for t in self.held_out]
+            else:
+                flat = self.generate(self.held_out, guidance=scale, loaded=loaded).cpu()
+                rows = [flat[i * n:(i + 1) * n] for i in range(len(self.held_out))]
+            scores = [float(self.accuracy(t, r).mean()) for t, r in zip(self.held_out, rows)]
+            out[f"{scale:g}"] = {"mean": sum(scores) / len(scores), "worst": min(scores)}
+        return out
 
     def _finetune(self, generated: dict, randoms: torch.Tensor, zoo: Zoo, nearest: list[int]):
         """Train finetune_models rows per start on each held-out task; every start's row j of a task sees the
@@ -486,3 +506,22 @@ class TaskPDiff:
 def _cycle(rows: torch.Tensor, n: int) -> torch.Tensor:
     """n rows: rows repeated in order when there are fewer than n."""
     return rows[torch.arange(n) % len(rows)]
+
+
+def sample_tasks(p: TaskPDiff, names: list[str], n: int | None = None, guidance: float | None = None) -> dict:
+    """Models for the named tasks (seen or held out): saved to <run_dir>/samples/<task>.safetensors with their
+    test accuracy; returns {task: [accuracy per model]}."""
+    tasks = [task_by_name(p.family.tasks, name) for name in names]
+    loaded = p.load_generator()
+    n = n or p.config.samples_per_task
+    flat = p.generate(tasks, n, guidance, loaded=loaded).cpu()
+    out = {}
+    for i, task in enumerate(tasks):
+        rows = flat[i * n:(i + 1) * n]
+        acc = p.accuracy(task, rows)
+        scale = p.config.guidance if guidance is None else guidance
+        save_tensors(p.run_dir / "samples" / f"{task.name}.safetensors", {"params": rows, "accuracy": acc},
+                     {"task": task.name, "guidance": scale, "spec": p.spec().to_dict(),
+                      "split": "seen" if task in p.seen else "held out", "inputs": {"generator": loaded[-1]}})
+        out[task.name] = acc.tolist()
+    return out

@@ -95,7 +95,8 @@ def format_report(report: dict) -> str:
     lines = [f"# Dataset-conditioned generation: {len(report['tasks']['held out'])} held-out and "
              f"{len(report['tasks']['seen'])} seen tasks", "",
              "## No training: test accuracy (%)", "",
-             "| method | held out: mean | worst task | best model (mean) | seen: mean | worst task | best model (mean) |",
+             "| method | held out: mean | worst task | best model (mean) "
+             "| seen: mean | worst task | best model (mean) |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for m in METHODS:
         cells = []
@@ -104,6 +105,12 @@ def format_report(report: dict) -> str:
             cells += [_f(s and s["mean"]), _f(s and s["worst"]), _f(s and s["best_mean"])]
         if any(c != "—" for c in cells):
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    sweep = report.get("guidance_sweep")
+    if sweep:
+        lines += ["", "## Guidance scale (held-out tasks, no training)", "",
+                  "| scale | mean accuracy | worst task |", "|---:|---:|---:|"]
+        lines += [f"| {k} | {_f(v['mean'])} | {_f(v['worst'])} |" for k, v in sweep.items()]
+        lines.append(f"\nThe table above uses scale {report['config']['guidance']:g}.")
     lines += ["", f"## Fine-tuning on the held-out tasks ({report['finetune_steps']} SGD steps, batch "
                   f"{report['batch_size']}, lr {report['finetune_lr']})", "",
               "| start | rows | accuracy at step 0 | final accuracy | steps to 95% of final (median) |",
