@@ -128,6 +128,7 @@ def _tasks_parser(sub) -> None:
         if name in ("train", "run"):
             s.add_argument("--ae-steps", type=int)
             s.add_argument("--diffusion-steps", type=int)
+            s.add_argument("--restart", action="store_true", help="ignore a training checkpoint; train from scratch")
         if name in ("sample", "run"):
             s.add_argument("--samples-per-task", type=int)
             s.add_argument("--guidance", type=float, help="classifier-free guidance scale (0: unconditional)")
@@ -158,7 +159,7 @@ def _tasks(args) -> None:
     if step in ("zoo", "run"):
         p.zoo()
     if step in ("train", "run"):
-        p.train()
+        p.train(restart=args.restart)
     if step in ("sample", "run"):
         p.sample()
     if step in ("evaluate", "run"):

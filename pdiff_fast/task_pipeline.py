@@ -44,7 +44,7 @@ from .sample import model_seed
 from .set_encoder import SetEncoder
 from .tasks import TaskFamily, digit_pair_tasks, fixed_support, split_tasks, support, task_by_name
 from .train import fit_autoencoder
-from .zoo import Zoo, train_models
+from .zoo import Zoo, train_models, train_one
 
 
 @dataclass
@@ -162,6 +162,9 @@ MADE_BY = {"zoo": "zoo", "generator": "train", "generated": "sample"}
 RANDOM_INIT_SEED = 10_000  # random-initialisation baselines: seeds RANDOM_INIT_SEED + j, apart from the zoo's
 FINETUNE_RECORD = (0, 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512)
 STARTS = ("generated", "random", "nearest task")
+CHECKPOINT = "generator.ckpt.safetensors"
+CHECKPOINT_EVERY = 500  # diffusion steps between resumable checkpoints
+LOOP_ROWS = 16  # zoo rows also trained one at a time, to measure the loop's speed against the batched zoo
 GUIDANCE_SWEEP = (0.0, 1.0, 2.0, 4.0)  # classifier-free guidance scales measured on the held-out tasks
 
 
@@ -270,19 +273,34 @@ class TaskPDiff:
         params = self._timed("zoo_train", lambda: train_models(
             model, spec, starts, x, y, counts, task.to(self.device), steps=c.zoo_steps, lr=c.zoo_lr,
             batch_size=c.batch_size, seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20)[-1])
+        loop_rate, loop_gap = self._loop_rate(model, spec, starts, x, y, counts, task, params)
         accuracy = torch.empty(len(task))
         for i, t in enumerate(self.seen):
             rows = task == i
             accuracy[rows] = self.accuracy(t, params[rows.to(params.device)])
         zoo = Zoo(params.cpu(), task, run, accuracy, init.cpu(), spec, [t.name for t in self.seen],
                   {"family": "digit-pairs", "held_out": [t.name for t in self.held_out],
-                   "models_per_second": len(task) / self.timings["zoo_train"]})
+                   "models_per_second": len(task) / self.timings["zoo_train"],
+                   "loop_models_per_second": loop_rate, "loop_max_abs_difference": loop_gap})
         zoo.meta["config"], zoo.meta["inputs"] = self._fields("zoo"), {}
         zoo.save(self.path("zoo"))
         self._save_config("zoo")
         self.log(f"zoo: {len(task)} models in {self.timings['zoo_train']:.1f} s "
-                 f"({zoo.meta['models_per_second']:.0f} models/s); test accuracy median {accuracy.median():.2f}")
+                 f"({zoo.meta['models_per_second']:.1f} models/s; a loop of one model at a time: {loop_rate:.1f} "
+                 f"models/s); test accuracy median {accuracy.median():.2f}")
         return zoo
+
+    def _loop_rate(self, model, spec, starts, x, y, counts, task, params, rows: int = LOOP_ROWS):
+        """Models per second of the one-at-a-time loop (zoo.train_one) on the first `rows` zoo rows, and the
+        largest difference from the batched result of those rows (they train on the same batches)."""
+        c = self.config
+        rows = min(rows, len(task))
+        start = time.perf_counter()
+        loop = [train_one(model, spec, starts[r], x[task[r], :counts[task[r]]], y[task[r], :counts[task[r]]],
+                          steps=c.zoo_steps, lr=c.zoo_lr, batch_size=c.batch_size, seed=c.seed, row=r)[-1]
+                for r in range(rows)]
+        rate = rows / (time.perf_counter() - start)
+        return rate, float((torch.stack(loop) - params[:rows]).abs().max())
 
     def _save_config(self, artifact: str) -> None:
         on_disk = read_config_file(self.path("config")) if self.path("config").is_file() else {}
@@ -313,16 +331,26 @@ class TaskPDiff:
                                   SetEncoder(features, c.encoder_width, c.embed_dim), c.conditioning)
         return ae, dn_lib.EMA(net, c.ema_decay).to(self.device)
 
-    def train(self) -> None:
-        """The parameter autoencoder on the zoo, then the conditioned denoiser and set encoder on its latents."""
+    def train(self, restart: bool = False) -> None:
+        """The parameter autoencoder on the zoo, then the conditioned denoiser and set encoder on its latents.
+        Resumable: every CHECKPOINT_EVERY steps of the diffusion phase the whole state (the autoencoder too)
+        goes to generator.ckpt.safetensors; a later `train` with the same zoo and settings continues from it
+        (restart=True: from scratch). The checkpoint is removed once the generator is saved."""
         c = self.config
         zoo, zoo_digest = self.load_zoo()
         std = Standardizer.fit(zoo.spec, zoo.params) if c.standardize else None
         x = (std.transform(zoo.params) if std else zoo.params).to(self.device)
         torch.manual_seed(c.seed)
         ae, model = self._build_generator(zoo)
-        self._timed("train_autoencoder", lambda: fit_autoencoder(ae, x, c.ae_steps, c.ae_lr, seed=c.seed,
-                                                                 progress=self.progress))
+        resume = None if restart else self._checkpoint(zoo_digest)
+        if resume is None:
+            self._timed("train_autoencoder", lambda: fit_autoencoder(ae, x, c.ae_steps, c.ae_lr, seed=c.seed,
+                                                                     progress=self.progress))
+        else:
+            tensors, meta = resume
+            ae.load_state_dict({k[3:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ae.")})
+            resume = ({k: v for k, v in tensors.items() if not k.startswith("ae.")}, meta)
+            self.log(f"resuming the conditioned generator's training at step {meta['step']}")
         with torch.no_grad():
             latents = ae.encode(x)
         sx, sy, counts = self.stacked(self.seen)  # seen tasks only: the zoo's
@@ -330,16 +358,39 @@ class TaskPDiff:
         def draw_sets(rows, gen):
             return support(sx, sy, counts, rows, c.support, gen, self.family.num_classes)
 
+        def checkpoint(tensors, meta):
+            ae_state = {f"ae.{k}": v for k, v in ae.state_dict().items()}
+            save_tensors(self.run_dir / CHECKPOINT, {**tensors, **ae_state},
+                         {**meta, "config": self._fields("generator"), "inputs": {"zoo": zoo_digest},
+                          "device": self.device.type})
+
         losses = self._timed("train_diffusion", lambda: fit_conditional(
             model, latents, zoo.task.to(self.device), draw_sets, make_scheduler("ddpm"), c.diffusion_steps,
             c.diffusion_lr, batch_size=c.diffusion_batch_size, drop=c.cond_drop, seed=c.seed,
-            progress=self.progress))
+            progress=self.progress, checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY, resume=resume))
         tensors = {f"ae.{k}": v for k, v in ae.state_dict().items()}
         tensors.update({f"denoiser.{k}": v for k, v in model.state_dict().items()})
         if std is not None:
             tensors.update({f"std.{k}": v for k, v in std.state_dict().items()})
-        self._save("generator", tensors, {"diffusion_losses": losses[-5:]}, {"zoo": zoo_digest})
+        self._save("generator", tensors, {"diffusion_losses": losses}, {"zoo": zoo_digest})
+        (self.run_dir / CHECKPOINT).unlink(missing_ok=True)
         self.log(f"trained the conditioned generator -> {self.path('generator')}")
+
+    def _checkpoint(self, zoo_digest: str | None):
+        """The diffusion checkpoint's (tensors, meta) when it was made from this zoo with these settings."""
+        path = self.run_dir / CHECKPOINT
+        if not path.is_file():
+            return None
+        try:
+            tensors, meta, _ = load_artifact(path)
+        except ValueError as exc:
+            self.log(f"ignoring an unreadable checkpoint ({exc})")
+            return None
+        if meta.get("config") != self._fields("generator") or meta.get("inputs") != {"zoo": zoo_digest} \
+                or meta.get("device") != self.device.type:
+            self.log(f"{CHECKPOINT} was made from another zoo or with other settings; training from the start")
+            return None
+        return tensors, meta
 
     def load_generator(self):
         zoo, zoo_digest = self.load_zoo()
@@ -432,6 +483,7 @@ class TaskPDiff:
         report = {"config": c.to_dict(), "device": str(self.device),
                   "tasks": {"seen": [x.name for x in self.seen], "held out": [x.name for x in self.held_out]},
                   "zoo": {"models": len(zoo.params), "models_per_second": zoo.meta.get("models_per_second"),
+                          "loop_models_per_second": zoo.meta.get("loop_models_per_second"),
                           "median_accuracy": float(zoo.accuracy.median())},
                   "zero_shot": zero_shot, "guidance_sweep": sweep, "finetune": finetune, "finetune_record": record,
                   "finetune_curves": curves, "finetune_steps": c.finetune_steps, "finetune_lr": c.finetune_lr,

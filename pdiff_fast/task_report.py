@@ -105,6 +105,12 @@ def format_report(report: dict) -> str:
             cells += [_f(s and s["mean"]), _f(s and s["worst"]), _f(s and s["best_mean"])]
         if any(c != "—" for c in cells):
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    zoo = report.get("zoo", {})
+    if zoo.get("loop_models_per_second"):
+        lines += ["", f"Zoo: {zoo['models']} models trained at once, {zoo['models_per_second']:.1f} models/s "
+                      f"({zoo['loop_models_per_second']:.1f} models/s one at a time, "
+                      f"{zoo['models_per_second'] / zoo['loop_models_per_second']:.1f}x); median test accuracy "
+                      f"{zoo['median_accuracy']:.2f}."]
     sweep = report.get("guidance_sweep")
     if sweep:
         lines += ["", "## Guidance scale (held-out tasks, no training)", "",

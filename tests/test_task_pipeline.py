@@ -76,6 +76,9 @@ def test_zoo_holds_seen_tasks_only_and_training_never_reads_held_out_data(run):
     held = {t.name for t in p.held_out}
     assert zoo.tasks == [t.name for t in p.seen] and not held & set(zoo.tasks)
     assert len(zoo) == 72 * TINY["zoo_runs"]
+    # the zoo step also trains a few rows one at a time: the same models, and its speed is recorded
+    assert zoo.meta["loop_max_abs_difference"] < 1e-4
+    assert zoo.meta["models_per_second"] > 0 and zoo.meta["loop_models_per_second"] > 0
     assert read["zoo"] and not read["zoo"] & held
     assert read["train"] and not read["train"] & held
     assert read["evaluate"] & held  # the held-out tasks are used where they should be
@@ -113,3 +116,44 @@ def test_bad_config_is_refused(tmp_path, capsys):
     err = capsys.readouterr().err
     for word in ("unknown field 'nope'", "'zoo_runs'", "'conditioning'", "multiple of 4"):
         assert word in err
+
+
+def test_interrupted_training_resumes_to_the_same_generator(run, tmp_path, monkeypatch):
+    import pdiff_fast.task_pipeline as tp
+    from pdiff_fast.io import load_tensors as load
+
+    run_dir, _ = run
+    cfg = TaskConfig.from_dict({**TINY, "diffusion_steps": 12})
+    monkeypatch.setattr(tp, "CHECKPOINT_EVERY", 4)
+    dirs = {}
+    for name in ("whole", "interrupted"):
+        d = dirs[name] = tmp_path / name
+        d.mkdir()
+        (d / "zoo.safetensors").write_bytes((run_dir / "zoo.safetensors").read_bytes())
+    TaskPDiff(cfg, dirs["whole"], progress=False, log=None).train()
+
+    saved = []
+    real_save = tp.save_tensors
+
+    def save_then_stop(path, tensors, meta=None):
+        out = real_save(path, tensors, meta)
+        saved.append(meta.get("step"))
+        if meta.get("step") == 8:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(tp, "save_tensors", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        TaskPDiff(cfg, dirs["interrupted"], progress=False, log=None).train()
+    monkeypatch.setattr(tp, "save_tensors", real_save)
+    assert saved == [4, 8] and (dirs["interrupted"] / tp.CHECKPOINT).is_file()
+    assert not (dirs["interrupted"] / "generator.safetensors").exists()
+    logs = []
+    TaskPDiff(cfg, dirs["interrupted"], progress=False, log=logs.append).train()
+    assert any("resuming" in line and "step 8" in line for line in logs)
+    assert not (dirs["interrupted"] / tp.CHECKPOINT).exists()
+    a, _ = load(dirs["whole"] / "generator.safetensors")
+    b, _ = load(dirs["interrupted"] / "generator.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
