@@ -3,7 +3,7 @@ guidance and conditioned sampling (pdiff_fast.set_encoder, pdiff_fast.conditiona
 import pytest
 import torch
 
-from pdiff_fast.conditional import ConditionedDenoiser, Guided, fit_conditional, generate_conditioned
+from pdiff_fast.conditional import MODES, ConditionedDenoiser, Guided, fit_conditional, generate_conditioned
 from pdiff_fast.denoiser import EMA, AE_CNN_bottleneck
 from pdiff_fast.diffusion import make_scheduler
 from pdiff_fast.lowrank_autoencoder import LowRankAutoencoder
@@ -12,9 +12,10 @@ from pdiff_fast.set_encoder import SetEncoder
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def _model(latent=8, features=6, emb=4, seed=0):
+def _model(latent=8, features=6, emb=4, seed=0, mode="time"):
     torch.manual_seed(seed)
-    net = ConditionedDenoiser(AE_CNN_bottleneck(latent, 1, channel_list=[4, 4, 8, 8]), SetEncoder(features, 8, emb))
+    net = ConditionedDenoiser(AE_CNN_bottleneck(latent, 1, channel_list=[4, 4, 8, 8]), SetEncoder(features, 8, emb),
+                              mode)
     with torch.no_grad():  # a trained-looking projection and null: the condition matters
         net.project.weight.normal_()
         net.null.normal_()
@@ -54,17 +55,36 @@ def test_set_encoder_bad_input():
         SetEncoder(5, 10, 3, heads=4)
 
 
-def test_condition_changes_the_prediction_and_none_is_the_plain_denoiser():
-    net = _model()
+@pytest.mark.parametrize("mode", MODES)
+def test_condition_changes_the_prediction_and_none_is_the_plain_denoiser(mode):
+    net = _model(mode=mode)
     x, t = torch.randn(3, 1, 8), torch.tensor([5, 500, 999])
     e1, e2 = torch.randn(3, 4), torch.randn(3, 4)
     assert not torch.allclose(net(x, t, e1), net(x, t, e2))
-    # cond=None is the unconditioned network; a zero condition adds nothing to the time embedding
-    torch.testing.assert_close(net.denoiser(x, t, torch.zeros(3, 8)), net.denoiser(x, t))
+    # each row reads its own condition only
+    mixed = net(x, t, torch.cat([e1[:1], e2[1:]]))
+    torch.testing.assert_close(mixed[:1], net(x, t, e1)[:1])
+    torch.testing.assert_close(mixed[1:], net(x, t, e2)[1:])
+    # a zero condition adds nothing to the time embedding: the plain denoiser
+    if mode == "time":
+        torch.testing.assert_close(net.denoiser(x, t, torch.zeros(3, 8)), net.denoiser(x, t))
+    else:
+        with torch.no_grad():
+            for mix in net.mix:
+                mix.weight.zero_()
+        torch.testing.assert_close(net(x, t, e1), net.denoiser(x, t))
 
 
-def test_guidance_formula():
-    net = _model()
+def test_bad_mode_and_denoiser():
+    with pytest.raises(ValueError, match="conditioning mode"):
+        ConditionedDenoiser(AE_CNN_bottleneck(8, 1, channel_list=[4, 4, 8, 8]), SetEncoder(6, 8, 4), "film")
+    with pytest.raises(ValueError, match="AE_CNN_bottleneck"):
+        ConditionedDenoiser(torch.nn.Linear(8, 8), SetEncoder(6, 8, 4))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_guidance_formula(mode):
+    net = _model(mode=mode)
     x, t, emb = torch.randn(5, 1, 8), torch.randint(0, 1000, (5,)), torch.randn(5, 4)
     task, null = net(x, t, emb), net(x, t, net.unconditional(5))
     torch.testing.assert_close(Guided(net, 0.0)(x, t, emb), null)
@@ -76,12 +96,12 @@ def test_guidance_formula():
         net(x, t, torch.randn(4, 4))
 
 
-@pytest.fixture(scope="module")
-def sampler_parts():
+@pytest.fixture(scope="module", params=MODES)
+def sampler_parts(request):
     torch.manual_seed(1)
     ae = LowRankAutoencoder(20, 8).eval()
     ae.initialize(torch.randn(30, 20))
-    return ae, _model(seed=1), make_scheduler("ddim", 10)
+    return ae, _model(seed=1, mode=request.param), make_scheduler("ddim", 10)
 
 
 def test_guidance_zero_is_the_unconditional_path(sampler_parts):
@@ -117,22 +137,25 @@ def test_generate_checks_the_condition(sampler_parts):
         generate(ae, Guided(net, 1.0), sched, 5, cond=torch.randn(3, 4), progress=False)
 
 
-def test_fit_conditional_learns_two_tasks():
-    """Two tasks whose latents sit at +0.5 and -0.5: after training, sampling with each task's
-    support set lands near its own latents, and the loss fell."""
+def test_fit_conditional_learns_two_tasks(mode="blocks"):
+    """Two tasks whose latents are a pattern p and -p: after training, sampling with each task's
+    support set lands on its own side, and the loss fell. (The default mode; "time" does not learn
+    this in 600 steps: the evidence for the default, benchmarks/results/tasks_conditioning_cpu.md.)"""
     torch.manual_seed(0)
-    latent, feats = 4, 3
-    lat = torch.cat([torch.full((32, 1, latent), 0.5), torch.full((32, 1, latent), -0.5)])
+    latent, feats = 16, 3
+    p = torch.rand(1, 1, latent, generator=torch.Generator().manual_seed(3)) - 0.5
+    lat = torch.cat([p.expand(32, 1, latent), (-p).expand(32, 1, latent)])
     tasks = torch.arange(2).repeat_interleave(32)
     centers = torch.tensor([[1.0, 0, 0], [0, 1.0, 0]])
 
     def draw_sets(rows, gen):
         return centers[rows].unsqueeze(1) + 0.1 * torch.randn(len(rows), 5, feats, generator=gen)
 
-    net = ConditionedDenoiser(AE_CNN_bottleneck(latent, 1, channel_list=[8, 8, 16, 16]), SetEncoder(feats, 8, 4))
+    net = ConditionedDenoiser(AE_CNN_bottleneck(latent, 1, channel_list=[8, 8, 16, 16]), SetEncoder(feats, 8, 4),
+                              mode)
     model = EMA(net, 0.9)
-    losses = fit_conditional(model, lat, tasks, draw_sets, make_scheduler("ddpm"), steps=300, batch_size=64,
-                             progress=False, seed=0)
+    losses = fit_conditional(model, lat, tasks, draw_sets, make_scheduler("ddpm"), steps=300,
+                             batch_size=64, progress=False, seed=0)
     assert losses[-1] < losses[0]
     ident = torch.nn.Identity()
     ident.in_dim = latent
@@ -140,9 +163,10 @@ def test_fit_conditional_learns_two_tasks():
     ident.decode = lambda z: z.reshape(len(z), -1)
     with torch.no_grad():
         emb = model.ema.embed(draw_sets(torch.tensor([0, 1]), torch.Generator().manual_seed(1)))
-    out = generate_conditioned(ident, model.ema, make_scheduler("ddim", 20), emb.repeat_interleave(8, 0), 1.0,
+    out = generate_conditioned(ident, model.ema, make_scheduler("ddim", 20), emb.repeat_interleave(8, 0), 4.0,
                                seed=0, progress=False)
-    assert out[:8].mean() > 0.2 and out[8:].mean() < -0.2
+    side = out @ p.reshape(latent) / p.norm() ** 2  # +1 on task 0's pattern, -1 on task 1's
+    assert side[:8].mean() > 0.3 and side[8:].mean() < -0.3, side
 
 
 def test_fit_conditional_bad_input():
