@@ -39,19 +39,24 @@ FLAG_FIELDS = ["device", "seed", "dataset", "model", "subset", "recipe", "epochs
                "diffusion_steps", "num_samples", "sampler", "sample_steps"]
 
 
+def _step_flags(s, run_dir: str, config_help: str) -> None:
+    """The flags every pipeline step takes."""
+    s.add_argument("--run-dir", default=run_dir, help="directory holding every artifact of the run")
+    s.add_argument("--config", help=config_help)
+    s.add_argument("--device", help="cpu, cuda, or auto")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--quiet", action="store_true", help="no progress bars")
+    s.add_argument("--allow-stale", action="store_true",
+                   help="use artifacts even when they were made from other inputs or settings")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="pdiff-fast", description="Neural-network parameter diffusion (p-diff), fast.")
     sub = p.add_subparsers(dest="command", required=True)
     for name in STEPS:
         s = sub.add_parser(name, help=HELP[name], description=HELP[name])
-        s.add_argument("--run-dir", default="runs/default", help="directory holding every artifact of the run")
-        s.add_argument("--config", help="JSON file with Config fields (see pdiff_fast/config.py), or the name of "
-                                        "a shipped config: quick")
-        s.add_argument("--device", help="cpu, cuda, or auto")
-        s.add_argument("--seed", type=int)
-        s.add_argument("--quiet", action="store_true", help="no progress bars")
-        s.add_argument("--allow-stale", action="store_true",
-                       help="use artifacts even when they were made from other inputs or settings")
+        _step_flags(s, "runs/default", "JSON file with Config fields (see pdiff_fast/config.py), or the name of a "
+                                       "shipped config: quick")
         if name in ("collect", "run"):
             s.add_argument("--dataset", choices=["mnist1d", "digits"])
             s.add_argument("--model", choices=["cnn1d", "resnet", "vit", "mlp"])
@@ -114,14 +119,8 @@ def _tasks_parser(sub) -> None:
     steps = t.add_subparsers(dest="task_command", required=True)
     for name, what in TASK_STEPS.items():
         s = steps.add_parser(name, help=what, description=what)
-        s.add_argument("--run-dir", default="runs/tasks", help="directory holding every artifact of the run")
-        s.add_argument("--config", help="JSON file with TaskConfig fields (pdiff_fast/task_pipeline.py), or the "
-                                        "name of a shipped config: tasks-quick")
-        s.add_argument("--device", help="cpu, cuda, or auto")
-        s.add_argument("--seed", type=int)
-        s.add_argument("--quiet", action="store_true", help="no progress bars")
-        s.add_argument("--allow-stale", action="store_true",
-                       help="use artifacts even when they were made from other inputs or settings")
+        _step_flags(s, "runs/tasks", "JSON file with TaskConfig fields (pdiff_fast/task_pipeline.py), or the name "
+                                     "of a shipped config: tasks-quick")
         if name in ("zoo", "run"):
             s.add_argument("--zoo-runs", type=int, help="models per seen task")
             s.add_argument("--zoo-steps", type=int, help="SGD steps per zoo model")

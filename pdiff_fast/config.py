@@ -8,8 +8,45 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+class ConfigFields:
+    """What every config dataclass shares: a JSON object of fields in and out, each field's type and
+    range checked (`problems`, one line per problem naming the field and the source)."""
+
+    @classmethod
+    def problems(cls, d: dict, source: str) -> list[str]:
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict, source: str = "config"):
+        """A checked config from a mapping; every problem is named (field and `source`) in one ConfigError."""
+        if not isinstance(d, dict):
+            raise ConfigError([f"{source}: a config must be a JSON object of fields, not {type(d).__name__}"])
+        known = {f.name for f in dataclasses.fields(cls)}
+        problems = [f"{source}: unknown field {k!r}" for k in sorted(set(d) - known)]
+        problems += cls.problems(d, source)
+        if problems:
+            raise ConfigError(problems)
+        return cls(**d)
+
+    @classmethod
+    def from_file(cls, path):
+        return cls.from_dict(read_config_file(path), str(path))
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def validate(self, source: str = "config"):
+        problems = self.problems(self.to_dict(), source)
+        if problems:
+            raise ConfigError(problems)
+        return self
+
+
 @dataclass
-class Config:
+class Config(ConfigFields):
     # data and the network whose parameters are generated
     dataset: str = "mnist1d"  # generated offline; the digits and user datasets work too
     model: str = "cnn1d"  # zoo model suited to the dataset (cnn1d for MNIST-1D)
@@ -58,33 +95,9 @@ class Config:
     device: str = "auto"  # cuda when available, else cpu
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "Config":
-        """A checked Config from a mapping; every problem is named (field and `source`) in one ConfigError."""
-        if not isinstance(d, dict):
-            raise ConfigError([f"{source}: a config must be a JSON object of fields, not {type(d).__name__}"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        problems = [f"{source}: unknown field {k!r}" for k in sorted(set(d) - known)]
-        problems += check_fields(d, source)
-        if problems:
-            raise ConfigError(problems)
-        return cls(**d)
-
-    @classmethod
-    def from_file(cls, path) -> "Config":
-        return cls.from_dict(read_config_file(path), str(path))
-
-    def replace(self, **changes) -> "Config":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def validate(self, source: str = "config") -> "Config":
-        problems = check_fields(self.to_dict(), source)
-        if problems:
-            raise ConfigError(problems)
-        return self
+    def problems(cls, d: dict, source: str) -> list[str]:
+        return check_fields(d, source)
 
 
 class ConfigError(ValueError):

@@ -21,7 +21,6 @@ rerun (allow_stale=True overrides), as the p-diff pipeline's run directory does.
 """
 from __future__ import annotations
 
-import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 from . import denoiser as dn_lib
 from . import task_report
 from .conditional import MODES, ConditionedDenoiser, fit_conditional, generate_conditioned
-from .config import ConfigError, _channels, _choice, _device, _int, _num, _type, read_config_file
+from .config import ConfigFields, _channels, _choice, _device, _int, _num, _type, read_config_file
 from .diffusion import make_scheduler
 from .io import load_artifact, read_digest, save_json, save_tensors, save_text
 from .lowrank_autoencoder import LowRankAutoencoder
@@ -48,7 +47,7 @@ from .zoo import Zoo, train_models, train_one
 
 
 @dataclass
-class TaskConfig:
+class TaskConfig(ConfigFields):
     # tasks and the network
     held_out_pairs: int = 9  # of the 45 digit pairs, held out in both orders (18 of the 90 tasks)
     split_seed: int = 0
@@ -90,32 +89,9 @@ class TaskConfig:
     device: str = "auto"
     seed: int = 0
 
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
     @classmethod
-    def from_dict(cls, d: dict, source: str = "config") -> "TaskConfig":
-        if not isinstance(d, dict):
-            raise ConfigError([f"{source}: a config must be a JSON object of fields, not {type(d).__name__}"])
-        known = {f.name for f in dataclasses.fields(cls)}
-        problems = [f"{source}: unknown field {k!r}" for k in sorted(set(d) - known)]
-        problems += _problems(d, source)
-        if problems:
-            raise ConfigError(problems)
-        return cls(**d)
-
-    @classmethod
-    def from_file(cls, path) -> "TaskConfig":
-        return cls.from_dict(read_config_file(path), str(path))
-
-    def replace(self, **changes) -> "TaskConfig":
-        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
-
-    def validate(self, source: str = "config") -> "TaskConfig":
-        problems = _problems(self.to_dict(), source)
-        if problems:
-            raise ConfigError(problems)
-        return self
+    def problems(cls, d: dict, source: str) -> list[str]:
+        return _problems(d, source)
 
 
 def _widths(v):
