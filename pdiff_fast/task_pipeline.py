@@ -72,7 +72,7 @@ class TaskConfig(ConfigFields):
     embed_dim: int = 32
     support: int = 64  # (x, y) samples per support set
     cond_drop: float = 0.1  # share of training rows given the null embedding (classifier-free guidance)
-    diffusion_steps: int = 6000  # 3000 left the seen tasks underfit (benchmarks/results/tasks_conditioning_cpu.md)
+    diffusion_steps: int = 3000  # "blocks" fits the seen tasks as well as at 6000 (tasks_conditioning_cpu.md)
     diffusion_lr: float = 1e-3
     diffusion_batch_size: int = 256
     ema_decay: float = 0.995
