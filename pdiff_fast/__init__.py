@@ -15,10 +15,12 @@ from .models import build_model
 from .params import ParamSpec, Standardizer
 from .pipeline import PDiff
 from .sample import generate
+from .task_pipeline import TaskConfig, TaskPDiff
 
 __version__ = "0.1.0"
 __all__ = [
     "ODEncoder2Decoder", "small", "medium", "AE_CNN_bottleneck", "ODUnet", "EMA",
     "DDPMScheduler", "DDIMScheduler", "ParamSpec", "Standardizer", "Population", "collect_v1", "collect_v2",
     "Config", "PDiff", "TensorData", "mnist1d", "digits", "from_torch", "build_model", "generate", "use_backend",
+    "TaskConfig", "TaskPDiff",
 ]

@@ -138,7 +138,6 @@ STEP_FIELDS = {
 MADE_BY = {"zoo": "zoo", "generator": "train", "generated": "sample"}
 RANDOM_INIT_SEED = 10_000  # random-initialisation baselines: seeds RANDOM_INIT_SEED + j, apart from the zoo's
 FINETUNE_RECORD = (0, 1, 2, 3, 4, 6, 8, 11, 16, 23, 32, 45, 64, 91, 128, 181, 256, 362, 512)
-STARTS = ("generated", "random", "nearest task")
 CHECKPOINT = "generator.ckpt.safetensors"
 CHECKPOINT_EVERY = 500  # diffusion steps between resumable checkpoints
 LOOP_ROWS = 16  # zoo rows also trained one at a time, to measure the loop's speed against the batched zoo
@@ -494,7 +493,7 @@ class TaskPDiff:
         n = c.finetune_models
         x, y, counts = self.stacked(self.held_out)
         record = sorted({s for s in FINETUNE_RECORD if s < c.finetune_steps} | {c.finetune_steps})
-        starts: dict[str, list[torch.Tensor]] = {name: [] for name in STARTS}
+        starts: dict[str, list[torch.Tensor]] = {name: [] for name in task_report.STARTS}
         for h, task in enumerate(self.held_out):
             gen = generated["params"][generated["task"] == self.family.tasks.index(task)]
             starts["generated"].append(_cycle(gen, n))

@@ -23,6 +23,7 @@ from .report import _save
 
 METHODS = ("generated", "unconditional", "random init", "zoo mean", "nearest task", "zoo (own task)")
 SPLITS = ("held out", "seen")
+STARTS = ("generated", "random", "nearest task")  # fine-tuning starts
 
 
 def _mean(v):
@@ -86,6 +87,12 @@ def targets(zero_shot: dict, finetune: dict) -> dict:
     return out
 
 
+def _starts(finetune: dict) -> list[tuple[str, dict]]:
+    """The fine-tuning starts in a fixed order (JSON files keep keys sorted)."""
+    order = {name: i for i, name in enumerate(STARTS)}
+    return sorted(finetune.items(), key=lambda kv: order.get(kv[0], len(order)))
+
+
 def _f(v, digits=2):
     return "—" if v is None else f"{v:.{digits}f}"
 
@@ -121,7 +128,7 @@ def format_report(report: dict) -> str:
                   f"{report['batch_size']}, lr {report['finetune_lr']})", "",
               "| start | rows | accuracy at step 0 | final accuracy | steps to 95% of final (median) |",
               "|---|---:|---:|---:|---:|"]
-    for name, s in ft.items():
+    for name, s in _starts(ft):
         lines.append(f"| {name} | {s['rows']} | {_f(s['start'])} | {_f(s['final'])} | {_f(s['steps_to_95'], 0)} |")
     lines += ["", "## Targets (held-out tasks)", ""]
     for name, t in report["targets"].items():
@@ -139,7 +146,7 @@ def titles(report: dict) -> dict[str, str]:
     parts = [f"{m} {held[m]['mean']:.1f}" for m in ("generated", "random init", "zoo mean", "nearest task")
              if m in held]
     ft = report["finetune"]
-    steps = [f"{n} {_f(s['steps_to_95'], 0)}" for n, s in ft.items()]
+    steps = [f"{n} {_f(s['steps_to_95'], 0)}" for n, s in _starts(ft)]
     return {"zero_shot": "Held-out tasks, no training, mean accuracy: " + ", ".join(parts),
             "finetune": "Held-out tasks: steps to 95% of the final accuracy (median): " + ", ".join(steps)}
 
@@ -172,7 +179,7 @@ def plot_report(report: dict, out_dir: str | os.PathLike) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     steps = report["finetune_record"]
-    for name, s in report["finetune"].items():
+    for name, s in _starts(report["finetune"]):
         ax.plot(steps, s["mean_curve"], marker="o", ms=3, label=f"from {name} (n={s['rows']})")
     ax.set_xscale("symlog", linthresh=1)
     ax.set_xlabel("SGD steps on the held-out task")
