@@ -30,10 +30,12 @@ device = torch.device("cpu" if backend.triton_interpreted() or not torch.cuda.is
 TOLERANCES = {"fp32": (torch.float32, 1e-4, 1e-4), "fp16": (torch.float16, 3e-2, 3e-2)}
 if device.type == "cuda":
     TOLERANCES["bf16"] = (torch.bfloat16, 1e-1, 1e-1)
-HALF_CASES = ["non_aligned_channels", "non_aligned_transposed", "ae_enc_last_tanh", "denoiser_time_add"]
+HALF_CASES = ["non_aligned_channels", "non_aligned_transposed", "ae_enc_last_tanh", "denoiser_time_add",
+              "denoiser_block_condition"]
 
 # name: (B, Cin, Cout, L, K, stride, padding, transposed, pre_act, add, residual, post_tanh)
-# add: None, "b1l" = (B, 1, L) per-sample time embedding, "11l" = (1, 1, L) shared one
+# add: None, "b1l" = (B, 1, L) per-sample time embedding, "11l" = (1, 1, L) shared one,
+# "bcl" = (B, Cin, L) per-sample, per-channel (the task condition of conditional.py's "blocks" mode)
 CASES = {
     "minimal": (1, 1, 1, 7, 3, 1, 0, False, False, None, False, False),
     "ae_enc_first_p1": (3, 1, 2, 30, 3, 1, 1, False, False, None, False, False),
@@ -46,6 +48,7 @@ CASES = {
     "ae_dec_out_p5_k5": (1, 2, 1, 7, 5, 1, 5, False, True, None, False, False),
     "denoiser_time_add": (3, 5, 5, 12, 3, 1, 1, False, False, "b1l", False, False),
     "denoiser_shared_time": (3, 5, 2, 13, 3, 1, 1, False, True, "11l", False, False),
+    "denoiser_block_condition": (3, 7, 5, 13, 3, 1, 1, False, True, "bcl", True, False),
     "denoiser_skip": (3, 5, 5, 12, 3, 1, 1, False, True, None, True, False),
     "non_aligned_channels": (3, 37, 70, 13, 3, 1, 1, False, True, "b1l", True, True),
     "non_aligned_transposed": (3, 17, 19, 7, 5, 3, 1, True, True, "11l", True, True),
@@ -92,7 +95,8 @@ def make_inputs(case, seed=0):
         "bias": torch.randn(Cout, generator=gen),
     }
     if add is not None:
-        tensors["add"] = torch.randn((B if add == "b1l" else 1, 1, L), generator=gen)
+        shape = {"b1l": (B, 1, L), "11l": (1, 1, L), "bcl": (B, Cin, L)}[add]
+        tensors["add"] = torch.randn(shape, generator=gen)
     if residual:
         tensors["residual"] = torch.randn(B, Cout, Lout, generator=gen)
     kwargs = dict(stride=stride, padding=padding, transposed=transposed, pre_act=pre_act, post_tanh=post_tanh)
