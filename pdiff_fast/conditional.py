@@ -116,7 +116,7 @@ class Guided(nn.Module):
         if self.scale == 1:
             return self.model(x, t, emb)
         n = x.shape[0]
-        both = self.model(torch.cat([x, x]), torch.cat([t.expand(n), t.expand(n)]),
+        both = self.model(torch.cat([x, x]), torch.cat([t, t]),
                           torch.cat([emb, self.model.unconditional(n)]))
         task, null = both[:n], both[n:]
         return null + self.scale * (task - null)

@@ -32,7 +32,7 @@ from . import task_report
 from .conditional import MODES, ConditionedDenoiser, fit_conditional, generate_conditioned
 from .config import ConfigFields, _channels, _choice, _device, _int, _num, _type, read_config_file
 from .diffusion import make_scheduler
-from .io import load_artifact, read_digest, save_json, save_tensors, save_text
+from .io import load_artifact, load_json, read_digest, save_json, save_tensors, save_text
 from .lowrank_autoencoder import LowRankAutoencoder
 from .models import MLP
 from .params import ParamSpec, Standardizer
@@ -159,6 +159,7 @@ class TaskPDiff:
         self.family = TaskFamily(digit_pair_tasks())
         self.seen, self.held_out = split_tasks(self.family.tasks, self.config.held_out_pairs, self.config.split_seed)
         self.timings: dict[str, float] = {}
+        self._base: torch.nn.Module | None = None
         if self.device.type == "cpu":
             warm_allocator()
 
@@ -180,32 +181,37 @@ class TaskPDiff:
         return digest
 
     def _load(self, artifact: str, inputs: dict[str, str | None]) -> tuple[dict, dict, str | None]:
+        tensors, meta, digest = load_artifact(self._existing(artifact))
+        self._check(artifact, meta, inputs)
+        return tensors, meta, digest
+
+    def _existing(self, artifact: str) -> Path:
         path = self.path(artifact)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing; run `pdiff-fast tasks {MADE_BY[artifact]}` first")
-        tensors, meta, digest = load_artifact(path)
-        meta = meta.get("meta", meta) if artifact == "zoo" else meta  # Zoo.save nests its meta
-        if not self.allow_stale:
-            mine = self._fields(artifact)
-            for f, v in meta.get("config", {}).items():
-                if f in mine and mine[f] != v:
-                    raise StaleArtifact(f"{path.name} was made with {f}={v!r} but the config says {f}={mine[f]!r}: "
-                                        f"rerun `pdiff-fast tasks {MADE_BY[artifact]}`, or leave {f} unchanged")
-            for parent, digest_now in inputs.items():
-                recorded = meta.get("inputs", {}).get(parent)
-                if recorded is not None and digest_now is not None and recorded != digest_now:
-                    raise StaleArtifact(f"{path.name} is stale: it was made from another {self.FILES[parent]}; rerun "
-                                        f"`pdiff-fast tasks {MADE_BY[artifact]}` (or pass --allow-stale)")
-        return tensors, meta, digest
+        return path
 
-    def _digest(self, artifact: str) -> str | None:
-        return read_digest(self.path(artifact)) if self.path(artifact).is_file() else None
+    def _check(self, artifact: str, meta: dict, inputs: dict[str, str | None]) -> None:
+        """The artifact was made with this config's fields for its step and from the inputs on disk now."""
+        if self.allow_stale:
+            return
+        name = self.FILES[artifact]
+        mine = self._fields(artifact)
+        for f, v in meta.get("config", {}).items():
+            if f in mine and mine[f] != v:
+                raise StaleArtifact(f"{name} was made with {f}={v!r} but the config says {f}={mine[f]!r}: "
+                                    f"rerun `pdiff-fast tasks {MADE_BY[artifact]}`, or leave {f} unchanged")
+        for parent, digest_now in inputs.items():
+            recorded = meta.get("inputs", {}).get(parent)
+            if recorded is not None and digest_now is not None and recorded != digest_now:
+                raise StaleArtifact(f"{name} is stale: it was made from another {self.FILES[parent]}; rerun "
+                                    f"`pdiff-fast tasks {MADE_BY[artifact]}` (or pass --allow-stale)")
 
     def _timed(self, name: str, fn):
         start = time.perf_counter()
         out = fn()
         self.timings[name] = time.perf_counter() - start
-        old = read_config_file(self.path("timings")) if self.path("timings").is_file() else {}
+        old = load_json(self.path("timings")) if self.path("timings").is_file() else {}
         save_json(self.path("timings"), {**old, **self.timings})
         return out
 
@@ -216,8 +222,16 @@ class TaskPDiff:
         n_in = int(torch.Size(self.family.input_shape).numel())
         return MLP(n_in, self.family.num_classes, hidden=tuple(self.config.hidden)).to(self.device)
 
+    def base_model(self) -> torch.nn.Module:
+        """The network at the zoo's shared initialisation, built once (the evaluator and the trainers copy
+        what they change)."""
+        if self._base is None:
+            with torch.random.fork_rng(devices=[]):  # building it leaves the global RNG as it was
+                self._base = self.new_model()
+        return self._base
+
     def spec(self) -> ParamSpec:
-        return ParamSpec.from_model(self.new_model(), "all")
+        return ParamSpec.from_model(self.base_model(), "all")
 
     def denoiser_channels(self) -> list[int]:
         if self.config.denoiser_channels is not None:
@@ -239,7 +253,7 @@ class TaskPDiff:
     def zoo(self) -> Zoo:
         """Train zoo_runs models for every seen task from the shared start, all at once."""
         c = self.config
-        model, spec = self.new_model(), self.spec()
+        model, spec = self.base_model(), self.spec()
         init = spec.flatten([model])[0]
         x, y, counts = self.stacked(self.seen)
         task = torch.arange(len(self.seen)).repeat_interleave(c.zoo_runs)
@@ -284,8 +298,10 @@ class TaskPDiff:
         save_json(self.path("config"), {**cfg, **on_disk, **{f: cfg[f] for f in STEP_FIELDS[artifact]}})
 
     def load_zoo(self) -> tuple[Zoo, str | None]:
-        _, meta, digest = self._load("zoo", {})
-        zoo = Zoo.load(self.path("zoo"))
+        path = self._existing("zoo")
+        zoo = Zoo.load(path)
+        self._check("zoo", zoo.meta, {})
+        digest = read_digest(path)
         if zoo.tasks != [t.name for t in self.seen]:
             raise StaleArtifact(f"{self.FILES['zoo']} holds other tasks than this config's seen tasks; rerun "
                                 "`pdiff-fast tasks zoo`")
@@ -294,7 +310,7 @@ class TaskPDiff:
     def accuracy(self, task, flat: torch.Tensor) -> torch.Tensor:
         """(n,) test accuracy (percent) of the rows of flat on `task`, by the batched population evaluator."""
         d = self.family.data(task)
-        res = evaluate_population(self.new_model(), self.spec(), flat.to(self.device), d.x_test.to(self.device),
+        res = evaluate_population(self.base_model(), self.spec(), flat.to(self.device), d.x_test.to(self.device),
                                   d.y_test.to(self.device), memory_budget_bytes=self.config.memory_budget_mb << 20,
                                   keep_predictions=False)
         return res.accuracy.cpu()
@@ -454,7 +470,7 @@ class TaskPDiff:
         sweep = self._timed("guidance_sweep", lambda: self._guidance_sweep(t, loaded))
         record, curves = self._timed("finetune", lambda: self._finetune(t, randoms, zoo, nearest[len(self.seen):]))
         zero_shot, finetune = task_report.summarize_zero_shot(per_task), task_report.summarize_finetune(record, curves)
-        timings = {**(read_config_file(self.path("timings")) if self.path("timings").is_file() else {}),
+        timings = {**(load_json(self.path("timings")) if self.path("timings").is_file() else {}),
                    **self.timings}
         report = {"config": c.to_dict(), "device": str(self.device),
                   "tasks": {"seen": [x.name for x in self.seen], "held out": [x.name for x in self.held_out]},
@@ -500,7 +516,7 @@ class TaskPDiff:
             starts["random"].append(randoms[:n])
             starts["nearest task"].append(_cycle(zoo.rows_of(nearest[h]), n))
         task_of_row = torch.arange(len(self.held_out)).repeat_interleave(n).to(self.device)
-        model, spec = self.new_model(), self.spec()
+        model, spec = self.base_model(), self.spec()
         curves = {}
         for name, parts in starts.items():
             snaps = train_models(model, spec, torch.cat(parts).to(self.device), x, y, counts, task_of_row,
