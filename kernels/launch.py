@@ -7,7 +7,6 @@ that patches `launch.alloc` or `launch.target_programs` reaches every launcher.
 from __future__ import annotations
 
 import torch
-import triton
 
 MAX_SPLITS = 1024  # cap on programs along a split axis (grid axes 1 and 2 are limited to 65535 on CUDA)
 
@@ -31,9 +30,24 @@ def stream_tile(device: torch.device, gpu: int, interpreted: int) -> int:
     return gpu if device.type == "cuda" else interpreted
 
 
+# Plain-int versions of triton.cdiv / triton.next_power_of_2 for host code: in Triton 3.6 those are
+# constexpr functions costing 6-7 us per host call (these: ~0.1 us), and launchers make many per step.
+# Inside @triton.jit code keep tl.cdiv etc.
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for ints (b > 0)."""
+    return -(-int(a) // int(b))
+
+
+def next_pow2(n: int) -> int:
+    """The smallest power of two >= n for n >= 1 (0 for 0), as triton.next_power_of_2."""
+    n = int(n)
+    return n if n <= 1 else 1 << (n - 1).bit_length()
+
+
 def pow2(n: int, lo: int, hi: int) -> int:
     """The power of two >= n, clamped to [lo, hi]."""
-    return max(lo, min(hi, triton.next_power_of_2(max(int(n), 1))))
+    return max(lo, min(hi, next_pow2(max(int(n), 1))))
 
 
 def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
@@ -75,14 +89,14 @@ def rows_and_columns(x: torch.Tensor) -> tuple[int, int]:
 def elementwise_tile(B: int, M: int) -> tuple[int, int]:
     """(ROWS, BLOCK_M) for a (B, M) elementwise op: whole short rows per program, or a slice of a
     long row; BLOCK_M >= 4 so in-kernel noise comes 4 columns per Philox call (kernels/noise.py)."""
-    block_m = max(4, min(triton.next_power_of_2(M), ELEMENTWISE_TILE))
-    rows = min(triton.next_power_of_2(B), max(1, ELEMENTWISE_TILE // block_m))
+    block_m = max(4, min(next_pow2(M), ELEMENTWISE_TILE))
+    rows = min(next_pow2(B), max(1, ELEMENTWISE_TILE // block_m))
     return rows, block_m
 
 
 def elementwise_grid(B: int, M: int, rows: int, block_m: int) -> tuple[int]:
     """The 1-D grid of a (B, M) op tiled (rows, block_m), row-tile major."""
-    return (triton.cdiv(B, rows) * triton.cdiv(M, block_m),)
+    return (cdiv(B, rows) * cdiv(M, block_m),)
 
 
 def output_buffers(like: torch.Tensor, out, count: int, error: str) -> tuple[torch.Tensor, ...]:
