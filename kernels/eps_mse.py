@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from . import launch
+
 _BLOCK = 4096  # elements per loop iteration of a partial-sum program
 _MAX_PARTIALS = 1024  # programs of the first forward pass (and length of the partials)
 _BWD_BLOCK = 2048  # elements per backward program
@@ -98,7 +100,7 @@ def eps_mse_forward(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     N = pred.numel()
     if N == 0:
         return torch.full((), float("nan"), device=pred.device, dtype=pred.dtype)
-    n_blocks = triton.cdiv(N, _BLOCK)
+    n_blocks = launch.cdiv(N, _BLOCK)
     n_programs = min(n_blocks, _MAX_PARTIALS)
     partials = torch.empty(n_programs, device=pred.device, dtype=torch.float32)
     loss = torch.empty((), device=pred.device, dtype=torch.float32)
@@ -106,7 +108,7 @@ def eps_mse_forward(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         pred, target, partials, N, n_blocks, n_programs, BLOCK=_BLOCK, num_warps=8)
     _eps_mse_finish_kernel[(1,)](
         partials, loss, n_programs, float(N),
-        BLOCK=min(triton.next_power_of_2(n_programs), _MAX_PARTIALS), num_warps=4)
+        BLOCK=min(launch.next_pow2(n_programs), _MAX_PARTIALS), num_warps=4)
     return loss.to(pred.dtype)
 
 
@@ -118,7 +120,7 @@ def eps_mse_backward(pred, target, grad_out, need_pred: bool, need_target: bool)
     if N == 0 or not (need_pred or need_target):
         return grad_pred, grad_target
     grad_out = grad_out.reshape(1).contiguous()
-    _eps_mse_backward_kernel[(triton.cdiv(N, _BWD_BLOCK),)](
+    _eps_mse_backward_kernel[(launch.cdiv(N, _BWD_BLOCK),)](
         pred, target, grad_out,
         grad_pred if need_pred else pred, grad_target if need_target else pred,
         N, 2.0 / N,

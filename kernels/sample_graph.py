@@ -12,7 +12,8 @@ torch.cuda.CUDAGraph, the whole loop replays with a single host call.
 
     seed = torch.zeros(1, dtype=torch.int64, device="cuda")
     row_offset = torch.zeros(1, dtype=torch.int64, device="cuda")
-    sampler = GraphedSampler(run, torch.randn(B, C, L, device="cuda"), seed=seed, row_offset=row_offset)
+    sampler = GraphedSampler(run, torch.randn(B, C, L, device="cuda"), seed=seed, row_offset=row_offset,
+                             warmup=first_step)        # optional: warm up on part of the loop
     x = sampler.sample(x_init, seed=1234, row_offset=start)   # models start .. start + B - 1
 
 Rules for `run` (those of CUDA graph capture, see the torch.cuda.graphs documentation):
@@ -40,7 +41,7 @@ class GraphedSampler:
         example_x: torch.Tensor,  # a CUDA tensor of the shape and dtype of x_init
         seed: torch.Tensor | None = None,  # (1,) int64 CUDA tensor that `run` reads as its seed
         row_offset: torch.Tensor | None = None,  # (1,) int64 CUDA tensor: `run`'s global row 0
-        warmup_iters: int = 1,
+        warmup: Callable[[torch.Tensor], torch.Tensor] | None = None,  # run before capture; default `run`
     ):
         if not example_x.is_cuda:
             raise ValueError("GraphedSampler needs CUDA tensors")
@@ -52,17 +53,17 @@ class GraphedSampler:
         self.row_offset = row_offset
         self.static_x = example_x.detach().clone()
 
-        # Warm up on a side stream so that nothing lazy lands inside the capture: the first run
-        # compiles the Triton kernels and initialises cuBLAS workspaces and cached allocations.
-        # One run does all of that (the kernels' specialisations do not change between runs:
-        # seed, seed_offset and row_offset are do_not_specialize); a second would only repeat
-        # the whole sampling loop. Sampling is inference: no autograd graph is recorded.
+        # Warm up on a side stream so that nothing lazy lands inside the capture: compiling the
+        # Triton kernels, cuBLAS / cuDNN workspaces, cached allocations. That takes one launch of
+        # each kernel specialisation, not the whole loop: a sampling loop's steps differ only in
+        # do_not_specialize ints (seed, seed_offset, row_offset), float scalars and tensor values,
+        # so `warmup` can be a step or two of it (GraphedLatentSampler: the first and the last).
+        # Sampling is inference: no autograd graph is recorded.
         with torch.no_grad():
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
-                for _ in range(warmup_iters):
-                    run(self.static_x)
+                (warmup or run)(self.static_x)
             torch.cuda.current_stream().wait_stream(side)
 
             self.graph = torch.cuda.CUDAGraph()

@@ -85,7 +85,8 @@ class Config(ConfigFields):
     sample_steps: int = 50  # DDIM steps
     eta: float = 0.0  # DDIM eta
     num_samples: int = 200  # generated models, as the paper
-    cuda_graph: bool = False  # replay the whole DDPM loop as one CUDA graph (CUDA + Triton only)
+    cuda_graph: bool | str = "auto"  # replay the sampling loop as one CUDA graph: "auto" on CUDA with the
+    # Triton DDPM step (same models as uncaptured), true forces it (CUDA + Triton step), false never
     sample_grain: int | None = None  # rows per denoiser call (None: 256 on CPU, 1024 on CUDA); part of the
     # result (batched convolutions round by batch size); torchrun ranks split the models in whole grains
     memory_budget_mb: int = 1024  # chunking of sampling and evaluation
@@ -193,6 +194,10 @@ def _sigmas(v):
     return f"expected a list of non-negative numbers, got {v!r}"
 
 
+def _cuda_graph(v):
+    return None if v is True or v is False or v == "auto" else f"expected true, false or 'auto', got {v!r}"
+
+
 def _device(v):
     if not isinstance(v, str):
         return f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}"
@@ -241,7 +246,7 @@ CHECKS = {
     "sample_steps": _int(1, 1000),
     "eta": _num(0),
     "num_samples": _int(1),
-    "cuda_graph": _type(bool, "true or false"),
+    "cuda_graph": _cuda_graph,
     "sample_grain": _int(1, none_ok=True),
     "memory_budget_mb": _int(1),
     "noise_sigmas": _sigmas,

@@ -6,6 +6,7 @@ computed in float64 and stored as float32 (as the reference registers its buffer
     sched = DDPMScheduler()
     x_t, noise = sched.add_noise(x0, t)                 # training
     out = sched.step(eps, t, x_t)                        # sampling: out.prev_sample, out.pred_original_sample
+                                                         # (DDIM: t a host int, see DDIMScheduler.step)
 """
 from __future__ import annotations
 
@@ -100,6 +101,7 @@ class DDIMScheduler(DDPMScheduler):
     def __init__(self, num_inference_steps: int = 50, eta: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         self.eta = eta
+        self._alphas_cumprod_host = self.alphas_cumprod_f64.tolist()  # floats: a step reads no tensor
         self.set_timesteps(num_inference_steps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
@@ -114,11 +116,14 @@ class DDIMScheduler(DDPMScheduler):
 
     def step(self, model_output, t, sample, noise=None, generator=None, seed=None, seed_offset: int = 0,
              row_offset=0) -> SchedulerOutput:
+        """One DDIM step from timestep t to the schedule's next. t: the host int (what sampling
+        loops pass: no device-to-host sync, so the loop can be captured as a CUDA graph), or a
+        tensor of the one timestep, read on the host (a sync per call on CUDA)."""
         t_int = int(t.reshape(-1)[0]) if torch.is_tensor(t) else int(t)
         i = self._timesteps.index(t_int)
         t_prev = self._timesteps[i + 1] if i + 1 < len(self._timesteps) else -1
-        a_t = float(self.alphas_cumprod_f64[t_int])
-        a_prev = float(self.alphas_cumprod_f64[t_prev]) if t_prev >= 0 else 1.0
+        a_t = self._alphas_cumprod_host[t_int]
+        a_prev = self._alphas_cumprod_host[t_prev] if t_prev >= 0 else 1.0
         prev, x0 = ddim_step(sample, model_output, a_t, a_prev, noise, self.eta, self.clip_sample,
                              generator=generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
         return SchedulerOutput(prev, x0)

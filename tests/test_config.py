@@ -30,6 +30,8 @@ BAD = [  # (field, value, words the message must contain) -- the reliability iss
     ("subset", [], "non-empty list"),
     ("sampler", "euler", "one of"),
     ("standardize", "yes", "true or false"),
+    ("cuda_graph", "yes", "expected true, false or 'auto'"),
+    ("cuda_graph", 1, "expected true, false or 'auto'"),
 ]
 
 
@@ -60,6 +62,9 @@ def test_cuda_device_without_cuda_is_refused():
 
 def test_defaults_and_good_values_pass():
     Config().validate()
+    assert Config().cuda_graph == "auto"  # on for CUDA + the Triton DDPM step, off elsewhere (sample.use_cuda_graph)
+    for v in ("auto", True, False):
+        assert Config.from_dict({"cuda_graph": v}).cuda_graph == v
     cfg = Config.from_dict({"k": 5, "ae_lr": 1, "noise_sigmas": [], "diffusion_batch_size": None,
                             "subset": ["a.weight"], "device": "cpu", "sample_steps": 1000})
     assert cfg.ae_lr == 1 and cfg.sample_steps == 1000

@@ -69,3 +69,21 @@ def test_graph_replay_matches_eager_loop(ddpm_schedule):
     assert not torch.equal(sampler.sample(x_init, seed=1235, row_offset=40), graphed)  # another seed
     assert not torch.equal(sampler.sample(x_init, seed=1234, row_offset=41), graphed)  # other rows
     assert torch.equal(sampler.sample(x_init, seed=1234, row_offset=40), graphed)  # replay is exact
+
+
+@pytest.mark.gpu
+@cuda
+def test_warmup_callable_runs_instead_of_the_whole_loop():
+    calls = []
+
+    def run(x):
+        calls.append("run")
+        return x * 2
+
+    def warm(x):
+        calls.append("warmup")
+        return x * 2
+
+    sampler = GraphedSampler(run, torch.zeros(4, device="cuda"), warmup=warm)
+    assert calls == ["warmup", "run"]  # run itself only once: the capture
+    assert torch.equal(sampler.sample(torch.ones(4, device="cuda")), torch.full((4,), 2.0, device="cuda"))
