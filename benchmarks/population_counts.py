@@ -14,7 +14,9 @@ buffers, flat, x_test, y_test), what ops on them produce or write, and their cop
   `_local_scalar_dense`), `.cpu()` / `.tolist()` / `.numpy()` of a device tensor, an op whose
   output size depends on device data (nonzero, masked_select, a boolean index, unique), a
   blocking copy of a host tensor to the device (`.to(device)`, or a host tensor handed to a
-  device op), since PyTorch synchronises the stream after each;
+  device op), since PyTorch synchronises the stream after each; and each call of the
+  extension's flatten / unflatten ops, which upload their segment table that way on CUDA
+  (csrc/flatten.cpp; issue 23 item 7);
 - extension calls are the ops of the `pdiff_fast` library (norm_affine_act, unflatten_*).
 Blind spots: everything is a CPU tensor, so a tensor made by a factory (torch.zeros(...,
 device=device)) or before the count (a module's constant) is taken to be wherever it is first
@@ -68,6 +70,11 @@ _DATA_DEPENDENT = {aten.nonzero.default, aten.masked_select.default, aten.unique
                    aten._unique2.default, aten.unique_consecutive.default, aten.repeat_interleave.Tensor,
                    aten.argwhere.default}
 _INDEXING = {aten.index.Tensor, aten.index_put_.default, aten.index_put.default, aten._index_put_impl_.default}
+_NO_KERNEL = {aten.empty.memory_format, aten.empty_strided.default, aten.new_empty.default,
+              aten.new_empty_strided.default, aten.set_.source_Storage_storage_offset, aten.set_.source_Storage,
+              aten.lift_fresh.default, aten.detach.default}  # allocate or alias: no launch
+# the extension's ops that upload their segment table with a blocking copy on CUDA (csrc/flatten.cpp)
+_TABLE_UPLOADS = {"pdiff_fast::flatten_params", "pdiff_fast::unflatten_params", "pdiff_fast::unflatten_into"}
 DEVICE, HOST = "device", "host"
 
 
@@ -130,7 +137,9 @@ class _DeviceCounter(TorchDispatchMode):
             c.sync(f"boolean index ({func.name()})")
         if host:
             c.sync("host tensor into a device op (upload)")
-        if not func.is_view:
+        if func.name() in _TABLE_UPLOADS:
+            c.sync("segment table upload in the extension")
+        if not func.is_view and func not in _NO_KERNEL:
             c.launches += 1
             c.ops[func.name()] += 1
         if func.namespace == "pdiff_fast":
@@ -290,7 +299,13 @@ def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     ap.add_argument("--n", type=int, default=N_MODELS, help="models (the figure is scaled to per 1000)")
+    ap.add_argument("--render", action="store_true", help="rewrite the .md from the committed .json, count nothing")
     args = ap.parse_args(argv)
+    if args.render:
+        from pdiff_fast.io import load_json, save_text
+        report = load_json(RESULTS / "population_counts_cpu.json")
+        save_text(RESULTS / "population_counts_cpu.md", render(report))
+        return report
     torch.manual_seed(0)
     n = args.n
     population.warm_allocator()
@@ -340,6 +355,8 @@ def main(argv=None) -> dict:
 
 def render(report: dict) -> str:
     m, runs = report["meta"], report["runs"]
+    first = ("before", "after", "after, 1 GiB budget")  # the JSON's keys come back sorted
+    runs = {k: runs[k] for k in [*(k for k in first if k in runs), *(k for k in runs if k not in first)]}
     lines = [f"# Population evaluation: launches and host syncs per 1000 models ({m['device']})", "",
              f"Counted with `python -m benchmarks.population_counts` (torch {m['torch']}, {m['date']}): "
              f"the population benchmark's MNIST-1D CNN, {m['subset']}, N = {m['n_models']} models, "
@@ -351,13 +368,25 @@ def render(report: dict) -> str:
         p = r["per_1000_models"]
         lines.append(f"| {key}: {r['what']} | {p['tiles']:g} | {p['launches']:g} | {p['syncs']:g} | "
                      f"{p['ext_calls']:g} |")
+    b, a, a1 = runs.get("before"), runs.get("after"), runs.get("after, 1 GiB budget")
+    if b and a and a1 and a1["tiles"] > a["tiles"]:
+        per_tile = (a1["launches"] - a["launches"]) / (a1["tiles"] - a["tiles"])
+        lines += ["", f"Per tile: before {b['launches'] / b['tiles']:.0f} launches and "
+                      f"{(b['syncs'] - a['syncs']) / b['tiles']:.1f} syncs (the predictions and the top-2 gaps "
+                      "copied to the host, and a boolean-mask write of NaN gaps; the bits were packed on the "
+                      f"host); after {per_tile:.0f} launches (the bits packed on the device) and no sync. "
+                      f"Per call, whatever the tiles: {a['syncs']} syncs (the test-set checks, the finite "
+                      "rows, the recheck's distance and list of pairs, the copies of the results, the "
+                      "extension's segment tables) and about "
+                      f"{a['launches'] - per_tile * a['tiles']:.0f} launches (the checks, the plan's probe "
+                      "forwards, the reference's calibration forwards)."]
     lines += ["", "Syncs by kind:", ""]
     for key, r in runs.items():
         kinds = ", ".join(f"{k}: {v}" for k, v in sorted(r["sync_kinds"].items(), key=lambda kv: -kv[1]))
         lines.append(f"- {key}: {kinds}")
     lines += ["", "Launches by op (most frequent):", ""]
     for key, r in runs.items():
-        ops = ", ".join(f"{k} {v}" for k, v in r["top_ops"].items())
+        ops = ", ".join(f"{k} {v}" for k, v in sorted(r["top_ops"].items(), key=lambda kv: -kv[1]))
         lines.append(f"- {key}: {ops}")
     return "\n".join(lines) + "\n"
 

@@ -19,6 +19,11 @@ and would flatter whichever peer allocates less.
 Work (the floor): FLOPs of the shared prefix once plus N times those of the per-model rest
 (counted with torch's FlopCounterMode); fewest bytes, read the inputs and the N vectors once and
 write the N * 1000 predictions (int64).
+
+Launches and host syncs per 1000 models (as if on CUDA, counted on the CPU), before and after
+the CUDA tiles: `python -m benchmarks.population_counts` writes
+benchmarks/results/population_counts_cpu.md; test_population_counts below checks the same
+counts on a small population and prints them.
 """
 from __future__ import annotations
 
@@ -30,7 +35,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.population import evaluate_one_by_one, evaluate_population, warm_allocator
 
-from . import common
+from . import common, population_counts
 
 N_TEST, BATCH = 1000, 1024
 
@@ -111,3 +116,20 @@ def test_population_eval(benchmark, peer, where, subset, n_models):
                  info={"N": n_models, "D": args[1].dim, "n_test": N_TEST, **work(*args[:2], args[3], n_models)})
     result = benchmark.pedantic(call, rounds=3 if n_models <= 10 or device == "cuda" else 2, iterations=1)
     assert result.finite.all()
+
+
+@pytest.mark.quick
+def test_population_counts():
+    """The evaluator on CUDA tiles, counted on CPU tensors (benchmarks/population_counts.py): one
+    tile for the whole population, and a fixed handful of host syncs whatever the tiles (the
+    evaluator before issue 23 part 4 had three per tile, 6010 per 1000 models)."""
+    args = population_counts.workload(50, widths=(1, 1))  # the benchmark's ops on thin layers
+    runs = {}
+    for name, tile in (("device-sized tile", population_counts.cuda_tile_pairs()),
+                       ("1 GiB budget", population_counts.cuda_tile_pairs(memory_budget_bytes=1 << 30))):
+        r = population_counts.count_run(population_counts.population, args, tile_pairs=tile)
+        runs[name] = r
+        print(f"\npopulation counts, N = 50 on CUDA tiles ({name}, {tile} pairs): {r['tiles']} tiles, "
+              f"{r['launches']} launches, {r['syncs']} syncs {r['sync_kinds']}")
+    assert runs["device-sized tile"]["tiles"] == 1 and runs["1 GiB budget"]["tiles"] == 2
+    assert runs["device-sized tile"]["syncs"] == runs["1 GiB budget"]["syncs"] <= 12

@@ -18,11 +18,13 @@ How it runs (the model in eval mode: BatchNorm uses the base model's running sta
 3. Tiles (a chunk of models x a sub-batch of samples) are sized per device by
    `tile_pairs_for`: on CPU to the memory budget and to the cache (CACHE_TILE_BYTES); on CUDA
    to the budget alone, by default half the free device memory, so that 1000 small models x a
-   whole batch are one tile (the cache tile made that 1000 tiles of one model each on a GPU).
+   whole batch are one tile (the cache tile made that 2000 tiles of 1 model x 500 samples).
    Everything a tile yields (wrong bits, predictions, smallest top-2 gaps, calibration logits)
    is accumulated on the device: no host sync per tile; the results are copied to the host
-   once, at the end. Models whose parameters hold NaN/Inf are not run: finite False, accuracy
-   NaN, predictions -1, every sample marked wrong (so accuracy summaries must filter on finite).
+   once, at the end (a call syncs a fixed handful of times, 11 for 1000 models where the
+   cache tile made it 6013: benchmarks/results/population_counts_cpu.md). Models whose
+   parameters hold NaN/Inf are not run: finite False, accuracy NaN, predictions -1, every
+   sample marked wrong (so accuracy summaries must filter on finite).
 4. Predictions equal those of `evaluate_one_by_one` (same batch size): the batched logits of
    the first model (and the last, from 64 models on) are compared with the reference's on the
    first batch; every (model, batch) holding a sample whose top-2 logit gap is within 64x the
@@ -195,7 +197,7 @@ def _pack(mask: torch.Tensor) -> torch.Tensor:
     """(m, 8k) bool -> (m, k) uint8, as pack_bits, computed on mask's device from no host data
     (pack_bits uploads its table of bit weights on every call: a host sync per call on CUDA)."""
     shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
-    return (mask.view(mask.shape[0], -1, 8).to(torch.uint8) << shifts).sum(-1, dtype=torch.uint8)
+    return (mask.reshape(mask.shape[0], -1, 8).to(torch.uint8) << shifts).sum(-1, dtype=torch.uint8)
 
 
 def _write_bits(bits: torch.Tensor, rows, c0: int, mask: torch.Tensor) -> None:
@@ -204,11 +206,11 @@ def _write_bits(bits: torch.Tensor, rows, c0: int, mask: torch.Tensor) -> None:
     mask = mask.to(bits.device)
     n = mask.shape[1]
     lo, w0, w1 = c0 % 8, c0 // 8, (c0 + n + 7) // 8
+    if lo == 0 and n % 8 == 0:  # whole bytes: overwrite
+        bits[rows, w0:w1] = _pack(mask)
+        return
     padded = torch.zeros(mask.shape[0], (w1 - w0) * 8, dtype=torch.bool, device=bits.device)
     padded[:, lo:lo + n] = mask
-    if lo == 0 and n % 8 == 0:  # whole bytes: overwrite
-        bits[rows, w0:w1] = _pack(padded)
-        return
     inside = torch.zeros(1, (w1 - w0) * 8, dtype=torch.bool, device=bits.device)
     inside[:, lo:lo + n] = True
     bits[rows, w0:w1] = (bits[rows, w0:w1] & ~_pack(inside)) | _pack(padded)
@@ -349,7 +351,8 @@ def _batched_pass(plan: _Plan, spec: ParamSpec, rows: _Rows, x_test: torch.Tenso
                 torch.minimum(col, g, out=col)
                 for c in calib:
                     if s == 0 and m0 <= c < m1:
-                        calib_parts.setdefault(c, []).append(logits[c - m0].to(torch.float32, copy=True))  # not a view of the tile
+                        # a copy, not a view that would keep the whole tile alive
+                        calib_parts.setdefault(c, []).append(logits[c - m0].to(torch.float32, copy=True))
             del params
     out.calib_logits = {c: torch.cat(parts) for c, parts in calib_parts.items()}
     return out

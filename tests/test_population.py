@@ -9,6 +9,7 @@ the population benchmarks' (benchmarks/common.py); an MLP with LayerNorm whose f
 nn.Sequential); a CNN whose generated subset is a conv in the middle; a model that is not a
 chain (runs whole under vmap).
 """
+import copy
 import math
 
 import pytest
@@ -16,19 +17,27 @@ import torch
 from torch import nn
 
 from benchmarks.common import mnist1d_cnn as cnn1d  # the one definition, shared with the benchmarks
-from pdiff_fast import backend
+from benchmarks.population_counts import count_device_work
+from pdiff_fast import backend, population, population_plan
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.population import (
+    CACHE_TILE_BYTES,
     _plan,
     _write_bits,
+    default_memory_budget,
     evaluate_one_by_one,
     evaluate_population,
     iou_matrix,
     pack_bits,
+    tile_pairs_for,
     unpack_bits,
 )
 
-pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models (tests/conftest.py)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # tiny models (tests/conftest.py)
+    # a fast path that disagrees with the reference beyond rounding fails any test that meets it
+    pytest.mark.filterwarnings("error:evaluate_population.*fast path:RuntimeWarning"),
+]
 
 
 # --- models ---------------------------------------------------------------------------------
@@ -108,6 +117,8 @@ def test_batched_predictions_equal_one_by_one(name):
     fast = evaluate_population(base, spec, flat, x, y, batch_size=64)
     slow = evaluate_one_by_one(base, spec, flat, x, y, batch_size=64)
     assert_same_result(fast, slow)
+    # the fast path's own predictions, not the fallback's: a close call at most, of 12 x 3 pairs
+    assert fast.rechecked <= 3 and fast.max_logit_diff < 1e-5
     assert fast.accuracy.shape == (13,) and fast.wrong.shape == (13, math.ceil(150 / 8))
     assert fast.predictions.dtype == torch.int64 and fast.wrong.dtype == torch.uint8
 
@@ -143,7 +154,8 @@ def test_prefix_is_shared_and_suffix_batched():
 def test_tiny_memory_budget_and_small_chunks_change_nothing(name):
     base, spec, flat, x, y = setup_case(name, n_models=4, n_test=24)
     ref = evaluate_population(base, spec, flat, x, y, batch_size=16)
-    for kwargs in ({"memory_budget_bytes": 1}, {"max_models_per_chunk": 2}, {"memory_budget_bytes": 50_000}):
+    for kwargs in ({"memory_budget_bytes": 1}, {"max_models_per_chunk": 2}, {"memory_budget_bytes": 50_000},
+                   {"tile_pairs": 7}, {"tile_pairs": 10 ** 9}):
         assert_same_result(evaluate_population(base, spec, flat, x, y, batch_size=16, **kwargs), ref)
 
 
@@ -179,6 +191,148 @@ def test_torch_backend_gives_the_same_predictions():
     with backend.use_backend("torch"):
         fast = evaluate_population(base, spec, flat, x, y, batch_size=64)
     assert_same_result(fast, evaluate_one_by_one(base, spec, flat, x, y, batch_size=64))
+
+
+# --- the fast path's own output: no fallback where there is nothing to recheck ------------------
+
+def no_tie_case(name, n_models=13, n_test=157, min_gap=1e-3):
+    """setup_case with fresh random inputs, keeping only the test samples on which every model's
+    top-2 logit gap (by the reference) exceeds min_gap: thousands of times the rounding
+    difference (~1e-7), so a right fast path rechecks nothing. Odd sizes: n_test ends up odd."""
+    base, spec, flat, x, y = setup_case(name, n_models=n_models, n_test=n_test)
+    model = copy.deepcopy(base).eval()
+    keep = torch.ones(n_test, dtype=torch.bool)
+    with torch.no_grad():
+        for row in flat:
+            spec.load_into(model, row)
+            top = model(x).topk(2, dim=-1).values
+            keep &= top[:, 0] - top[:, 1] > min_gap
+    if keep.sum() % 2 == 0:  # an odd count: partial bytes of the bitsets
+        keep[keep.nonzero()[0]] = False
+    return base, spec, flat, x[keep], y[keep]
+
+
+def assert_fast_path_alone(res, ref):
+    """What a clean fast path gives: the reference's predictions with no pair recomputed."""
+    assert res.rechecked == 0, f"{res.rechecked} (model, batch) pairs fell back to the reference"
+    assert res.max_logit_diff < 1e-5
+    assert_same_result(res, ref)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+@pytest.mark.parametrize("use", ["auto", "torch"])
+def test_no_ties_recheck_nothing(name, use):
+    base, spec, flat, x, y = no_tie_case(name)
+    assert x.shape[0] % 2 == 1 and x.shape[0] > 100
+    flat[5, -1] = math.nan  # not run
+    ref = evaluate_one_by_one(base, spec, flat, x, y, batch_size=32)
+    with backend.use_backend(use):
+        for kwargs in ({}, {"tile_pairs": 45}):  # one tile per batch; 1 model x 32 samples per tile
+            assert_fast_path_alone(evaluate_population(base, spec, flat, x, y, batch_size=32, **kwargs), ref)
+
+
+def _without_running_stats(monkeypatch):
+    """Plant issue 27's bug: the fused BatchNorm affine called without the running statistics."""
+    real = population_plan.norm_affine_act
+
+    def broken(x, weight, bias, running_mean=None, running_var=None, *rest):
+        return real(x, weight, bias, None, None, *rest)
+    monkeypatch.setattr(population_plan, "norm_affine_act", broken)
+
+
+@pytest.mark.parametrize("name", ["cnn1d-bn", "cnn1d-conv-in-the-middle"])
+def test_a_broken_fast_path_is_caught(monkeypatch, name):
+    """The recheck keeps the predictions right even then, so only the fallback count (and the
+    warning) shows the bug: every (model, batch) pair is recomputed the slow way."""
+    base, spec, flat, x, y = no_tie_case(name)
+    ref = evaluate_one_by_one(base, spec, flat, x, y, batch_size=32)
+    assert_fast_path_alone(evaluate_population(base, spec, flat, x, y, batch_size=32), ref)
+    _without_running_stats(monkeypatch)
+    with pytest.warns(RuntimeWarning, match="fast path is wrong"):
+        res = evaluate_population(base, spec, flat, x, y, batch_size=32)
+    assert res.rechecked == 13 * math.ceil(x.shape[0] / 32) and res.max_logit_diff > 1e-2
+    assert_same_result(res, ref)  # the safety net holds ...
+    with pytest.raises(AssertionError, match="fell back to the reference"):
+        assert_fast_path_alone(res, ref)  # ... and the check of the fast path alone sees through it
+
+
+# --- tiles sized per device, no host sync per tile -------------------------------------------
+
+def test_tiles_are_sized_per_device():
+    base, spec, _, x, _ = setup_case("cnn1d-bn")
+    pair = _plan(base, spec, x[:2]).pair_bytes
+    assert pair == 2 * 32 * 34 * 4  # the widest activation, Conv1d(16, 32, 3) on 38 steps, in + out
+    assert tile_pairs_for(pair, "cpu") == CACHE_TILE_BYTES // pair == 963  # the CPU's cache tile, as before
+    assert tile_pairs_for(pair, "cpu", 100 * pair) == 25  # a smaller budget still binds
+    h100 = 78 << 30
+    cuda = tile_pairs_for(pair, "cuda", free_bytes=h100)
+    assert cuda == int(population.DEVICE_MEMORY_FRACTION * h100) // (population.MEMORY_SAFETY * pair)
+    assert cuda >= 1000 * 1000  # the benchmark's 1000 models x 1000 samples: one tile on an H100
+    assert tile_pairs_for(pair, "cuda", 1 << 30, free_bytes=h100) == (1 << 30) // (4 * pair)  # explicit budget
+    assert tile_pairs_for(pair, "cuda", free_bytes=0) == 1
+    assert default_memory_budget("cpu") == 1 << 30
+    assert default_memory_budget(torch.device("cuda", 0), free_bytes=1000) == 500
+
+
+def _device_inputs(base, flat, x, y):
+    return [*base.parameters(), *base.buffers(), flat, x, y]
+
+
+def _count(base, spec, flat, x, y, **kwargs):
+    with count_device_work(_device_inputs(base, flat, x, y)) as counts:
+        res = evaluate_population(base, spec, flat, x, y, **kwargs)
+    return counts, res
+
+
+@pytest.mark.parametrize("name", ["cnn1d-bn", "mlp-layernorm", "not-a-chain"])
+def test_host_syncs_do_not_grow_with_tiles(name):
+    """Counted on CPU tensors as if on CUDA (benchmarks/population_counts.py): one tile per batch
+    or 1 model x 13 samples per tile, the syncs are the same few, before and after the tiles."""
+    base, spec, flat, x, y = setup_case(name, n_models=9, n_test=77)
+    flat[2, 1] = math.nan
+    big, res_big = _count(base, spec, flat, x, y, batch_size=13, tile_pairs=9 * 13)
+    small, res_small = _count(base, spec, flat, x, y, batch_size=13, tile_pairs=13)
+    assert_same_result(res_big, res_small)
+    assert big.syncs == small.syncs <= 12, (big.sync_kinds, small.sync_kinds)
+    assert small.launches > 4 * big.launches  # 48 tiles against 6: they did run
+    if name == "cnn1d-bn":  # two fused BatchNorm calls per tile
+        assert small.ext_ops["pdiff_fast::norm_affine_act"] == 2 * 8 * 6
+        assert big.ext_ops["pdiff_fast::norm_affine_act"] == 2 * 6
+
+
+def test_a_sync_per_tile_would_be_counted(monkeypatch):
+    """The count can fail: a `.cpu()` per tile (as the evaluator had) adds one sync per tile."""
+    base, spec, flat, x, y = setup_case("cnn1d-bn", n_models=5, n_test=40)
+    clean, _ = _count(base, spec, flat, x, y, batch_size=8, tile_pairs=8)
+    top2 = population._top2_gap
+    monkeypatch.setattr(population, "_top2_gap", lambda logits: tuple(t.cpu() for t in top2(logits)))
+    planted, _ = _count(base, spec, flat, x, y, batch_size=8, tile_pairs=8)
+    assert planted.syncs >= clean.syncs + 2 * 5 * 5  # two copies in each of the 25 tiles (and their uses)
+    assert planted.sync_kinds["copy to the host (.cpu)"] >= 50
+
+
+def test_the_counter_sees_each_kind_of_sync():
+    x = torch.randn(6, 4)
+    with count_device_work([x]) as c:
+        host = torch.ones(4)  # made here, never touched by a device op: a host tensor, no count
+        host = host + 1
+        assert c.syncs == 0 and c.launches == 0
+        y = x * 2  # a launch, on the device
+        y.sum().item()
+        bool(y.any())
+        y[y > 0] = 0.0  # boolean index
+        y.nonzero()
+        back = y.cpu()
+        y.tolist()
+        back = back + 1  # host
+        y + back  # a host tensor in a device op: uploaded
+        back.to(x.device)  # a blocking copy to the device
+        x.to(x.device)  # already there: nothing
+    assert c.sync_kinds == {"scalar read (.item / bool / int)": 2, "boolean index (aten::index_put_)": 1,
+                            "data-dependent size (aten::nonzero)": 1, "copy to the host (.cpu)": 1,
+                            "copy to the host (.tolist)": 1, "host tensor into a device op (upload)": 1,
+                            "copy to the device (.to)": 1}
+    assert c.syncs == 8 and c.launches >= 6
 
 
 def test_base_model_is_left_as_it_was():
@@ -247,12 +401,21 @@ def test_labels_outside_the_classes_raise(label):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_population_matches_reference():
-    """Runs whatever the extension's build: its ops fall back to PyTorch on a CPU-only build."""
+def test_cuda_population_matches_reference(monkeypatch):
+    """Runs whatever the extension's build: its ops fall back to PyTorch on a CPU-only build.
+    The CUDA tiles: all 13 models on a whole batch in one tile (not the CPU's cache tile)."""
     base, spec, flat, x, y = setup_case("cnn1d-bn")
     base = base.cuda()
-    assert_same_result(evaluate_population(base, spec, flat.cuda(), x.cuda(), y.cuda(), batch_size=64),
-                       evaluate_one_by_one(base, spec, flat.cuda(), x.cuda(), y.cuda(), batch_size=64))
+    models_per_tile = []
+    run_suffix = population._run_suffix
+    monkeypatch.setattr(population, "_run_suffix",
+                        lambda plan, h, params, m: models_per_tile.append((m, h.shape[0])) or
+                        run_suffix(plan, h, params, m))
+    for batch_size in (64, 150):
+        models_per_tile.clear()
+        assert_same_result(evaluate_population(base, spec, flat.cuda(), x.cuda(), y.cuda(), batch_size=batch_size),
+                           evaluate_one_by_one(base, spec, flat.cuda(), x.cuda(), y.cuda(), batch_size=batch_size))
+    assert models_per_tile == [(13, 150)]  # the CPU's cache tile holds 963 pairs: 6 + 6 + 1 models
 
 
 def test_iou_of_population_wrong_sets_counts_samples():
