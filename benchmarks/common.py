@@ -32,7 +32,7 @@ import torch
 from pdiff_fast import AE_CNN_bottleneck, DDIMScheduler, DDPMScheduler, EMA, ParamSpec, use_backend
 from pdiff_fast.autoencoder import PRESETS
 from pdiff_fast.models import build_model
-from pdiff_fast.sample import chunk_size_for, default_grain, sample_latents
+from pdiff_fast.sample import ChunkPlan, chunk_size_for, default_grain, plan_chunks, sample_latents
 from pdiff_fast.train import fit_autoencoder, fit_diffusion
 
 from . import reference_loop as ref
@@ -134,6 +134,14 @@ class Setup:
         self.chunk = max(1, chunk_size_for(self.latent_numel, self.D, 1 << 30) // self.grain) * self.grain
         self._compiled: dict[str, object] = {}
 
+    def sample_plan(self, n: int) -> ChunkPlan:
+        """generate()'s sampling chunks for n models: on CUDA plan_chunks (one chunk when the free
+        memory holds it), on the CPU the one budget of before."""
+        if self.device.type == "cuda":
+            return plan_chunks(n, self.latent_numel, self.D, self.device, 1 << 30,
+                               decode_channels=getattr(self.ae, "decode_channels", 64))
+        return ChunkPlan(self.chunk, self.grain, self.grain)
+
     def describe(self) -> dict:
         return {"config": self.cfg.name, "D": self.D, "latent": list(self.latent_shape),
                 "ae_preset": self.cfg.preset, "denoiser_channels": list(self.cfg.denoiser_channels),
@@ -218,10 +226,12 @@ def make_scheduler(sampler: str, steps_run: int):
 
 
 def pdiff_sample(denoiser, scheduler, n: int, s: Setup, seed: int = 0) -> torch.Tensor:
-    """What pdiff_fast.generate does before decoding: chunks of s.chunk samples, model i's noise from
-    (seed, i), the denoiser on fixed micro-batches (grain rows), the noise drawn on the device."""
-    return torch.cat([sample_latents(denoiser, scheduler, min(s.chunk, n - i), s.latent_shape, s.device,
-                                     seed=seed, start=i, grain=s.grain) for i in range(0, n, s.chunk)])
+    """What pdiff_fast.generate does before decoding, uncaptured: the chunks of s.sample_plan(n),
+    model i's noise from (seed, i), the denoiser on fixed micro-batches (grain rows), the noise
+    drawn on the device."""
+    plan = s.sample_plan(n)
+    return torch.cat([sample_latents(denoiser, scheduler, min(plan.chunk, n - i), s.latent_shape, s.device,
+                                     seed=seed, start=i, grain=plan.grain) for i in range(0, n, plan.chunk)])
 
 
 @torch.no_grad()

@@ -10,7 +10,14 @@ With --full every step of the schedule runs. Decoding is timed in test_autoencod
 
     pytest benchmarks/test_sample.py [--full]     # or: pytest tests benchmarks -m sample
 """
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
+import torch
 
 from pdiff_fast.sample import GraphedLatentSampler
 
@@ -33,7 +40,7 @@ def _case(benchmark, s, sizes, peer, sampler, n, steps, group):
     elif peer == "graph":
         if s.device.type != "cuda" or sampler != "ddpm":
             pytest.skip("CUDA-graph sampling: DDPM on CUDA only")
-        graphed = GraphedLatentSampler(s.den, scheduler, n, s.latent_shape, s.device)  # captured once
+        graphed = GraphedLatentSampler(s.den, scheduler, n, s.latent_shape, s.device, s.sample_plan(n).grain)
 
         def fn():
             graphed.sample(seed=0)
@@ -61,3 +68,21 @@ def test_sample(benchmark, setup_for, sizes, cfg_name, n, peer, sampler):
 @pytest.mark.parametrize("peer", ["auto", "torch", "reference"])
 def test_sample_quick(benchmark, setup_for, sizes, peer):
     _case(benchmark, setup_for("resnet18"), sizes, peer, "ddpm", 1, 2, "sample_ddpm/resnet18/N=1 (quick)")
+
+
+@pytest.mark.quick
+def test_launch_count(tmp_path, capsys):
+    """Launches and host time per DDPM step at N = 1000 (benchmarks/launch_count.py), printed. In a
+    subprocess: on a CPU it needs Triton's interpreter, which is switched on before triton's import."""
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env["TRITON_INTERPRET"] = "1"
+    done = subprocess.run([sys.executable, "-m", "benchmarks.launch_count", "--out", str(tmp_path)], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    r = json.loads(next(tmp_path.glob("launch_count_*.json")).read_text())
+    after, before = r["plans"]["after"], r["plans"]["before"]
+    assert after["chunks"] == 1 and after["launches"] < before["launches"]
+    with capsys.disabled():
+        print(f"\nlaunches and host time per DDPM step, N = {r['N']} ({r['device']}):\n{done.stdout}")

@@ -237,3 +237,16 @@ def test_cuda_graph_auto_is_on_for_the_triton_ddpm_step_on_cuda_only(monkeypatch
     assert not use_cuda_graph("auto", DDPMScheduler(), cuda)
     with pytest.raises(ValueError, match="True, False or 'auto'"):
         use_cuda_graph("yes", DDPMScheduler(), cuda)
+
+
+def test_launch_counter_counts_each_launch_and_dry_runs_count_the_same():
+    """benchmarks/launch_count.py counts a step's Triton launches with the kernels skipped (dry);
+    here the same step, run for real in the interpreter, must count the same launches and ops."""
+    from benchmarks.launch_count import count_step
+    from pdiff_fast.sample import ChunkPlan
+
+    kw = dict(plan=ChunkPlan(4, 2, 2), n=6, widths=[4, 4, 8, 8], latent=(2, 3), repeats=1)
+    real, dry = count_step(dry=False, **kw), count_step(dry=True, **kw)
+    assert real["launches_by_kernel"] == dry["launches_by_kernel"] and real["torch_ops_by_op"] == dry["torch_ops_by_op"]
+    assert real["chunks"] == 2 and real["launches_by_kernel"]["_ddpm_step_kernel"] == 2  # one step launch per chunk
+    assert real["launches"] == sum(real["launches_by_kernel"].values()) > 2  # the denoiser's kernels too
