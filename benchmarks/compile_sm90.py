@@ -140,10 +140,12 @@ def _conv_variants(dtypes, quick: bool):
     for dt in dtypes:
         dot = ["tf32", "ieee"] if dt == "fp32" else ["tf32"]  # launch.dot_precision: 16-bit operands ignore it
         # stats: one tile (writes mean / rstd) or split rows (partials), with / without add and act
-        for has_add, pre_act, single in itertools.product([False, True], repeat=3):
+        for has_add, pre_act, single, write_h in itertools.product([False, True], repeat=4):
+            if write_h and not single:
+                continue  # h is written only when one program holds whole rows
             block_r, block_l = (2, 2048) if single else (1, 2048)
-            flags = {"HAS_ADD": has_add, "PRE_ACT": pre_act, "SINGLE_TILE": single, "NEG_SLOPE": neg,
-                     "BLOCK_R": block_r, "BLOCK_L": block_l}
+            flags = {"HAS_ADD": has_add, "PRE_ACT": pre_act, "SINGLE_TILE": single, "WRITE_H": write_h,
+                     "NEG_SLOPE": neg, "BLOCK_R": block_r, "BLOCK_L": block_l}
             yield ("conv.stats", _label(dt, flags), st._stats_kernel, signature(st._stats_kernel, dt), flags, 4)
         # forward conv: normalized input, every epilogue flag; both conv modes; K = 1, 3, 5
         epilogues = list(itertools.product([False, True], repeat=5))  # add, act, bias, res, tanh
@@ -153,13 +155,19 @@ def _conv_variants(dtypes, quick: bool):
                 [False, True], epilogues, dot):
             flags = {"K": 3, "TRANSPOSED": transposed, "HAS_ADD": has_add, "PRE_ACT": pre_act, "NORMALIZE": True,
                      "HAS_BIAS": bias, "HAS_RES": res, "POST_TANH": tanh, "NEG_SLOPE": neg,
-                     "DOT_PRECISION": prec, "BLOCK_O": 64, "BLOCK_N": 64, "BLOCK_C": 32}
-            yield ("conv.forward", _label(dt, flags), m._conv_kernel, signature(m._conv_kernel, dt), flags, 4)
+                     "DOT_PRECISION": prec, "BLOCK_O": 64, "BLOCK_N": 64, "BLOCK_C": 32, "NUM_STAGES": 1}
+            yield ("conv.forward", _label(dt, flags), m._conv_kernel, signature(m._conv_kernel, dt), flags, 8)
+        # the plain, pipelined loop: input normalized by the stats kernel (short rows)
+        for res, tanh, prec in itertools.product([False, True], [False, True], dot):
+            flags = {"K": 3, "TRANSPOSED": False, "HAS_ADD": False, "PRE_ACT": False, "NORMALIZE": False,
+                     "HAS_BIAS": True, "HAS_RES": res, "POST_TANH": tanh, "NEG_SLOPE": neg,
+                     "DOT_PRECISION": prec, "BLOCK_O": 128, "BLOCK_N": 128, "BLOCK_C": 32, "NUM_STAGES": 2}
+            yield ("conv.plain", _label(dt, flags), m._conv_kernel, signature(m._conv_kernel, dt), flags, 8)
         # adjoint conv of the backward: plain conv into an fp32 buffer, small channel tiles, K = 1 / 5
         for transposed, k, prec in itertools.product([False, True], [1, 5] if not quick else [5], dot):
             flags = {"K": k, "TRANSPOSED": transposed, "HAS_ADD": False, "PRE_ACT": False, "NORMALIZE": False,
                      "HAS_BIAS": False, "HAS_RES": False, "POST_TANH": False, "NEG_SLOPE": neg,
-                     "DOT_PRECISION": prec, "BLOCK_O": 16, "BLOCK_N": 128, "BLOCK_C": 16}
+                     "DOT_PRECISION": prec, "BLOCK_O": 16, "BLOCK_N": 128, "BLOCK_C": 16, "NUM_STAGES": 1}
             yield ("conv.adjoint", _label(dt, flags), m._conv_kernel,
                    signature(m._conv_kernel, dt, ptrs={"y_ptr": "*fp32"}), flags, 4)
         for transposed, has_add, pre_act, prec in itertools.product([False, True], [False, True], [False, True], dot):

@@ -98,10 +98,11 @@ def _conv_kernel(
     HAS_ADD: tl.constexpr, PRE_ACT: tl.constexpr, NORMALIZE: tl.constexpr,
     HAS_BIAS: tl.constexpr, HAS_RES: tl.constexpr, POST_TANH: tl.constexpr,
     NEG_SLOPE: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    BLOCK_O: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """y[b, o, j] = bias[o] + sum_{c, k} w[o, c, k] * h[b, c, i] with h = norm(act(x + add)) and
-    i = j * s - p + k (conv) or j = i * s - p + k (transposed); then + residual, tanh."""
+    i = j * s - p + k (conv) or j = i * s - p + k (transposed); then + residual, tanh.
+    The launcher keeps B * Lo (and B * Q) below 2^31, so the flattened n fits int32."""
     n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)  # flattened (b, output position)
     o = tl.program_id(1) * BLOCK_O + tl.arange(0, BLOCK_O)  # (BLOCK_O,)
     if TRANSPOSED:
@@ -114,47 +115,68 @@ def _conv_kernel(
         j = n % Lo
     n_mask = (b < B) & (j < Lo)  # (BLOCK_N,)
     o_mask = o < Co
+    b64 = b.to(tl.int64)
+    x_row = b64 * stride_xb  # (BLOCK_N,) per-column bases, hoisted out of the channel loop
+    a_row = b64 * stride_ab
+    s_row = b64 * Ci  # the (b, c) statistics row is b * Ci + c
     acc = tl.zeros([BLOCK_O, BLOCK_N], dtype=tl.float32)
-    c0 = 0
-    while c0 < Ci:  # not range(): see act_norm_conv1d_stats._stats_finalize_kernel
-        c = c0 + tl.arange(0, BLOCK_C)  # (BLOCK_C,)
-        c_mask = c < Ci
-        cn_mask = c_mask[:, None] & n_mask[None, :]  # (BLOCK_C, BLOCK_N)
-        if NORMALIZE:  # per (b, c) statistics, shared by the K taps
-            row = b[None, :].to(tl.int64) * Ci + c[:, None]
-            mean = tl.load(mean_ptr + row, mask=cn_mask, other=0.0)
-            rstd = tl.load(rstd_ptr + row, mask=cn_mask, other=0.0)
-        w_mask = o_mask[:, None] & c_mask[None, :]
-        for k in tl.static_range(K):
-            if TRANSPOSED:
-                # j + p - k = i * s: phase r reaches tap k only when (r + p - k) % s == 0
-                d = phase + padding - k + conv_stride * K  # shifted to stay >= 0
-                reaches = (d % conv_stride) == 0
-                i = q + d // conv_stride - K
-            else:
-                reaches = True  # a plain conv's every tap reaches every output: no runtime test
-                i = j * conv_stride - padding + k
-            if reaches:
-                mask = cn_mask & ((i >= 0) & (i < Li))[None, :]
-                h = load_x_add(x_ptr, add_ptr, b[None, :], c[:, None], i[None, :], mask,
-                               stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al, HAS_ADD)
-                if NORMALIZE:
-                    h = (activation(h, PRE_ACT, NEG_SLOPE) - mean) * rstd
-                    h = tl.where(mask, h, 0.0)  # zero padding applies to the normalized input
-                w = tl.load(w_ptr + o[:, None] * stride_wo + c[None, :] * stride_wc + k * stride_wk,
-                            mask=w_mask, other=0.0)  # (BLOCK_O, BLOCK_C)
-                acc = tl.dot(w, h.to(w.dtype), acc, input_precision=DOT_PRECISION)
-        c0 += BLOCK_C
+    if not TRANSPOSED and not NORMALIZE and not HAS_ADD:
+        # a plain implicit GEMM over (channel chunk, tap) pairs: each step loads one weight tile and
+        # one shifted input tile straight into the dot, so tl.range pipelines both with async copies
+        n_steps = tl.cdiv(Ci, BLOCK_C) * K
+        for step in tl.range(0, n_steps, num_stages=NUM_STAGES):
+            c = (step // K) * BLOCK_C + tl.arange(0, BLOCK_C)  # (BLOCK_C,)
+            k = step % K
+            i = j * conv_stride - padding + k  # (BLOCK_N,)
+            c_mask = c < Ci
+            mask = c_mask[:, None] & (n_mask & (i >= 0) & (i < Li))[None, :]
+            h = tl.load(x_ptr + x_row[None, :] + c[:, None] * stride_xc + i[None, :] * stride_xl, mask=mask, other=0.0)
+            w = tl.load(w_ptr + o[:, None] * stride_wo + c[None, :] * stride_wc + k * stride_wk,
+                        mask=o_mask[:, None] & c_mask[None, :], other=0.0)  # (BLOCK_O, BLOCK_C)
+            acc = tl.dot(w, h.to(w.dtype), acc, input_precision=DOT_PRECISION)
+    else:
+        # normalize on load (long rows, whose statistics need a second pass) or a transposed conv
+        # (each phase runs only the taps that reach it: K unrolled)
+        for c0 in tl.range(0, Ci, BLOCK_C, num_stages=NUM_STAGES):
+            c = c0 + tl.arange(0, BLOCK_C)  # (BLOCK_C,)
+            c_mask = c < Ci
+            cn_mask = c_mask[:, None] & n_mask[None, :]  # (BLOCK_C, BLOCK_N)
+            if NORMALIZE:  # per (b, c) statistics, shared by the K taps
+                row = s_row[None, :] + c[:, None]
+                mean = tl.load(mean_ptr + row, mask=cn_mask, other=0.0)
+                rstd = tl.load(rstd_ptr + row, mask=cn_mask, other=0.0)
+            w_mask = o_mask[:, None] & c_mask[None, :]
+            for k in tl.static_range(K):
+                if TRANSPOSED:
+                    # j + p - k = i * s: phase r reaches tap k only when (r + p - k) % s == 0
+                    d = phase + padding - k + conv_stride * K  # shifted to stay >= 0
+                    reaches = (d % conv_stride) == 0
+                    i = q + d // conv_stride - K
+                else:
+                    reaches = True  # a plain conv's every tap reaches every output: no runtime test
+                    i = j * conv_stride - padding + k
+                if reaches:
+                    mask = cn_mask & ((i >= 0) & (i < Li))[None, :]
+                    h = tl.load(x_ptr + x_row[None, :] + c[:, None] * stride_xc + i[None, :] * stride_xl,
+                                mask=mask, other=0.0).to(tl.float32)
+                    if HAS_ADD:
+                        h += tl.load(add_ptr + a_row[None, :] + c[:, None] * stride_ac + i[None, :] * stride_al,
+                                     mask=mask, other=0.0).to(tl.float32)
+                    if NORMALIZE:
+                        h = (activation(h, PRE_ACT, NEG_SLOPE) - mean) * rstd
+                        h = tl.where(mask, h, 0.0)  # zero padding applies to the normalized input
+                    w = tl.load(w_ptr + o[:, None] * stride_wo + c[None, :] * stride_wc + k * stride_wk,
+                                mask=w_mask, other=0.0)  # (BLOCK_O, BLOCK_C)
+                    acc = tl.dot(w, h.to(w.dtype), acc, input_precision=DOT_PRECISION)
     if HAS_BIAS:
         acc += tl.load(bias_ptr + o, mask=o_mask, other=0.0).to(tl.float32)[:, None]
     out_mask = o_mask[:, None] & n_mask[None, :]
-    b64 = b.to(tl.int64)[None, :]
     if HAS_RES:
-        acc += tl.load(res_ptr + b64 * stride_rb + o[:, None] * stride_rc + j[None, :] * stride_rl,
+        acc += tl.load(res_ptr + b64[None, :] * stride_rb + o[:, None] * stride_rc + j[None, :] * stride_rl,
                        mask=out_mask, other=0.0).to(tl.float32)
     if POST_TANH:
         acc = _tanh(acc)
-    tl.store(y_ptr + b64 * stride_yb + o[:, None] * stride_yc + j[None, :] * stride_yl,
+    tl.store(y_ptr + b64[None, :] * stride_yb + o[:, None] * stride_yc + j[None, :] * stride_yl,
              acc.to(y_ptr.dtype.element_ty), mask=out_mask)
 
 
@@ -262,6 +284,42 @@ def _as_3d(t: torch.Tensor, shape: tuple[int, int, int], name: str) -> torch.Ten
                          f"to {tuple(shape)}") from None
 
 
+INDEX_LIMIT = 2**31 - 1  # the kernels index (b, position) pairs in int32: launches stay below this
+
+
+def batch_chunks(B: int, per_sample: int, block: int) -> list[tuple[int, int]]:
+    """[(b0, b1), ...] covering range(B) so that each launch's flattened (b, position) index,
+    rounded up to whole `block`-wide tiles, stays below INDEX_LIMIT (one chunk unless B * L
+    nears 2^31: a whole network's K = 200 vectors at D > ~10M)."""
+    if per_sample + block > INDEX_LIMIT:
+        raise ValueError(f"act_norm_conv1d: one sample of {per_sample} positions is too long for int32 indexing")
+    step = max(1, (INDEX_LIMIT - block) // max(per_sample, 1))
+    return [(b0, min(B, b0 + step)) for b0 in range(0, B, step)]
+
+
+def conv_tiles(device: torch.device, n_cols: int, Co: int, Ci: int, plain: bool) -> tuple[int, int, int, int, int]:
+    """(BLOCK_O, BLOCK_N, BLOCK_C, num_warps, num_stages) of the conv kernel for n_cols flattened
+    (b, position) columns per phase; `plain`: the pipelined implicit-GEMM loop (input already
+    normalized, not transposed). Chosen from the sm_90a compile (benchmarks/results/sm90_kernels.md):
+    plain: 128 x 128 output tiles on 8 warps, 2 stages, no spill; normalize-on-load and transposed:
+    at most 64 x 64 on 8 warps (larger tiles, or 4 warps, sat at the 255-register cap and spilled),
+    not pipelined (pipelining the gathered loads multiplied shared memory). Tiles narrow until the
+    grid gives each SM two. Under the CPU interpreter: wide tiles, few programs."""
+    block_c = launch.pow2(Ci, 16, 32)
+    if not launch.on_gpu(device):
+        block_o = launch.pow2(Co, 16, 64)
+        return block_o, 128 if block_o <= 32 else 512, block_c, 4, 1
+    cap = 128 if plain else 64
+    block_o, block_n = launch.pow2(Co, 16, cap), cap
+    want = 2 * launch.sm_count(device)
+    while block_o > 64 and launch.cdiv(Co, block_o) * launch.cdiv(n_cols, block_n) < want:
+        block_o //= 2
+    while block_n > 32 and launch.cdiv(Co, block_o) * launch.cdiv(n_cols, block_n) < want:
+        block_n //= 2
+    warps = 8 if (block_o * block_n >= 128 * 64 or not plain) else 4
+    return block_o, block_n, block_c, warps, 2 if plain else 1
+
+
 def _conv(inp, w, w_strides, Co: int, Lo: int, conv_stride: int, padding: int, transposed: bool,
           out: torch.Tensor, *, add3=None, mean=None, rstd=None, pre_act=False, bias=None,
           res3=None, post_tanh=False) -> torch.Tensor:
@@ -269,27 +327,27 @@ def _conv(inp, w, w_strides, Co: int, Lo: int, conv_stride: int, padding: int, t
     w is read as w[o, c, k] through w_strides."""
     B, Ci, Li = inp.shape
     K = w.shape[2]
-    block_o = launch.pow2(Co, 16, 64)
-    block_c = launch.pow2(Ci, 16, 32)
-    block_n = launch.stream_tile(inp.device, 128 if block_o <= 32 else 64, 512)
-    if transposed:
-        Q = triton.cdiv(Lo, conv_stride)
-        grid = (triton.cdiv(B * Q, block_n), triton.cdiv(Co, block_o), conv_stride)
-    else:
-        Q = 1
-        grid = (triton.cdiv(B * Lo, block_n), triton.cdiv(Co, block_o), 1)
-    a = add3 if add3 is not None else inp
-    r = res3 if res3 is not None else out
-    _conv_kernel[grid](
-        inp, a, mean if mean is not None else inp, rstd if rstd is not None else inp, w,
-        bias if bias is not None else w, r, out,
-        B, Ci, Li, Co, Lo, Q, conv_stride, padding,
-        *inp.stride(), *a.stride(), *w_strides, *r.stride(), *out.stride(),
-        K=K, TRANSPOSED=transposed, HAS_ADD=add3 is not None, PRE_ACT=pre_act,
-        NORMALIZE=mean is not None, HAS_BIAS=bias is not None, HAS_RES=res3 is not None,
-        POST_TANH=post_tanh, NEG_SLOPE=NEGATIVE_SLOPE, DOT_PRECISION=launch.dot_precision(w.dtype, inp.device),
-        BLOCK_O=block_o, BLOCK_N=block_n, BLOCK_C=block_c,
-    )
+    Q = launch.cdiv(Lo, conv_stride) if transposed else 1
+    per_sample = Q if transposed else Lo
+    plain = mean is None and add3 is None and not transposed  # the kernel's pipelined loop
+    block_o, block_n, block_c, warps, stages = conv_tiles(inp.device, B * per_sample, Co, Ci, plain)
+    for b0, b1 in batch_chunks(B, max(per_sample, Li, Lo), block_n):
+        x, o = inp[b0:b1], out[b0:b1]
+        a = add3[b0:b1] if add3 is not None else x
+        r = res3[b0:b1] if res3 is not None else o
+        m = mean[b0 * Ci:b1 * Ci] if mean is not None else x
+        s = rstd[b0 * Ci:b1 * Ci] if rstd is not None else x
+        grid = (launch.cdiv((b1 - b0) * per_sample, block_n), launch.cdiv(Co, block_o),
+                conv_stride if transposed else 1)
+        _conv_kernel[grid](
+            x, a, m, s, w, bias if bias is not None else w, r, o,
+            b1 - b0, Ci, Li, Co, Lo, Q, conv_stride, padding,
+            *x.stride(), *a.stride(), *w_strides, *r.stride(), *o.stride(),
+            K=K, TRANSPOSED=transposed, HAS_ADD=add3 is not None, PRE_ACT=pre_act,
+            NORMALIZE=mean is not None, HAS_BIAS=bias is not None, HAS_RES=res3 is not None,
+            POST_TANH=post_tanh, NEG_SLOPE=NEGATIVE_SLOPE, DOT_PRECISION=launch.dot_precision(w.dtype, inp.device),
+            BLOCK_O=block_o, BLOCK_N=block_n, BLOCK_C=block_c, NUM_STAGES=stages, num_warps=warps,
+        )
     return out
 
 
@@ -313,12 +371,18 @@ def act_norm_conv1d_forward(x, weight, bias, add, residual, stride, padding, tra
         raise ValueError(f"act_norm_conv1d: input length {L} too short for kernel {K}, padding {padding}")
     add3 = _as_3d(add, (B, Cin, L), "add") if add is not None else None
     res3 = _as_3d(residual, (B, Cout, Lout), "residual") if residual is not None else None
-    mean, rstd = stats.row_stats(x, add3, pre_act)
+    # short rows (one stats program per row): the stats kernel also writes h = norm(act(x + add)),
+    # and the conv reads it as a plain input; long rows: the conv normalizes on load
+    mean, rstd, h = stats.row_stats(x, add3, pre_act, h_dtype=weight.dtype)
     y = launch.alloc((B, Cout, Lout), x.dtype, x.device)
     w0, w1, w2 = weight.stride()
     w_strides = (w1, w0, w2) if transposed else (w0, w1, w2)  # read as w[out, in, k]
-    _conv(x, weight, w_strides, Cout, Lout, stride, padding, transposed, y, add3=add3, mean=mean, rstd=rstd,
-          pre_act=pre_act, bias=bias, res3=res3, post_tanh=post_tanh)
+    if h is not None:
+        _conv(h, weight, w_strides, Cout, Lout, stride, padding, transposed, y, bias=bias, res3=res3,
+              post_tanh=post_tanh)
+    else:
+        _conv(x, weight, w_strides, Cout, Lout, stride, padding, transposed, y, add3=add3, mean=mean, rstd=rstd,
+              pre_act=pre_act, bias=bias, res3=res3, post_tanh=post_tanh)
     return y, mean, rstd
 
 
@@ -330,12 +394,19 @@ def _weight_grad(x, add3, mean, rstd, gz, weight, stride, padding, transposed, p
     block_d = launch.pow2(DC, 16, 64)
     block_s = launch.pow2(SC, 16, 64)
     block_m = launch.stream_tile(x.device, 64, 512)
-    tiles = triton.cdiv(DC, block_d) * triton.cdiv(SC, block_s)
+    chunks = batch_chunks(B, max(L, Lout), block_m)
+    if len(chunks) > 1:  # int32 (b, position) indices: one weight gradient per batch chunk, summed
+        total = torch.zeros(weight.shape, dtype=torch.float32, device=x.device)
+        for b0, b1 in chunks:
+            total += _weight_grad(x[b0:b1], add3[b0:b1] if add3 is not None else None, mean[b0 * Cin:b1 * Cin],
+                                  rstd[b0 * Cin:b1 * Cin], gz[b0:b1], weight, stride, padding, transposed, pre_act)
+        return total.to(weight.dtype)
+    tiles = launch.cdiv(DC, block_d) * launch.cdiv(SC, block_s)
     M = B * Ld
-    splits = max(1, min(triton.cdiv(M, block_m), triton.cdiv(launch.target_programs(x.device), tiles * K),
+    splits = max(1, min(launch.cdiv(M, block_m), launch.cdiv(launch.target_programs(x.device), tiles * K),
                         launch.MAX_SPLITS))
-    m_per_split = triton.cdiv(triton.cdiv(M, splits), block_m) * block_m
-    splits = triton.cdiv(M, m_per_split)
+    m_per_split = launch.cdiv(launch.cdiv(M, splits), block_m) * block_m
+    splits = launch.cdiv(M, m_per_split)
     dw = launch.alloc(weight.shape, weight.dtype, x.device)
     part = dw if splits == 1 else launch.alloc((splits,) + tuple(weight.shape), torch.float32, x.device)
     a = add3 if add3 is not None else x
@@ -361,7 +432,7 @@ def act_norm_conv1d_backward(grad_out, x, weight, bias, add, residual_meta, y_sh
     if post_tanh:
         gz = launch.alloc(g.shape, g.dtype, g.device)
         block = 1024
-        _tanh_bwd_kernel[(triton.cdiv(g.numel(), block),)](g, y, gz, g.numel(), BLOCK=block)
+        _tanh_bwd_kernel[(launch.cdiv(g.numel(), block),)](g, y, gz, g.numel(), BLOCK=block)
     else:
         gz = g
     add3 = _as_3d(add, (B, Cin, L), "add") if add is not None else None

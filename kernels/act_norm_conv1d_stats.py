@@ -93,11 +93,12 @@ def _stats_kernel(
     add_ptr,  # (B|1, C|1, L) as strides; unused without HAS_ADD
     mean_ptr, rstd_ptr,  # (B * C,) fp32; written when SINGLE_TILE
     pmean_ptr, pm2_ptr,  # (T, B * C) fp32 tile means / tile M2; written otherwise
+    h_ptr,  # (B * C, L) contiguous: the normalized input, written with WRITE_H (needs SINGLE_TILE)
     R, C, L,  # R = B * C rows
     stride_xb, stride_xc, stride_xl, stride_ab, stride_ac, stride_al,
     eps,
-    HAS_ADD: tl.constexpr, PRE_ACT: tl.constexpr, SINGLE_TILE: tl.constexpr, NEG_SLOPE: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
+    HAS_ADD: tl.constexpr, PRE_ACT: tl.constexpr, SINGLE_TILE: tl.constexpr, WRITE_H: tl.constexpr,
+    NEG_SLOPE: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     t = tl.program_id(1)
     r, l, r_mask, mask, a = row_tile(x_ptr, add_ptr, tl.program_id(0), t, R, C, L,
@@ -109,8 +110,12 @@ def _stats_kernel(
     diff = tl.where(mask, h - tile_mean[:, None], 0.0)
     tile_m2 = tl.sum(diff * diff, axis=1)
     if SINGLE_TILE:
+        rstd = 1.0 / tl.sqrt(tile_m2 / count + eps)
         tl.store(mean_ptr + r, tile_mean, mask=r_mask)
-        tl.store(rstd_ptr + r, 1.0 / tl.sqrt(tile_m2 / count + eps), mask=r_mask)
+        tl.store(rstd_ptr + r, rstd, mask=r_mask)
+        if WRITE_H:  # the conv then reads h as a plain input: one load per element, pipelined
+            h_out = (h - tile_mean[:, None]) * rstd[:, None]
+            tl.store(h_ptr + r[:, None].to(tl.int64) * L + l[None, :], h_out.to(h_ptr.dtype.element_ty), mask=mask)
     else:
         tl.store(pmean_ptr + t * R + r, tile_mean, mask=r_mask)
         tl.store(pm2_ptr + t * R + r, tile_m2, mask=r_mask)
@@ -233,7 +238,7 @@ def row_tiles(L: int, R: int) -> tuple[int, int, int]:
     """(BLOCK_L, BLOCK_R, T) for the per-(b, c)-row kernels."""
     block_l = launch.pow2(L, 16, ROW_TILE)
     block_r = launch.pow2(R, 1, max(1, 4096 // block_l))
-    return block_l, block_r, triton.cdiv(L, block_l)
+    return block_l, block_r, launch.cdiv(L, block_l)
 
 
 def reduce_sum(src: torch.Tensor, P: int, Q: int, S: int, in_strides, out: torch.Tensor, out_strides) -> None:
@@ -242,11 +247,11 @@ def reduce_sum(src: torch.Tensor, P: int, Q: int, S: int, in_strides, out: torch
     U = P * S
     block_u = launch.pow2(U, 2, launch.stream_tile(src.device, 128, 1024))
     block_q = launch.pow2(Q, 1, max(1, launch.stream_tile(src.device, 4096, 16384) // block_u))
-    programs = triton.cdiv(U, block_u)
-    splits = max(1, min(triton.cdiv(Q, block_q), triton.cdiv(launch.target_programs(src.device), programs),
+    programs = launch.cdiv(U, block_u)
+    splits = max(1, min(launch.cdiv(Q, block_q), launch.cdiv(launch.target_programs(src.device), programs),
                         launch.MAX_SPLITS))
-    q_per_split = triton.cdiv(triton.cdiv(Q, splits), block_q) * block_q
-    splits = triton.cdiv(Q, q_per_split)
+    q_per_split = launch.cdiv(launch.cdiv(Q, splits), block_q) * block_q
+    splits = launch.cdiv(Q, q_per_split)
     if splits == 1:
         dst, dst_strides = out, (0,) + tuple(out_strides)
     else:
@@ -280,8 +285,9 @@ def reduce_to(t: torch.Tensor, shape: tuple[int, ...], dtype: torch.dtype) -> to
     return out.reshape(shape)
 
 
-def row_stats(x, add3, pre_act: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-(b, c) mean and rstd of act(x + add), fp32 (B * C,) each."""
+def row_stats(x, add3, pre_act: bool, h_dtype: torch.dtype | None = None):
+    """Per-(b, c) mean and rstd of act(x + add), fp32 (B * C,) each, and h, the normalized input
+    (B, C, L) in `h_dtype`, when h_dtype is given and one program holds whole rows (else None)."""
     B, C, L = x.shape
     R = B * C
     mean = launch.alloc(R, torch.float32, x.device)
@@ -293,18 +299,19 @@ def row_stats(x, add3, pre_act: bool) -> tuple[torch.Tensor, torch.Tensor]:
         pm2 = launch.alloc((T, R), torch.float32, x.device)
     else:
         pmean = pm2 = mean
-    _stats_kernel[(triton.cdiv(R, block_r), T)](
-        x, a, mean, rstd, pmean, pm2, R, C, L, *x.stride(), *a.stride(), EPS,
-        HAS_ADD=add3 is not None, PRE_ACT=pre_act, SINGLE_TILE=T == 1, NEG_SLOPE=NEGATIVE_SLOPE,
-        BLOCK_R=block_r, BLOCK_L=block_l,
+    h = launch.alloc((B, C, L), h_dtype, x.device) if h_dtype is not None and T == 1 else None
+    _stats_kernel[(launch.cdiv(R, block_r), T)](
+        x, a, mean, rstd, pmean, pm2, h if h is not None else mean, R, C, L, *x.stride(), *a.stride(), EPS,
+        HAS_ADD=add3 is not None, PRE_ACT=pre_act, SINGLE_TILE=T == 1, WRITE_H=h is not None,
+        NEG_SLOPE=NEGATIVE_SLOPE, BLOCK_R=block_r, BLOCK_L=block_l,
     )
     if T > 1:
         block_rf = launch.pow2(R, 16, 128)
-        _stats_finalize_kernel[(triton.cdiv(R, block_rf),)](
+        _stats_finalize_kernel[(launch.cdiv(R, block_rf),)](
             pmean, pm2, mean, rstd, R, T, L, block_l, EPS,
             BLOCK_T=launch.pow2(T, 1, 32), BLOCK_R=block_rf,
         )
-    return mean, rstd
+    return mean, rstd, h
 
 
 def norm_backward(dh, x, add3, mean, rstd, pre_act) -> torch.Tensor:
@@ -315,7 +322,7 @@ def norm_backward(dh, x, add3, mean, rstd, pre_act) -> torch.Tensor:
     a = add3 if add3 is not None else x
     s1 = launch.alloc((T, R), torch.float32, x.device)
     s2 = launch.alloc((T, R), torch.float32, x.device)
-    grid = (triton.cdiv(R, block_r), T)
+    grid = (launch.cdiv(R, block_r), T)
     flags = dict(HAS_ADD=add3 is not None, PRE_ACT=pre_act, NEG_SLOPE=NEGATIVE_SLOPE,
                  BLOCK_R=block_r, BLOCK_L=block_l)
     _norm_bwd_sums_kernel[grid](dh, x, a, mean, rstd, s1, s2, R, C, L, *x.stride(), *a.stride(), **flags)

@@ -17,17 +17,33 @@ def alloc(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+# Set by benchmarks/kernel_report.py: the launchers then pick tiles, grids and dot precision as on
+# a CUDA device with this many SMs while the tensors stay on the CPU and a compile-only Triton
+# driver turns each launch into a compile for sm_90a (see that file). None: the tensor's device rules.
+COMPILE_ONLY_SMS: int | None = None
+
+
+def on_gpu(device: torch.device) -> bool:
+    """True for CUDA tensors, and for every tensor while the compiled-code report runs."""
+    return device.type == "cuda" or COMPILE_ONLY_SMS is not None
+
+
+def sm_count(device: torch.device) -> int:
+    """Streaming multiprocessors of `device` (of the report's target under COMPILE_ONLY_SMS)."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).multi_processor_count
+    return COMPILE_ONLY_SMS or 1
+
+
 def target_programs(device: torch.device) -> int:
     """Programs worth launching to fill the device (few under the CPU interpreter)."""
-    if device.type == "cuda":
-        return 4 * torch.cuda.get_device_properties(device).multi_processor_count
-    return 4
+    return 4 * sm_count(device) if on_gpu(device) else 4
 
 
 def stream_tile(device: torch.device, gpu: int, interpreted: int) -> int:
     """A streaming tile size: `gpu` on CUDA; larger under the CPU interpreter, which pays per
     program and per loop trip rather than per element."""
-    return gpu if device.type == "cuda" else interpreted
+    return gpu if on_gpu(device) else interpreted
 
 
 # Plain-int versions of triton.cdiv / triton.next_power_of_2 for host code: in Triton 3.6 those are
@@ -53,7 +69,7 @@ def pow2(n: int, lo: int, hi: int) -> int:
 def dot_precision(dtype: torch.dtype, device: torch.device) -> str:
     """tl.dot's input_precision for operands of `dtype`: fp32 follows torch's conv (TF32 on CUDA
     when torch's conv allows it); 16-bit operands take Triton's default, which they ignore."""
-    if dtype != torch.float32 or (device.type == "cuda" and conv_allows_tf32()):
+    if dtype != torch.float32 or (on_gpu(device) and conv_allows_tf32()):
         return "tf32"
     return "ieee"
 

@@ -300,3 +300,100 @@ def test_dot_precision_follows_torch_conv_tf32_setting(monkeypatch):
         assert launch.dot_precision(torch.float32, cuda) == "tf32"
     finally:
         _restore_tf32_settings(saved)
+
+
+class _LaunchCounter:
+    """Stands in for a @triton.jit kernel: counts launches, then launches the real one."""
+
+    def __init__(self, kernel):
+        self.kernel, self.launches = kernel, 0
+
+    def __getitem__(self, grid):
+        self.launches += 1
+        return self.kernel[grid]
+
+
+def _forward_inputs(B, L, gen):
+    x = torch.randn(B, 7, L, generator=gen) * 2 + 1
+    w = torch.randn(5, 7, 3, generator=gen) / 4
+    b = torch.randn(5, generator=gen)
+    add = torch.randn(B, 1, L, generator=gen)
+    res = torch.randn(B, 5, L, generator=gen)
+    return x, w, b, add, res
+
+
+@pytest.mark.parametrize("L, row_tile, plain", [(13, None, True), (40, 16, False)], ids=["short_rows", "long_rows"])
+def test_both_input_paths_match_reference(monkeypatch, L, row_tile, plain):
+    """Short rows: the stats kernel writes h = norm(act(x + add)) and the conv runs its plain,
+    pipelined loop on it; rows longer than a stats tile: the conv normalizes on load. Each path is
+    checked against the reference, and so is which of the two ran."""
+    if row_tile:
+        monkeypatch.setattr(stats_mod, "ROW_TILE", row_tile)
+    normalized_on_load = []
+    conv = kmod._conv
+
+    def spy(inp, *args, **kwargs):
+        normalized_on_load.append(kwargs.get("mean") is not None)
+        return conv(inp, *args, **kwargs)
+
+    monkeypatch.setattr(kmod, "_conv", spy)
+    x, w, b, add, res = _forward_inputs(3, L, torch.Generator().manual_seed(11))
+    kw = dict(padding=1, pre_act=True)
+    y = kmod.act_norm_conv1d(x.to(device), w.to(device), b.to(device), add=add.to(device), residual=res.to(device),
+                             **kw)
+    assert normalized_on_load == [not plain]
+    ref = act_norm_conv1d_torch(x.double(), w.double(), b.double(), add=add.double(), residual=res.double(), **kw)
+    torch.testing.assert_close(y.cpu().double(), ref, atol=1e-4, rtol=1e-4)
+
+
+def test_batch_chunks_keep_int32_indices():
+    """A whole network's K = 200 vectors at D ~ 11M pass 2^31 (b, position) pairs: the launches
+    are split over the batch so that every flattened index, rounded up to whole tiles, fits int32."""
+    assert kmod.batch_chunks(1000, 12, 128) == [(0, 1000)]
+    B, L, block = 200, 11_000_000, 512
+    chunks = kmod.batch_chunks(B, L, block)
+    assert len(chunks) > 1 and chunks[0][0] == 0 and chunks[-1][1] == B
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))  # contiguous, no sample twice
+    assert all((b1 - b0) * L + block <= kmod.INDEX_LIMIT for b0, b1 in chunks)
+    with pytest.raises(ValueError, match="too long for int32"):
+        kmod.batch_chunks(1, 2**31, block)
+
+
+def test_int32_guard_splits_launches_and_matches_reference(monkeypatch):
+    """With the index limit lowered to a few samples' worth, the forward conv, the adjoint conv and
+    the weight gradient run as several launches over batch chunks, and every output and gradient
+    still equals the reference."""
+    # interpreter tiles: conv 128 columns (36 samples of 13 a launch), weight grad 512 (6 a launch)
+    monkeypatch.setattr(kmod, "INDEX_LIMIT", 600)
+    counter = _LaunchCounter(kmod._conv_kernel)
+    monkeypatch.setattr(kmod, "_conv_kernel", counter)
+    wgrad = _LaunchCounter(kmod._weight_grad_kernel)
+    monkeypatch.setattr(kmod, "_weight_grad_kernel", wgrad)
+    x, w, b, add, res = _forward_inputs(40, 13, torch.Generator().manual_seed(12))
+    g = torch.randn(40, 5, 13, generator=torch.Generator().manual_seed(13))
+    leaves = [t.to(device).requires_grad_(True) for t in (x, w, b)]
+    y = kmod.act_norm_conv1d(*leaves, padding=1, pre_act=True, add=add.to(device), residual=res.to(device))
+    grads = torch.autograd.grad(y, leaves, g.to(device))
+    assert counter.launches == 2 * 2 and wgrad.launches == 7  # forward + adjoint in 2 chunks; 7 chunks
+    ref_leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
+    ref = act_norm_conv1d_torch(*ref_leaves, padding=1, pre_act=True, add=add.double(), residual=res.double())
+    ref_grads = torch.autograd.grad(ref, ref_leaves, g.double())
+    torch.testing.assert_close(y.detach().cpu().double(), ref, atol=1e-4, rtol=1e-4)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got.cpu().double(), want, atol=1e-3 * max(1.0, want.abs().max().item()), rtol=1e-4)
+
+
+def test_gpu_tiles_fill_the_device_and_stay_in_the_compiled_table(monkeypatch):
+    """The CUDA tile policy (picked here as for a 132-SM H100): the headline 512 x 512 denoiser conv
+    at N = 1000 gets 128 x 128 tiles on 8 warps with 2 stages; a small conv narrows its tiles until
+    the grid gives each SM two; normalize-on-load never exceeds 64 x 64 and is not pipelined (the
+    shapes benchmarks/results/sm90_kernels.md shows without spills)."""
+    monkeypatch.setattr(launch, "COMPILE_ONLY_SMS", 132)
+    cpu = torch.device("cpu")
+    assert kmod.conv_tiles(cpu, 12_000, 512, 512, plain=True) == (128, 128, 32, 8, 2)
+    bo, bn, _, _, _ = kmod.conv_tiles(cpu, 12_000, 64, 64, plain=True)
+    assert launch.cdiv(64, bo) * launch.cdiv(12_000, bn) >= 2 * 132
+    bo, bn, _, warps, stages = kmod.conv_tiles(cpu, 2_500_000, 256, 256, plain=False)
+    assert bo <= 64 and bn <= 64 and warps == 8 and stages == 1
+    monkeypatch.setattr(launch, "COMPILE_ONLY_SMS", None)
+    assert kmod.conv_tiles(cpu, 12_000, 512, 512, plain=True)[3:] == (4, 1)  # interpreter: one stage
