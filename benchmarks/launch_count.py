@@ -266,8 +266,8 @@ After, by kernel: {kernels}. Torch ops: {ops}.
 Host cost of one call on this CPU (Triton {r['triton']}; the issue measured 6-7 us for Triton 3.6's on the
 GPU machine): triton.cdiv {c['triton.cdiv']:.2f} us, launch.cdiv {c['launch.cdiv']:.2f} us,
 triton.next_power_of_2 {c['triton.next_power_of_2']:.2f} us, launch.next_pow2 {c['launch.next_pow2']:.2f} us.
-The remaining triton.* host calls per step are in kernels/act_norm_conv1d*.py ({after['triton_helper_calls']} per
-step after, {before['triton_helper_calls']} before).
+Host calls of triton.cdiv / next_power_of_2 left per step: {after['triton_helper_calls']} after,
+{before['triton_helper_calls']} before (the launchers use launch.cdiv / next_pow2).
 """
 
 

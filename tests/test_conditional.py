@@ -140,7 +140,8 @@ def test_generate_checks_the_condition(sampler_parts):
 def test_fit_conditional_learns_two_tasks(mode="blocks"):
     """Two tasks whose latents are a pattern p and -p: after training, sampling with each task's
     support set lands on its own side, and the loss fell. (The default mode; "time" does not learn
-    this in 600 steps: the evidence for the default, benchmarks/results/tasks_conditioning_cpu.md.)"""
+    this in 600 steps: the evidence for the default, benchmarks/results/tasks_conditioning_cpu.md.)
+    600 steps: at 300 the task-1 side reached -0.19 of the -0.3 asked (torch 2.13.0+cpu, 2 cores)."""
     torch.manual_seed(0)
     latent, feats = 16, 3
     p = torch.rand(1, 1, latent, generator=torch.Generator().manual_seed(3)) - 0.5
@@ -154,7 +155,7 @@ def test_fit_conditional_learns_two_tasks(mode="blocks"):
     net = ConditionedDenoiser(AE_CNN_bottleneck(latent, 1, channel_list=[8, 8, 16, 16]), SetEncoder(feats, 8, 4),
                               mode)
     model = EMA(net, 0.9)
-    losses = fit_conditional(model, lat, tasks, draw_sets, make_scheduler("ddpm"), steps=300,
+    losses = fit_conditional(model, lat, tasks, draw_sets, make_scheduler("ddpm"), steps=600,
                              batch_size=64, progress=False, seed=0)
     assert losses[-1] < losses[0]
     ident = torch.nn.Identity()
