@@ -79,7 +79,9 @@ def _tanh(v):
     return tl.where(v < 0, -t, t)
 
 
-@triton.jit
+# B and the batch strides vary with the number of models (and a tail chunk): not specialized, so a
+# new N reuses the compiled variants instead of compiling ~9 more (its int == 1 / % 16 checks)
+@triton.jit(do_not_specialize=["B", "stride_xb", "stride_ab", "stride_rb", "stride_yb"])
 def _conv_kernel(
     x_ptr,  # (B, Ci, Li) input
     add_ptr,  # broadcast to (B, Ci, Li) by strides; unused without HAS_ADD

@@ -87,7 +87,7 @@ def tile_block(t0, T, L, tile_len, r_mask, BLOCK_T: tl.constexpr):
     return t, mask, count
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["R", "stride_xb", "stride_ab"])  # R = B * C: see _conv_kernel
 def _stats_kernel(
     x_ptr,  # (B, C, L)
     add_ptr,  # (B|1, C|1, L) as strides; unused without HAS_ADD

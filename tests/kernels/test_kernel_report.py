@@ -36,3 +36,38 @@ def test_checks_name_each_problem():
     assert len(found) == 4
     assert "spills" in found[0] and "shared memory" in found[1]
     assert "tensor-core" in found[2] and "async copy" in found[3]
+
+
+NEW_N_SCRIPT = """
+import torch
+from benchmarks.kernel_report import compile_only
+from pdiff_fast import AE_CNN_bottleneck, use_backend
+den = AE_CNN_bottleneck(12, 1, channel_list=[16, 32, 32, 64])
+with compile_only() as (seen, _):
+    counts = []
+    for n in (1000, 1024, 992):
+        before = len(seen)
+        with torch.no_grad(), use_backend("triton"):
+            den(torch.empty(n, 12), torch.zeros(n, dtype=torch.long))
+        counts.append(len(seen) - before)
+print(counts)
+"""
+
+
+def test_a_new_number_of_models_compiles_nothing_new(tmp_path):
+    """The conv and stats kernels do not specialize on B or the batch strides: after N = 1000,
+    the denoiser at N = 1024 and 992 (batch sizes and strides divisible by 16, which Triton would otherwise specialize on) reuses every compiled variant (compiled for
+    sm_90a in a subprocess: this session runs Triton's interpreter)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.update(PYTHONPATH=str(root), TRITON_CACHE_DIR=str(tmp_path), TRITON_DEFAULT_FP_FUSION="1")
+    proc = subprocess.run([sys.executable, "-c", NEW_N_SCRIPT], env=env, capture_output=True, text=True,
+                          timeout=600, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first, *later = eval(proc.stdout.strip().splitlines()[-1])
+    assert first > 0 and later == [0, 0]
