@@ -93,14 +93,16 @@ class Table {
     }
 #ifdef WITH_CUDA
     TORCH_CHECK(device.is_cuda(), op, ": tensors on ", device, " are not supported");
-    // one host buffer [entries | layouts] -> one blocking copy to the device
+    // one pinned host buffer [entries | layouts] -> one asynchronous copy on the current stream
+    // (a pageable buffer made it a blocking copy, a host sync per call); the caching host
+    // allocator keeps the pinned buffer alive until the copy's stream has passed it
     const int64_t entry_bytes = static_cast<int64_t>(entries_.size() * sizeof(SegmentCopy));
     const int64_t layout_bytes = static_cast<int64_t>(layouts_.size() * sizeof(Layout));
-    at::Tensor host = at::empty({entry_bytes + layout_bytes}, at::kByte);
+    at::Tensor host = at::empty({entry_bytes + layout_bytes}, at::TensorOptions().dtype(at::kByte).pinned_memory(true));
     std::memcpy(host.data_ptr(), entries_.data(), entry_bytes);
     if (layout_bytes) std::memcpy(host.data_ptr<uint8_t>() + entry_bytes, layouts_.data(), layout_bytes);
     c10::cuda::CUDAGuard guard(device);
-    at::Tensor table = host.to(device);
+    at::Tensor table = host.to(device, at::kByte, /*non_blocking=*/true);
     const auto* entries = reinterpret_cast<const SegmentCopy*>(table.data_ptr<uint8_t>());
     const auto* layouts = reinterpret_cast<const Layout*>(table.data_ptr<uint8_t>() + entry_bytes);
     const cudaError_t err = segment_copy_cuda(entries, static_cast<int64_t>(entries_.size()),
