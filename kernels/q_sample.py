@@ -67,6 +67,9 @@ def _q_sample_fwd_kernel(
     else:
         z = batch_randn_tile(seed_ptr, row_offset_ptr, seed, seed_offset, row_offset, row0, col0, M,
                              SEED_FROM_PTR, ROW_OFFSET_FROM_PTR, ROWS, BLOCK_M)
+        # x_t is built from the noise as returned (rounded to its dtype), so that in fp16 / bf16 the
+        # training target is the noise that went into x_t
+        z = z.to(noise_ptr.dtype.element_ty).to(tl.float32)
         tl.store(noise_ptr + base + offs, z, mask=mask)
     tl.store(x_t_ptr + base + offs, c_signal * x0 + c_noise * z, mask=mask)
 

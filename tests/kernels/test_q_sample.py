@@ -115,3 +115,16 @@ def test_gradients_match_reference(coefs):
     assert not z.requires_grad
     out_c.backward(g)
     torch.testing.assert_close(xc.grad, view(coefs[0], t, x0) * g)
+
+
+# bf16 on CUDA only: the interpreter's fp32 -> bf16 store rounds differently from torch's (1 ulp)
+@pytest.mark.parametrize("dtype", [torch.float16] + ([torch.bfloat16] if device.type == "cuda" else []))
+def test_in_kernel_noise_in_half_precision_is_the_noise_used(dtype, coefs):
+    """In 16-bit, x_t is built from the returned (rounded) noise, not from the fp32 draw: the
+    training target then is exactly what was added (the fp32 draw is off by up to 2^-8 relative)."""
+    x0, _, t = inputs((64, 12), seed=2)
+    x0 = x0.to(dtype)
+    x_t, noise = kmod.q_sample(x0, t, coefs)
+    assert noise.dtype == dtype and x_t.dtype == dtype
+    ref, _ = q_sample_torch(x0.float(), t, coefs, noise.float())  # from the noise as returned
+    torch.testing.assert_close(x_t.float(), ref.to(dtype).float(), rtol=0, atol=0)
