@@ -490,6 +490,7 @@ class ActNormConv1dFunction(torch.autograd.Function):
         return dx, dw, db, dadd, dres, None, None, None, None, None
 
 
+@launch.on_input_device
 def act_norm_conv1d(x, weight, bias, *, stride=1, padding=0, transposed=False, pre_act=False, add=None,
                     residual=None, post_tanh=False) -> torch.Tensor:
     """Fused [x + add] -> [leaky_relu] -> instance_norm -> conv1d / conv_transpose1d -> [+ residual]

@@ -89,6 +89,7 @@ def sigma_of(a_t: float, a_prev: float, eta: float) -> float:
     return eta * ((1.0 - a_prev) / (1.0 - a_t)) ** 0.5 * max(1.0 - a_t / a_prev, 0.0) ** 0.5
 
 
+@launch.on_input_device
 def ddim_step(
     x_t: torch.Tensor,  # (B, ...)
     eps: torch.Tensor,  # (B, ...)

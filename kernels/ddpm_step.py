@@ -92,6 +92,7 @@ def _ddpm_step_kernel(
     tl.store(x0_ptr + base + offs, x0, mask=mask)
 
 
+@launch.on_input_device
 def ddpm_step(
     x_t: torch.Tensor,  # (B, ...)
     eps: torch.Tensor,  # (B, ...)

@@ -143,6 +143,7 @@ class EpsMSEFunction(torch.autograd.Function):
         return eps_mse_backward(pred, target, grad_out, *ctx.needs_input_grad[:2])
 
 
+@launch.on_input_device
 def eps_mse(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean((pred - target)^2) over all elements: a 0-dim tensor that backpropagates."""
     if pred.shape != target.shape:

@@ -6,6 +6,8 @@ that patches `launch.alloc` or `launch.target_programs` reaches every launcher.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 
 MAX_SPLITS = 1024  # cap on programs along a split axis (grid axes 1 and 2 are limited to 65535 on CUDA)
@@ -124,3 +126,21 @@ def output_buffers(like: torch.Tensor, out, count: int, error: str) -> tuple[tor
         if buf.shape != like.shape or not buf.is_contiguous() or buf.device != like.device:
             raise ValueError(error)
     return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------------
+# Device of a launch
+# ------------------------------------------------------------------------------------------------
+
+
+def on_input_device(launcher):
+    """Decorates a public launcher whose first argument is a tensor: Triton launches on the current
+    CUDA device, so a tensor on another GPU (cuda:1 while cuda:0 is current) would be read from the
+    wrong device. The check costs one current_device() call; the switch only happens when needed."""
+    @functools.wraps(launcher)
+    def run(x, *args, **kwargs):
+        if x.device.type == "cuda" and x.device.index is not None and x.device.index != torch.cuda.current_device():
+            with torch.cuda.device(x.device):
+                return launcher(x, *args, **kwargs)
+        return launcher(x, *args, **kwargs)
+    return run

@@ -160,6 +160,7 @@ class QSampleFunction(torch.autograd.Function):
         return grad_x0, grad_noise, None, None, None, None
 
 
+@launch.on_input_device
 def q_sample(
     x0: torch.Tensor,  # (B, ...)
     t: torch.Tensor,  # (B,) int64
