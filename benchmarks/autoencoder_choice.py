@@ -27,9 +27,9 @@ def measure(run_dir: Path, preset: str, steps: int) -> dict:
     import torch
 
     from pdiff_fast import PDiff
-    from pdiff_fast.autoencoder_choice import build_autoencoder
-    from pdiff_fast.evaluate import evaluate_rows
-    from pdiff_fast.train import fit_autoencoder
+    from pdiff_fast.nn.autoencoder_choice import build_autoencoder
+    from pdiff_fast.evaluation.judge import evaluate_rows
+    from pdiff_fast.pipeline.train import fit_autoencoder
 
     p = PDiff.from_run_dir(run_dir, progress=False, device="cpu")
     pop = p.population()

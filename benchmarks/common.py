@@ -30,10 +30,10 @@ import pytest
 import torch
 
 from pdiff_fast import AE_CNN_bottleneck, DDIMScheduler, DDPMScheduler, EMA, ParamSpec, use_backend
-from pdiff_fast.autoencoder import PRESETS
-from pdiff_fast.models import build_model
-from pdiff_fast.sample import ChunkPlan, chunk_size_for, default_grain, plan_chunks, sample_latents
-from pdiff_fast.train import fit_autoencoder, fit_diffusion
+from pdiff_fast.nn.autoencoder import PRESETS
+from pdiff_fast.nn.models import build_model
+from pdiff_fast.diffusion.sample import ChunkPlan, chunk_size_for, default_grain, plan_chunks, sample_latents
+from pdiff_fast.pipeline.train import fit_autoencoder, fit_diffusion
 
 from . import reference_loop as ref
 
@@ -111,7 +111,7 @@ def make_net(cfg: BenchConfig, device) -> tuple[torch.nn.Module, list[str]]:
 def mnist1d_cnn() -> torch.nn.Module:
     """The small MNIST-1D CNN (inputs (1, 40)) of the population and flatten_params benchmarks:
     Conv1d(1,16,5)-BN-ReLU-Conv1d(16,32,3)-BN-ReLU-AvgPool-Flatten-Linear(32,10). Not the zoo's
-    cnn1d (pdiff_fast.models, other widths and strides); tests/test_population.py tests with it too."""
+    cnn1d (pdiff_fast.nn.models, other widths and strides); tests/test_population.py tests with it too."""
     nn = torch.nn
     return nn.Sequential(nn.Conv1d(1, 16, 5), nn.BatchNorm1d(16), nn.ReLU(), nn.Conv1d(16, 32, 3),
                          nn.BatchNorm1d(32), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(32, 10))

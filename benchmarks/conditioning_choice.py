@@ -1,4 +1,4 @@
-"""Evidence for the dataset-conditioned generator's defaults (pdiff_fast.task_pipeline.TaskConfig):
+"""Evidence for the dataset-conditioned generator's defaults (pdiff_fast.tasks.pdiff.TaskConfig):
 how the task embedding enters the denoiser (`conditioning`: "time" or "blocks"), how long it
 trains (`diffusion_steps`) and the guidance scale.
 
@@ -33,7 +33,7 @@ CLOSE = 0.25  # points of seen-task accuracy that count as the same fit
 def measure(zoo: Path, mode: str, steps: int, out: Path) -> dict:
     import torch
 
-    from pdiff_fast.task_pipeline import TaskConfig, TaskPDiff
+    from pdiff_fast.tasks.pdiff import TaskConfig, TaskPDiff
 
     torch.set_num_threads(1)
     run = out / "variants" / f"{mode}-{steps}"

@@ -126,7 +126,7 @@ def compile_only(sms: int = H100_SMS):
 def workloads():
     """(name, hot, fn) for each headline workload; fn runs it on CPU tensors."""
     from pdiff_fast import AE_CNN_bottleneck, DDIMScheduler, DDPMScheduler, use_backend
-    from pdiff_fast.autoencoder import PRESETS
+    from pdiff_fast.nn.autoencoder import PRESETS
     from pdiff_fast.ops.eps_mse import eps_mse
 
     def denoise(channels, latent, n):

@@ -50,7 +50,7 @@ from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_mod
 
 from pdiff_fast import AE_CNN_bottleneck, DDPMScheduler, use_backend  # noqa: E402
 from pdiff_fast.kernels import launch  # noqa: E402
-from pdiff_fast.sample import ChunkPlan, chunk_size_for, denoise_step, plan_chunks  # noqa: E402
+from pdiff_fast.diffusion.sample import ChunkPlan, chunk_size_for, denoise_step, plan_chunks  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 H100_SMS = 132

@@ -57,7 +57,7 @@ from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from pdiff_fast import population
+from pdiff_fast.evaluation import population
 from pdiff_fast.params import ParamSpec
 
 BEFORE_COMMIT = "2662997"  # the evaluator before issue 23 part 4 (cache tile on CUDA, syncs per tile)

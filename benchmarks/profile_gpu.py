@@ -20,8 +20,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from pdiff_fast import use_backend
-from pdiff_fast.population import evaluate_one_by_one, evaluate_population
-from pdiff_fast.train import fit_autoencoder
+from pdiff_fast.evaluation.population import evaluate_one_by_one, evaluate_population
+from pdiff_fast.pipeline.train import fit_autoencoder
 
 from . import common
 from .test_population import population

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pdiff_fast.models import BasicBlock  # the same CIFAR-style block as the reference
+from pdiff_fast.nn.models import BasicBlock  # the same CIFAR-style block as the reference
 
 # --- autoencoder (v1 `ODEncoder2Decoder`, presets small / medium) -------------------------------
 

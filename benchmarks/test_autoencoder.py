@@ -18,7 +18,7 @@ import copy
 
 import pytest
 
-from pdiff_fast.train import fit_autoencoder
+from pdiff_fast.pipeline.train import fit_autoencoder
 
 from . import common
 from . import reference_loop as ref

@@ -11,7 +11,7 @@ import copy
 import pytest
 
 from pdiff_fast import EMA, DDPMScheduler
-from pdiff_fast.train import fit_diffusion
+from pdiff_fast.pipeline.train import fit_diffusion
 
 from . import common
 from . import reference_loop as ref

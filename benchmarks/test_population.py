@@ -33,7 +33,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from pdiff_fast.params import ParamSpec
-from pdiff_fast.population import evaluate_one_by_one, evaluate_population, warm_allocator
+from pdiff_fast.evaluation.population import evaluate_one_by_one, evaluate_population, warm_allocator
 
 from . import common, population_counts
 

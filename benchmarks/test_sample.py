@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pdiff_fast.sample import GraphedLatentSampler
+from pdiff_fast.diffusion.sample import GraphedLatentSampler
 
 from . import common
 from . import reference_loop as ref

@@ -1,10 +1,10 @@
-"""Model-zoo training: pdiff_fast.zoo.train_models (every model at once under vmap, each on its
+"""Model-zoo training: pdiff_fast.tasks.zoo.train_models (every model at once under vmap, each on its
 own task's batches) against a loop of zoo.train_one (one model, torch.optim.SGD, a plain loop).
 
     pytest benchmarks/test_zoo.py
     pytest benchmarks/test_zoo.py -m quick --benchmark-disable   # smoke run
 
-Workload: M models of pdiff_fast.models.MLP(64 -> 32 -> 2) (Flatten, Linear, LayerNorm, ReLU,
+Workload: M models of pdiff_fast.nn.models.MLP(64 -> 32 -> 2) (Flatten, Linear, LayerNorm, ReLU,
 Linear; the whole network trained, D = 2210) on T synthetic tasks (Gaussian inputs, each task
 labelled by its own random linear rule, 256 training samples each), `steps` SGD steps of batch
 32. Both peers train on the same batches; the quick case also checks they agree. extra_info
@@ -20,10 +20,10 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pdiff_fast import zoo
-from pdiff_fast.models import MLP
+from pdiff_fast.tasks import zoo
+from pdiff_fast.nn.models import MLP
 from pdiff_fast.params import ParamSpec
-from pdiff_fast.population import warm_allocator
+from pdiff_fast.evaluation.population import warm_allocator
 
 from . import common
 

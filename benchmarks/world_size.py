@@ -49,13 +49,13 @@ def worker(args) -> None:
     import torch
 
     from pdiff_fast import distributed
-    from pdiff_fast.autoencoder import small
-    from pdiff_fast.denoiser import AE_CNN_bottleneck
-    from pdiff_fast.diffusion import DDIMScheduler
-    from pdiff_fast.evaluate import evaluate_rows
-    from pdiff_fast.models import build_model
+    from pdiff_fast.nn.autoencoder import small
+    from pdiff_fast.nn.denoiser import AE_CNN_bottleneck
+    from pdiff_fast.diffusion.schedulers import DDIMScheduler
+    from pdiff_fast.evaluation.judge import evaluate_rows
+    from pdiff_fast.nn.models import build_model
     from pdiff_fast.params import ParamSpec
-    from pdiff_fast.sample import generate
+    from pdiff_fast.diffusion.sample import generate
 
     torch.set_num_threads(args.threads)
     device = distributed.init(torch.device(args.device))

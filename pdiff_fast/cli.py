@@ -9,9 +9,9 @@
     pdiff-fast report  --run-dir runs/a
     pdiff-fast run --config my.json         # a JSON file with any Config fields (or `quick`, shipped)
     torchrun --standalone --nproc_per_node=2 -m pdiff_fast run    # many processes (README: Scaling out)
-    pdiff-fast study --run-dir runs/study   # ablation, sampler trade-off, fine-tuning (pdiff_fast/study.py)
+    pdiff-fast study --run-dir runs/study   # ablation, sampler trade-off, fine-tuning (pdiff_fast/pipeline/study.py)
     pdiff-fast tasks run                    # dataset-conditioned generation: zoo, generator, held-out tasks
-    pdiff-fast tasks sample --task 3-8      # models for one task (pdiff_fast/task_pipeline.py)
+    pdiff-fast tasks sample --task 3-8      # models for one task (pdiff_fast/tasks/pdiff.py)
 
 A step's config is the run's config.json (the defaults in a new run directory), then the fields
 that --config names, then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
@@ -78,7 +78,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--sampler", choices=["ddpm", "ddim"])
             s.add_argument("--sample-steps", type=int, help="DDIM steps")
     s = sub.add_parser("study", help="the paper's ablation, the sampler trade-off and fine-tuning from generated "
-                                     "parameters (pdiff_fast/study.py)",
+                                     "parameters (pdiff_fast/pipeline/study.py)",
                        description="Run the ablation variants, the sampler trade-off and the fine-tuning comparison; "
                                    "tables in <run-dir>/study.md, numbers in study.json.")
     s.add_argument("--run-dir", default="runs/study", help="directory of the study (each variant in variants/)")
@@ -86,7 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--only", action="append", choices=["ablation", "sampler", "finetune"],
                    help="run this part only (repeatable; default: all three)")
     s.add_argument("--variant", action="append", help="ablation variant to run (repeatable; default: all of "
-                                                       "pdiff_fast.study.VARIANTS)")
+                                                       "pdiff_fast.pipeline.study.VARIANTS)")
     s.add_argument("--jobs", type=int, help="ablation variants run at a time, each in its own process "
                                             "(default: the CPU count on a CPU, 1 on a GPU)")
     s.add_argument("--fresh", action="store_true", help="rerun variants whose current report is on disk")
@@ -113,13 +113,13 @@ TASK_FLAGS = ["device", "seed", "zoo_runs", "zoo_steps", "ae_steps", "diffusion_
 
 def _tasks_parser(sub) -> None:
     t = sub.add_parser("tasks", help="dataset-conditioned generation: weights for tasks the generator has never "
-                                     "seen (pdiff_fast/task_pipeline.py)",
+                                     "seen (pdiff_fast/tasks/pdiff.py)",
                        description="Dataset-conditioned generation (D2NWG) on the 90 digit-pair tasks: a model zoo, "
                                    "a task-conditioned generator, models for held-out tasks, and their evaluation.")
     steps = t.add_subparsers(dest="task_command", required=True)
     for name, what in TASK_STEPS.items():
         s = steps.add_parser(name, help=what, description=what)
-        _step_flags(s, "runs/tasks", "JSON file with TaskConfig fields (pdiff_fast/task_pipeline.py), or the name "
+        _step_flags(s, "runs/tasks", "JSON file with TaskConfig fields (pdiff_fast/tasks/config.py), or the name "
                                      "of a shipped config: tasks-quick")
         if name in ("zoo", "run"):
             s.add_argument("--zoo-runs", type=int, help="models per seen task")
@@ -139,7 +139,7 @@ def _tasks_parser(sub) -> None:
 
 
 def _tasks(args) -> None:
-    from .task_pipeline import TaskConfig, TaskPDiff, sample_tasks
+    from .tasks import TaskConfig, TaskPDiff, sample_tasks
 
     run_json = Path(args.run_dir) / "config.json"
     fields: dict = read_config_file(run_json) if run_json.is_file() else {}
@@ -210,7 +210,7 @@ def _where() -> str:
 
 
 def _study(args) -> None:
-    from .study import PARTS, run_study
+    from .pipeline.study import PARTS, run_study
 
     fields = read_config_file(args.config) if args.config else {}
     cfg = Config.from_dict(fields, args.config or "config")
@@ -235,7 +235,7 @@ def main(argv=None) -> int:
         if args.command == "tasks":
             _tasks(args)
             return 0
-        from .pipeline import PDiff
+        from .pipeline.pdiff import PDiff
 
         p = PDiff(_config(args), args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
                   log=lambda msg: print(msg, file=sys.stderr))

@@ -63,7 +63,7 @@ class Config(ConfigFields):
     batch_size: int = 128
     # parameter autoencoder
     autoencoder: str = "auto"  # auto: `small` for 81..4095 values, `lowrank` (whole networks, tiny subsets) outside
-    # (pdiff_fast.autoencoder_choice); `medium` is the reference CIFAR preset
+    # (pdiff_fast.nn.autoencoder_choice); `medium` is the reference CIFAR preset
     input_noise: float = 0.001  # reference input noise factor
     latent_noise: float = 0.1  # reference latent noise factor (0.5 in its ae_ddpm config)
     standardize: bool = True  # per-tensor standardisation (reference v2) so BN weights and biases share a scale

@@ -57,6 +57,12 @@ def _write_atomic(path: Path, write) -> Path:
     return path
 
 
+def save_figure(fig, path: Path) -> Path:
+    """A matplotlib figure as a PNG, written atomically (as every artifact)."""
+    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
+    return path
+
+
 def digest_tensors(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> str:
     """sha256 over the names, dtypes, shapes and bytes of the tensors, and the metadata."""
     h = hashlib.sha256(json.dumps(meta or {}, sort_keys=True).encode())

@@ -218,3 +218,21 @@ class Standardizer:
     @classmethod
     def from_state_dict(cls, spec: ParamSpec, sd: Mapping[str, torch.Tensor]) -> "Standardizer":
         return cls(spec, sd["standardizer.mean"], sd["standardizer.std"], sd["standardizer.log_mask"].bool())
+
+
+# --- training a parameter subset (the base model's collection, the zoo, fine-tuning) ---
+def _set_norm_eval(model: nn.Module) -> None:
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm,)):
+            m.eval()
+
+
+def _sgd(params, lr, momentum=0.9, weight_decay=5e-4):
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+
+
+def _subset_params(model: nn.Module, spec: ParamSpec) -> list[nn.Parameter]:
+    chosen = set(spec.names)
+    for name, p in model.named_parameters():
+        p.requires_grad_(name in chosen)
+    return [p for name, p in model.named_parameters() if name in chosen]

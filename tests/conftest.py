@@ -36,12 +36,12 @@ def one_thread():
 
 @pytest.fixture(scope="session")
 def ddpm_schedule():
-    """The library's DDPM schedule (pdiff_fast.diffusion: linear betas 1e-4 -> 2e-2, T = 1000):
+    """The library's DDPM schedule (pdiff_fast.diffusion.schedulers: linear betas 1e-4 -> 2e-2, T = 1000):
     ddpm_schedule(variance_type="fixedlarge") -> a fresh DDPMScheduler, whose .tables(device) are
     the (2, T) noising and (5, T) step coefficient tables the kernels take. The kernel tests use it
     rather than each deriving the tables again; tests/test_diffusion.py derives them independently
     on purpose, to check these."""
-    from pdiff_fast.diffusion import DDPMScheduler  # here: triton may only be imported after the top
+    from pdiff_fast.diffusion.schedulers import DDPMScheduler  # here: triton may only be imported after the top
 
     def make(variance_type: str = "fixedlarge") -> DDPMScheduler:
         return DDPMScheduler(variance_type=variance_type)

@@ -19,15 +19,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pdiff_fast import distributed
-from pdiff_fast.autoencoder import small
+from pdiff_fast.nn.autoencoder import small
 from pdiff_fast.cli import main
-from pdiff_fast.denoiser import EMA, AE_CNN_bottleneck
-from pdiff_fast.diffusion import DDIMScheduler, DDPMScheduler
-from pdiff_fast.evaluate import evaluate
+from pdiff_fast.nn.denoiser import EMA, AE_CNN_bottleneck
+from pdiff_fast.diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from pdiff_fast.evaluation.judge import evaluate
 from pdiff_fast.io import load_artifact
 from pdiff_fast.params import ParamSpec
-from pdiff_fast.sample import generate
-from pdiff_fast.train import fit_autoencoder, fit_diffusion
+from pdiff_fast.diffusion.sample import generate
+from pdiff_fast.pipeline.train import fit_autoencoder, fit_diffusion
 
 ROOT = Path(__file__).resolve().parents[1]
 WORLD = 2
@@ -245,7 +245,7 @@ def test_torchrun_runs_the_pipeline_and_matches_one_process(tmp_path):
 
 FAILING_RANK = '''
 import os, runpy, signal, sys
-import pdiff_fast.pipeline as pipeline
+import pdiff_fast.pipeline.pdiff as pipeline
 
 real, how = pipeline.generate, sys.argv[1]
 

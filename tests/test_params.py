@@ -3,7 +3,7 @@ import torch
 from torch import nn
 
 from pdiff_fast.backend import use_backend
-from pdiff_fast.models import build_model
+from pdiff_fast.nn.models import build_model
 from pdiff_fast.params import ParamSpec, Standardizer, select_names
 
 

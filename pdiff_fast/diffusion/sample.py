@@ -27,8 +27,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import backend, distributed
-from .diffusion import DDIMScheduler, DDPMScheduler
+from .. import backend
+from .. import distributed
+from .schedulers import DDIMScheduler, DDPMScheduler
 
 _MASK64 = (1 << 64) - 1
 
@@ -281,7 +282,7 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
     shard=True, in a process group (pdiff_fast.distributed): each rank samples its own whole
     grains of the n models and every rank returns all n, the same models as one process.
 
-    cond (n, ...): one condition per model (a task embedding: pdiff_fast.conditional), passed to
+    cond (n, ...): one condition per model (a task embedding: pdiff_fast.tasks.conditional), passed to
     the denoiser with its rows; model i's result depends on cond[i] alone.
     """
     if n < 1:

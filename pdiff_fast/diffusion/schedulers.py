@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .ops import ddim_step, ddpm_step, q_sample
+from ..ops import ddim_step, ddpm_step, q_sample
 
 
 @dataclass

@@ -6,13 +6,13 @@ subsets than from the original checkpoints, or from random values?
     print(format_finetune_table(result)); plot_finetune(result, "finetune.png")
 
 A start is an (n, D) tensor of subset values (laid out by `spec`); the rest of the network is
-`base_model`'s. Each row is trained the way pdiff_fast.collect trains a subset (freeze_norm):
+`base_model`'s. Each row is trained the way pdiff_fast.pipeline.collect trains a subset (freeze_norm):
 only the subset's parameters move, BatchNorm layers stay in eval mode (running statistics
 frozen), SGD with momentum 0.9 and weight decay 5e-4 (collect's `_sgd`), at a constant `lr`.
 Every row of every start sees the same batches in the same order (one generator seeded with
 `seed`, one permutation of the training set per epoch, as collect's `_epoch` draws them), so the
 starts are compared on equal terms. Test accuracy is measured after each epoch count in
-`epochs` (0: the start itself) with pdiff_fast.population.evaluate_population.
+`epochs` (0: the start itself) with pdiff_fast.evaluation.population.evaluate_population.
 
 How it runs: all rows are trained at once. The subset's tensors are stacked, (m, *shape) per
 name, and the model runs under torch.func.vmap(functional_call) over them; the rest of the
@@ -43,10 +43,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .collect import _set_norm_eval, _sgd, _subset_params
-from .data import TensorData
-from .evaluate import summary
-from .params import ParamSpec, Standardizer
+from ..data import TensorData
+from .judge import summary
+from ..params import ParamSpec, Standardizer, _set_norm_eval, _sgd, _subset_params
 from .population import evaluate_population, warm_allocator
 
 MEMORY_SAFETY = 2  # bytes kept per (row, sample): the forward's activations, and their gradients
@@ -272,7 +271,7 @@ def plot_finetune(result: dict, path: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .report import _save
+    from ..io import save_figure as _save
 
     epochs = result["epochs"]
     fig, ax = plt.subplots(figsize=(6, 4))

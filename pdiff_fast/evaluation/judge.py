@@ -6,7 +6,7 @@ original-original, generated-generated, generated-original (mean, and each gener
 max over the originals). Beside them, the baselines a generator has to beat (originals + noise
 of fixed sigmas and of the generated set's own distance, interpolations of two originals, the
 weight mean, the output ensemble), each set's distance to the nearest original, and a verdict
-computed from those numbers (pdiff_fast.novelty says how).
+computed from those numbers (pdiff_fast.evaluation.novelty says how).
 """
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ import math
 import torch
 from torch import nn
 
-from . import distributed
+from .. import distributed
 from . import novelty
-from .params import ParamSpec
+from .novelty import summary  # noqa: F401 (judge.summary: its old home)
+from ..params import ParamSpec
 
 NOISE_SIGMAS = (0.01, 0.05, 0.1)
 BASELINES = novelty.BASELINES
@@ -31,12 +32,6 @@ def _in_order(sets: dict) -> list[str]:
         return ({"generated": 0, "original": 1}.get(name, 3 + BASELINES.index(name) if name in BASELINES else 9), 0)
     return sorted(sets, key=rank)
 
-
-def summary(acc: torch.Tensor) -> dict[str, float]:
-    acc = acc[torch.isfinite(acc)].double()
-    if acc.numel() == 0:
-        return {"best": math.nan, "mean": math.nan, "median": math.nan, "n": 0}
-    return {"best": acc.max().item(), "mean": acc.mean().item(), "median": acc.median().item(), "n": acc.numel()}
 
 
 def evaluate(base_model: nn.Module, spec: ParamSpec, original: torch.Tensor, generated: torch.Tensor,

@@ -28,11 +28,18 @@ import math
 import torch
 from torch import nn
 
-from .params import ParamSpec, Standardizer
+from ..params import ParamSpec, Standardizer
 
 COPY_RATIO = 0.1  # median nearest-original distance <= 0.1 tau: copies
 SAME_ACCURACY = 0.1  # points of median accuracy within which two sets are called level
 BASELINES = ("noise matched", "interpolation", "weight mean", "ensemble")  # report order (JSON sorts keys)
+
+
+def summary(acc: torch.Tensor) -> dict[str, float]:
+    acc = acc[torch.isfinite(acc)].double()
+    if acc.numel() == 0:
+        return {"best": math.nan, "mean": math.nan, "median": math.nan, "n": 0}
+    return {"best": acc.max().item(), "mean": acc.mean().item(), "median": acc.median().item(), "n": acc.numel()}
 
 
 def standardizer(spec: ParamSpec, original: torch.Tensor) -> Standardizer:
@@ -144,8 +151,6 @@ def set_measures(accuracy: torch.Tensor, distance: torch.Tensor | None, max_iou:
                  tau: float, accuracy_bar: float) -> dict:
     """One set's novelty: its nearest-original distances, max IoU to the originals and the share
     of its models that are new and better (over all its models; a NaN model counts as neither)."""
-    from .evaluate import summary
-
     out = {"accuracy": summary(accuracy), "max_iou_mean": max_iou.double().nanmean().item()}
     if distance is None:
         out.update({"nn_distance": None, "distance_ratio": None, "new_and_better": None})

@@ -50,7 +50,7 @@ evaluate() does not keep them), as int32 on the device until the end.
 `evaluate_one_by_one` is the slow reference (one model at a time, as the original code).
 
 Where the parts live (all importable from here, as before):
-- steps 1-2, the stage planner and the per-model suffix: pdiff_fast.population_plan;
+- steps 1-2, the stage planner and the per-model suffix: pdiff_fast.evaluation.population_plan;
 - the fused norm affine + activation: pdiff_fast.ops.norm_affine_act (`norm_affine_act_torch`);
 - the bitsets and their IoU: pdiff_fast.ops.iou_matrix: `pack_bits` / `unpack_bits`,
   `iou_matrix` (|A & B| / |A | B|, 1.0 for two empty sets, with the popcount kernel of the
@@ -72,7 +72,7 @@ from torch import nn
 
 # the names marked F401 moved to pdiff_fast.ops (iou_matrix.py, norm_affine_act.py) and are
 # re-exported: importable from here as before
-from .ops.iou_matrix import (
+from ..ops.iou_matrix import (
     IOU_BLOCK_BYTES_PER_VALUE,  # noqa: F401
     IOU_TORCH_BYTES_PER_BIT,  # noqa: F401
     IOU_TORCH_BYTES_PER_VALUE,  # noqa: F401
@@ -83,8 +83,8 @@ from .ops.iou_matrix import (
     pack_bits,
     unpack_bits,  # noqa: F401
 )
-from .ops.norm_affine_act import norm_affine_act_torch  # noqa: F401
-from .params import ParamSpec
+from ..ops.norm_affine_act import norm_affine_act_torch  # noqa: F401
+from ..params import ParamSpec
 from .population_plan import _Plan, _plan, _run_suffix
 
 CACHE_TILE_BYTES = 8 << 20  # CPU: widest activation of one (models x samples) tile stays in cache

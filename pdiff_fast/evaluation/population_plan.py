@@ -1,4 +1,4 @@
-"""The stage planner of evaluate_population (pdiff_fast.population): the model cut into a
+"""The stage planner of evaluate_population (pdiff_fast.evaluation.population): the model cut into a
 chain of stages, a shared prefix and a per-model suffix, and the suffix run for a chunk of
 models at once.
 
@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .ops.norm_affine_act import norm_affine_act
-from .params import ParamSpec
+from ..ops.norm_affine_act import norm_affine_act
+from ..params import ParamSpec
 
 # --- the model as a chain of stages ----------------------------------------------------------
 

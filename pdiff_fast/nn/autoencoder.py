@@ -15,7 +15,7 @@ import random
 import torch
 from torch import nn
 
-from .ops import act_norm_conv1d
+from ..ops import act_norm_conv1d
 
 
 class _InstanceNorm(nn.InstanceNorm1d):

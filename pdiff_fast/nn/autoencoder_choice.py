@@ -1,7 +1,7 @@
 """Which autoencoder a subset of D values gets, and subsets of any size.
 
 - `auto` (the default): the reference conv preset `small` from its shortest input (81 values) up to
-  AUTO_LOWRANK_FROM values; the `lowrank` preset (pdiff_fast.lowrank_autoencoder) outside that.
+  AUTO_LOWRANK_FROM values; the `lowrank` preset (pdiff_fast.nn.lowrank_autoencoder) outside that.
   Measured on the CPU machine (benchmarks/results/subset_scaling_cpu.md, autoencoder_choice_cpu.md):
   - Above: `small` costs 4.3 s per training step at D = 10k (0.11 at D = 384) and 4.8 GB at D = 33k;
     after 100 steps on the whole digits MLP (D = 9,226) its reconstructions are 141x the

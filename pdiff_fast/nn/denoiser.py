@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .ops import act_norm_conv1d
+from ..ops import act_norm_conv1d
 
 
 class DenoiserBlock(nn.Sequential):
@@ -80,7 +80,7 @@ class AE_CNN_bottleneck(nn.Module):
         if x.shape[2] != self.in_dim:
             raise ValueError(f"denoiser expects {self.in_dim} latent values per sample, got {tuple(shape)}")
         t = self.time_info(time, shape[0])  # (B, 1, in_dim)
-        if cond is not None:  # (B, in_dim): a condition (pdiff_fast.conditional), added where the time is
+        if cond is not None:  # (B, in_dim): a condition (pdiff_fast.tasks.conditional), added where the time is
             t = t + cond.reshape(shape[0], 1, self.in_dim)
         e1 = self.enc1(x, t)
         e2 = self.enc2(e1, t)

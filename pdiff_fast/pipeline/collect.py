@@ -68,9 +68,9 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from . import distributed
-from .data import TensorData
-from .params import NORM_TYPES, ParamSpec
+from .. import distributed
+from ..data import TensorData
+from ..params import NORM_TYPES, ParamSpec, _set_norm_eval, _sgd, _subset_params  # noqa: F401
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Population:
                                  f"got {t.dtype} {tuple(t.shape)}")
 
     def save(self, path) -> None:
-        from .io import save_tensors
+        from ..io import save_tensors
 
         tensors = {"params": self.params, "accuracy": self.accuracy,
                    "trajectory": self.trajectory, "step": self.step}
@@ -113,7 +113,7 @@ class Population:
 
     @classmethod
     def load(cls, path) -> "Population":
-        from .io import load_tensors
+        from ..io import load_tensors
 
         t, meta = load_tensors(path)
         if "params" not in t or "accuracy" not in t or "spec" not in meta:
@@ -136,12 +136,6 @@ def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int
     return 100.0 * correct / len(y)
 
 
-def _set_norm_eval(model: nn.Module) -> None:
-    for m in model.modules():
-        if isinstance(m, (nn.modules.batchnorm._BatchNorm,)):
-            m.eval()
-
-
 def _epoch(model, opt, data: TensorData, batch_size: int, gen: torch.Generator, on_step=None, freeze_norm=False):
     model.train()
     if freeze_norm:
@@ -159,10 +153,6 @@ def _epoch(model, opt, data: TensorData, batch_size: int, gen: torch.Generator, 
             on_step(step)
 
 
-def _sgd(params, lr, momentum=0.9, weight_decay=5e-4):
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
-
-
 def train_base(model: nn.Module, data: TensorData, epochs: int, lr: float = 0.1, batch_size: int = 128,
                seed: int = 0, progress: bool = True) -> nn.Module:
     """Ordinary training of the whole model (SGD, momentum 0.9, wd 5e-4, cosine decay)."""
@@ -174,13 +164,6 @@ def train_base(model: nn.Module, data: TensorData, epochs: int, lr: float = 0.1,
         sched.step()
     model.eval()
     return model
-
-
-def _subset_params(model: nn.Module, spec: ParamSpec) -> list[nn.Parameter]:
-    chosen = set(spec.names)
-    for name, p in model.named_parameters():
-        p.requires_grad_(name in chosen)
-    return [p for name, p in model.named_parameters() if name in chosen]
 
 
 def _shares(k: int, trajectories: int) -> list[int]:

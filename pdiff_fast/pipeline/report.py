@@ -6,12 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-
-def _save(fig, path: Path) -> Path:
-    from .io import _write_atomic
-
-    _write_atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
-    return path
+from ..io import save_figure as _save
 
 
 def _finish(fig, ax, xlabel: str, title: str, path: Path) -> Path:

@@ -21,9 +21,9 @@ import os
 import time
 from pathlib import Path
 
-from . import distributed
-from .config import ConfigError, read_config_file
-from .io import (clean_stale_temporaries, load_artifact, load_json, read_meta, save_json,
+from .. import distributed
+from ..config import ConfigError, read_config_file
+from ..io import (clean_stale_temporaries, load_artifact, load_json, read_meta, save_json,
                  save_tensors)
 
 # The config fields each artifact depends on (besides the seed, which every step takes).

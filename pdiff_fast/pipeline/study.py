@@ -12,7 +12,7 @@ parameters, in one command, each table computed from the runs it makes.
 - sampler: the default variant's trained models sample with DDPM 1000 and DDIM 100 / 50 / 20 /
   10 steps; the sampling time, accuracy and novelty of each.
 - finetune: test accuracy after 0, 1 and 5 epochs of training the subset from generated, from
-  original and from random parameters (pdiff_fast.finetune).
+  original and from random parameters (pdiff_fast.evaluation.finetuning).
 
 Everything lands in <run-dir>/study.json and study.md (rewritten after each part, so an
 interrupted study keeps what it finished) and three plots whose titles state the numbers.
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config
+from ..config import Config
 
 VARIANTS = {  # name -> the fields it changes in the base config
     "default": {},
@@ -56,7 +56,7 @@ def variant_config(base: Config, name: str) -> Config:
 
 def _current_report(run_dir: Path, config: Config) -> dict | None:
     """The run directory's report when it is complete, current and made with `config`."""
-    from .io import load_json, read_digest
+    from ..io import load_json, read_digest
     from .run_dir import RunDirectory
 
     try:
@@ -74,7 +74,7 @@ def _current_report(run_dir: Path, config: Config) -> dict | None:
 
 def _run_variant(config: dict, run_dir: str, threads: int | None) -> None:
     """One whole pipeline run (in a worker process: its own threads, no progress bars)."""
-    from .pipeline import PDiff
+    from .pdiff import PDiff
 
     if threads:
         torch.set_num_threads(threads)
@@ -82,8 +82,8 @@ def _run_variant(config: dict, run_dir: str, threads: int | None) -> None:
 
 
 def _spec_dim(run_dir: Path) -> int:
-    from .io import read_meta
-    from .params import ParamSpec
+    from ..io import read_meta
+    from ..params import ParamSpec
     from .run_dir import RunDirectory
 
     return ParamSpec.from_dict(read_meta(run_dir / RunDirectory.FILES["population"])[0]["spec"]).dim
@@ -152,7 +152,7 @@ def run_ablation(base: Config, study_dir: Path, *, names=None, jobs: int | None 
 
 def _default_run(base: Config, study_dir: Path, fresh: bool, log):
     """The default variant's run (trained now if the ablation did not leave it)."""
-    from .pipeline import PDiff
+    from .pdiff import PDiff
 
     run_dir = study_dir / "variants" / slug("default")
     if fresh or _current_report(run_dir, base) is None:
@@ -164,9 +164,9 @@ def run_samplers(p, samplers=SAMPLERS, log=print) -> list[dict]:
     """Each sampler on the same trained models, seed and number of models; sampling is timed
     alone (no evaluation inside), the evaluation is the run's."""
     from .collect import rebuild_base
-    from .diffusion import make_scheduler
-    from .evaluate import evaluate
-    from .sample import generate
+    from ..diffusion.schedulers import make_scheduler
+    from ..evaluation.judge import evaluate
+    from ..diffusion.sample import generate
 
     c = p.config
     ae, model, std = p.load_models()
@@ -195,7 +195,7 @@ def run_finetune(p, n_models: int = 20, epochs=FINETUNE_EPOCHS, log=print) -> di
     """Fine-tune n_models of each start: the first generated rows (they are i.i.d.), originals
     evenly spaced over the collection, random draws at the originals' per-tensor scale."""
     from .collect import rebuild_base
-    from .finetune import finetune, random_starts
+    from ..evaluation.finetuning import finetune, random_starts
 
     if n_models < 1:
         raise ValueError(f"study: the fine-tuning needs at least one model per start, got {n_models}")
@@ -314,7 +314,7 @@ def format_study(study: dict) -> str:
         lines += [""] + [f"- {s}" for s in read_samplers(rows)] + [""]
     ft = study.get("finetune")
     if ft:
-        from .finetune import format_finetune_table
+        from ..evaluation.finetuning import format_finetune_table
 
         lines += ["## Fine-tuning from generated parameters", "", format_finetune_table(ft), ""]
         lines += [f"- {s}" for s in read_finetune(ft)] + [""]
@@ -365,7 +365,7 @@ def plot_study(study: dict, out_dir: Path) -> list[Path]:
         paths.append(_save(fig, out_dir / "study_sampler.png"))
         plt.close(fig)
     if study.get("finetune"):
-        from .finetune import plot_finetune
+        from ..evaluation.finetuning import plot_finetune
 
         paths.append(plot_finetune(study["finetune"], out_dir / "study_finetune.png"))
     return paths
@@ -374,8 +374,8 @@ def plot_study(study: dict, out_dir: Path) -> list[Path]:
 def run_study(base: Config, study_dir, *, parts=PARTS, jobs: int | None = None, fresh: bool = False,
               finetune_models: int = 20, samplers=SAMPLERS, variants=None, log=print) -> dict:
     """Run the asked parts (PARTS) and write study.json / study.md / plots under study_dir."""
-    from .io import load_json, save_json, save_text
-    from .pipeline import pick_device
+    from ..io import load_json, save_json, save_text
+    from .pdiff import pick_device
     from .run_dir import prepare_run_dir
 
     unknown = set(parts) - set(PARTS)

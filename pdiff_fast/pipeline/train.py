@@ -31,10 +31,10 @@ from tqdm.auto import tqdm
 
 from torch.nn.parallel import DistributedDataParallel
 
-from . import distributed
-from .denoiser import EMA
-from .diffusion import DDPMScheduler
-from .ops import eps_mse
+from .. import distributed
+from ..nn.denoiser import EMA
+from ..diffusion.schedulers import DDPMScheduler
+from ..ops import eps_mse
 
 CHECK_EVERY = 50
 DIVERGE_FACTOR = 1e3

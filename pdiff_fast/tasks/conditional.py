@@ -22,7 +22,7 @@ unconditional denoiser. At sampling, eps = eps_null + scale * (eps_task - eps_nu
 the unconditional model (the null pass alone, nothing else computed), 1 the conditional one,
 above 1 guided. With 0 < scale != 1 both passes run as one batch of twice the rows.
 
-Sampling goes through pdiff_fast.sample.generate (per-model seeds, grains, the DDPM / DDIM
+Sampling goes through pdiff_fast.diffusion.sample.generate (per-model seeds, grains, the DDPM / DDIM
 step ops, chunking), with the embeddings as its per-model condition: models for many tasks are
 sampled in one batch.
 """
@@ -33,12 +33,12 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .denoiser import EMA, AE_CNN_bottleneck
-from .diffusion import DDPMScheduler
-from .ops import eps_mse
-from .sample import generate
-from .set_encoder import SetEncoder
-from .train import Checkpoint, _batches, _check_data, _Run
+from ..nn.denoiser import EMA, AE_CNN_bottleneck
+from ..diffusion.schedulers import DDPMScheduler
+from ..ops import eps_mse
+from ..diffusion.sample import generate
+from ..nn.set_encoder import SetEncoder
+from ..pipeline.train import Checkpoint, _batches, _check_data, _Run
 
 
 MODES = ("time", "blocks")
@@ -132,7 +132,7 @@ def fit_conditional(model: EMA, latents: torch.Tensor, task_of_row: torch.Tensor
     to predict the noise added to latents (R, C, L); row r belongs to task task_of_row[r], and
     draw_sets(tasks (B,), generator) returns a fresh (B, n, F) support set per row (drawn each step:
     the encoder sees many samples of each task). A fraction `drop` of the rows trains the null
-    embedding. EMA updated every step; resumable as pdiff_fast.train's loops."""
+    embedding. EMA updated every step; resumable as pdiff_fast.pipeline.train's loops."""
     if steps < 1:
         raise ValueError(f"conditional diffusion training needs at least 1 step, got {steps}")
     if not 0 <= drop < 1:
@@ -167,7 +167,7 @@ def fit_conditional(model: EMA, latents: torch.Tensor, task_of_row: torch.Tensor
 def generate_conditioned(autoencoder: nn.Module, model: ConditionedDenoiser, scheduler: DDPMScheduler,
                          emb: torch.Tensor, scale: float = 1.0, *, seed: int = 0, **kwargs) -> torch.Tensor:
     """One model per row of emb (n, E), sampled with guidance `scale` and decoded: (n, D). kwargs go to
-    pdiff_fast.sample.generate (device, memory_budget_bytes, grain, progress, ...); as there, model i
+    pdiff_fast.diffusion.sample.generate (device, memory_budget_bytes, grain, progress, ...); as there, model i
     is a function of (seed, i, emb[i]) alone."""
     model.eval()
     return generate(autoencoder, Guided(model, scale), scheduler, emb.shape[0], seed=seed, cond=emb, **kwargs)

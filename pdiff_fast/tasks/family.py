@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .data import TensorData, digits
+from ..data import TensorData, digits
 
 
 @dataclass(frozen=True)

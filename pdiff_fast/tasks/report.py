@@ -1,10 +1,10 @@
-"""The measures, table and plots of a dataset-conditioned run (pdiff_fast.task_pipeline).
+"""The measures, table and plots of a dataset-conditioned run (pdiff_fast.tasks.pdiff).
 
 Zero-shot (no training): per task, the test accuracy of every model of each method; a method's
 task score is the mean over its models; the table gives, over the tasks of a split, the mean
 and the worst of those scores and the mean of each task's best model.
 
-Fine-tuning (held-out tasks): every start row is trained on its task (pdiff_fast.zoo), its test
+Fine-tuning (held-out tasks): every start row is trained on its task (pdiff_fast.tasks.zoo), its test
 accuracy recorded along the way. A row reaches 95% of its final accuracy at the first recorded
 step where its accuracy is at least 0.95 x its accuracy at the last step; the table gives the
 median over rows of that step, and the mean final accuracy.
@@ -19,7 +19,7 @@ import os
 import statistics
 from pathlib import Path
 
-from .report import _save
+from ..pipeline.report import _save
 
 METHODS = ("generated", "unconditional", "random init", "zoo mean", "nearest task", "zoo (own task)")
 SPLITS = ("held out", "seen")

@@ -16,7 +16,7 @@ Each step is one SGD step per row: collect's `_sgd` (momentum 0.9, weight decay 
 constant lr, cross-entropy, BatchNorm layers in eval mode (running statistics frozen), as
 collect's freeze_norm subset training. `train_one` is the reference: one model, a plain loop.
 
-How it runs: as pdiff_fast.finetune. The spec's tensors are stacked, (m, *shape) per name, each
+How it runs: as pdiff_fast.evaluation.finetuning. The spec's tensors are stacked, (m, *shape) per name, each
 row's batch is gathered, (m, B, *input_shape), and the model runs under
 torch.func.vmap(functional_call) over both (randomness="different": dropout masks differ per row,
 so a model with active dropout does not match `train_one`). The per-row losses are summed and
@@ -39,12 +39,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, vmap
 
-from .collect import _set_norm_eval, _sgd, _subset_params
-from .finetune import CPU_TILE_BYTES, MEMORY_SAFETY, _bytes_per_sample, _rows_of
-from .io import load_tensors, save_tensors
-from .params import ParamSpec
-from .population import warm_allocator
-from .sample import model_seed
+from ..evaluation.finetuning import CPU_TILE_BYTES, MEMORY_SAFETY, _bytes_per_sample, _rows_of
+from ..io import load_tensors, save_tensors
+from ..params import ParamSpec, _set_norm_eval, _sgd, _subset_params
+from ..evaluation.population import warm_allocator
+from ..diffusion.sample import model_seed
 
 INDEX_BLOCK_BYTES = 16 << 20  # batch indices drawn ahead, per chunk of rows: steps are drawn in blocks this size
 ZOO_FORMAT = 1

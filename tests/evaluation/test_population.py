@@ -18,9 +18,11 @@ from torch import nn
 
 from benchmarks.common import mnist1d_cnn as cnn1d  # the one definition, shared with the benchmarks
 from benchmarks.population_counts import count_device_work
-from pdiff_fast import backend, population, population_plan
+from pdiff_fast import backend
+from pdiff_fast.evaluation import population
+from pdiff_fast.evaluation import population_plan
 from pdiff_fast.params import ParamSpec
-from pdiff_fast.population import (
+from pdiff_fast.evaluation.population import (
     CACHE_TILE_BYTES,
     _plan,
     _write_bits,
@@ -129,7 +131,7 @@ ZOO = [("cnn1d", (1, 40)), ("resnet", (1, 8, 8)), ("vit", (1, 8, 8)), ("mlp", (1
 @pytest.mark.parametrize("name,shape", ZOO)
 def test_project_zoo_models_match_reference(name, shape):
     """The project's zoo (when present): BasicBlocks and transformer layers run under vmap."""
-    zoo = pytest.importorskip("pdiff_fast.models")
+    zoo = pytest.importorskip("pdiff_fast.nn.models")
     base = randomised(zoo.build_model(name, shape, 10))
     spec = ParamSpec.from_model(base, "last-2-norm-layers")
     flat = spec.flatten([base]) + 0.2 * torch.randn(6, spec.dim)

@@ -1,4 +1,4 @@
-"""pdiff_fast.novelty and the baselines / verdict of evaluate(), on cases whose answer is known:
+"""pdiff_fast.evaluation.novelty and the baselines / verdict of evaluate(), on cases whose answer is known:
 copies of the originals are called copies, random far-away models are not, mixtures of two
 originals lie closer than the originals' spacing; every measure against a direct computation."""
 import math
@@ -7,12 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pdiff_fast import novelty
-from pdiff_fast.evaluate import evaluate, format_table
-from pdiff_fast.models import MLP
+from pdiff_fast.evaluation import novelty
+from pdiff_fast.evaluation.judge import evaluate, format_table
+from pdiff_fast.nn.models import MLP
 from pdiff_fast.params import ParamSpec, Standardizer
-from pdiff_fast.population import evaluate_population
-from pdiff_fast.report import plot_report, titles
+from pdiff_fast.evaluation.population import evaluate_population
+from pdiff_fast.pipeline.report import plot_report, titles
 
 
 @pytest.fixture(scope="module")

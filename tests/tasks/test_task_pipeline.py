@@ -1,5 +1,5 @@
 """`pdiff-fast tasks`: the dataset-conditioned pipeline end to end at toy size, its provenance
-checks, and that held-out tasks never reach training (pdiff_fast.task_pipeline)."""
+checks, and that held-out tasks never reach training (pdiff_fast.tasks.pdiff)."""
 import json
 
 import pytest
@@ -7,10 +7,10 @@ import torch
 
 from pdiff_fast import cli
 from pdiff_fast.io import load_json, load_tensors
-from pdiff_fast.run_dir import StaleArtifact
-from pdiff_fast.task_pipeline import TaskConfig, TaskPDiff
-from pdiff_fast.tasks import TaskFamily
-from pdiff_fast.zoo import Zoo
+from pdiff_fast.pipeline.run_dir import StaleArtifact
+from pdiff_fast.tasks.pdiff import TaskConfig, TaskPDiff
+from pdiff_fast.tasks.family import TaskFamily
+from pdiff_fast.tasks.zoo import Zoo
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -119,7 +119,7 @@ def test_bad_config_is_refused(tmp_path, capsys):
 
 
 def test_interrupted_training_resumes_to_the_same_generator(run, tmp_path, monkeypatch):
-    import pdiff_fast.task_pipeline as tp
+    import pdiff_fast.tasks.generator as tp  # the train step: its checkpoint and CHECKPOINT_EVERY
     from pdiff_fast.io import load_tensors as load
 
     run_dir, _ = run

@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from pdiff_fast import Config, PDiff, digits
-from pdiff_fast.autoencoder import medium, small
-from pdiff_fast.autoencoder_choice import AUTO_LOWRANK_FROM, build_autoencoder, choose_preset, padded_length
+from pdiff_fast.nn.autoencoder import medium, small
+from pdiff_fast.nn.autoencoder_choice import AUTO_LOWRANK_FROM, build_autoencoder, choose_preset, padded_length
 from pdiff_fast.io import read_meta
-from pdiff_fast.train import fit_autoencoder
+from pdiff_fast.pipeline.train import fit_autoencoder
 
 
 def test_auto_picks_small_between_its_shortest_input_and_the_threshold():

@@ -1,13 +1,13 @@
 """Dataset-conditioned generation: the set encoder, the conditioned denoiser, classifier-free
-guidance and conditioned sampling (pdiff_fast.set_encoder, pdiff_fast.conditional)."""
+guidance and conditioned sampling (pdiff_fast.nn.set_encoder, pdiff_fast.tasks.conditional)."""
 import pytest
 import torch
 
-from pdiff_fast.conditional import MODES, ConditionedDenoiser, Guided, fit_conditional, generate_conditioned
-from pdiff_fast.denoiser import EMA, AE_CNN_bottleneck
-from pdiff_fast.diffusion import make_scheduler
-from pdiff_fast.lowrank_autoencoder import LowRankAutoencoder
-from pdiff_fast.set_encoder import SetEncoder
+from pdiff_fast.tasks.conditional import MODES, ConditionedDenoiser, Guided, fit_conditional, generate_conditioned
+from pdiff_fast.nn.denoiser import EMA, AE_CNN_bottleneck
+from pdiff_fast.diffusion.schedulers import make_scheduler
+from pdiff_fast.nn.lowrank_autoencoder import LowRankAutoencoder
+from pdiff_fast.nn.set_encoder import SetEncoder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -131,7 +131,7 @@ def test_conditioning_changes_samples_and_each_model_depends_on_its_own_conditio
 
 def test_generate_checks_the_condition(sampler_parts):
     ae, net, sched = sampler_parts
-    from pdiff_fast.sample import generate
+    from pdiff_fast.diffusion.sample import generate
 
     with pytest.raises(ValueError, match="one row per model"):
         generate(ae, Guided(net, 1.0), sched, 5, cond=torch.randn(3, 4), progress=False)

@@ -17,10 +17,10 @@ import torch
 from torch import nn
 
 from pdiff_fast import backend
-from pdiff_fast.evaluate import evaluate
+from pdiff_fast.evaluation.judge import evaluate
 from pdiff_fast.ops.iou_matrix import _iou_blocks
 from pdiff_fast.params import ParamSpec
-from pdiff_fast.population import (
+from pdiff_fast.evaluation.population import (
     evaluate_population,
     iou_matrix,
     iou_stats,
@@ -178,7 +178,7 @@ def test_report_equals_the_whole_matrix_analysis():
 
 @pytest.mark.parametrize("bad", [math.nan, math.inf])
 def test_non_finite_test_inputs_are_refused_before_any_work(monkeypatch, bad):
-    import pdiff_fast.population as population
+    import pdiff_fast.evaluation.population as population
 
     base, spec, original, generated, x, y = small_case(n_gen=6, k=2, n_test=12)
     x[11, 0, 0] = bad
@@ -196,8 +196,8 @@ def test_non_finite_test_inputs_are_refused_before_any_work(monkeypatch, bad):
 MEMORY_SCRIPT = textwrap.dedent("""
     import json, sys, time
     import torch
-    from pdiff_fast.evaluate import evaluate
-    from pdiff_fast.models import MLP
+    from pdiff_fast.evaluation.judge import evaluate
+    from pdiff_fast.nn.models import MLP
     from pdiff_fast.params import ParamSpec
 
     def status(field):

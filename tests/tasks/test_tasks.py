@@ -1,8 +1,8 @@
-"""The digit-pair task family and its split (pdiff_fast.tasks)."""
+"""The digit-pair task family and its split (pdiff_fast.tasks.family)."""
 import pytest
 import torch
 
-from pdiff_fast.tasks import (TaskFamily, digit_pair_tasks, evidence, fixed_support, split_tasks, support,
+from pdiff_fast.tasks.family import (TaskFamily, digit_pair_tasks, evidence, fixed_support, split_tasks, support,
                               task_by_name)
 
 

@@ -1,4 +1,4 @@
-"""pdiff_fast.zoo: many models trained at once, each on its own task (vmap over stacked parameters
+"""pdiff_fast.tasks.zoo: many models trained at once, each on its own task (vmap over stacked parameters
 and per-row batches), checked against train_one's plain one-model loop; the Zoo file format."""
 import pytest
 import torch
@@ -6,10 +6,11 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.func import functional_call, vmap
 
-from pdiff_fast import io, zoo
-from pdiff_fast.models import MLP
+from pdiff_fast import io
+from pdiff_fast.tasks import zoo
+from pdiff_fast.nn.models import MLP
 from pdiff_fast.params import ParamSpec
-from pdiff_fast.sample import model_seed
+from pdiff_fast.diffusion.sample import model_seed
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

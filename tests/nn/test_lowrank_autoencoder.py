@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pdiff_fast.lowrank_autoencoder import CODE_SCALE, LowRankAutoencoder, lowrank
-from pdiff_fast.train import fit_autoencoder
+from pdiff_fast.nn.lowrank_autoencoder import CODE_SCALE, LowRankAutoencoder, lowrank
+from pdiff_fast.pipeline.train import fit_autoencoder
 
 
 def low_rank_population(k=40, d=500, rank=5, seed=0):

@@ -25,7 +25,7 @@ TINY = {
     "denoiser_channels": [4, 4, 8, 8], "sampler": "ddim", "sample_steps": 4, "num_samples": 6,
     "noise_sigmas": [0.05], "recipe": "v2", "checkpoint_every": 10,
 }
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def cli(*args, timeout=300, **popen):
@@ -75,7 +75,7 @@ def test_recollect_then_evaluate_refuses_the_old_generated_models(run):
 
 
 def test_a_failed_save_between_the_two_models_is_caught(run, monkeypatch, capsys):
-    run_dir = sys.modules["pdiff_fast.run_dir"]  # where PDiff's artifacts are saved
+    run_dir = sys.modules["pdiff_fast.pipeline.run_dir"]  # where PDiff's artifacts are saved
     real = run_dir.save_tensors
 
     def no_space(path, *a, **k):

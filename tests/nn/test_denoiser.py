@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff_fast.denoiser import EMA, AE_CNN_bottleneck, ODUnet
+from pdiff_fast.nn.denoiser import EMA, AE_CNN_bottleneck, ODUnet
 
 
 def plain_forward(m: AE_CNN_bottleneck, x, time_info):

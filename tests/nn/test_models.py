@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from pdiff_fast.models import ZOO, build_model
+from pdiff_fast.nn.models import ZOO, build_model
 from pdiff_fast.params import ParamSpec
 
 

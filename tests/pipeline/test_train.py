@@ -5,10 +5,10 @@ import copy
 import pytest
 import torch
 
-from pdiff_fast.autoencoder import small
-from pdiff_fast.denoiser import EMA, AE_CNN_bottleneck
-from pdiff_fast.diffusion import DDPMScheduler
-from pdiff_fast.train import TrainingDiverged, fit_autoencoder, fit_diffusion
+from pdiff_fast.nn.autoencoder import small
+from pdiff_fast.nn.denoiser import EMA, AE_CNN_bottleneck
+from pdiff_fast.diffusion.schedulers import DDPMScheduler
+from pdiff_fast.pipeline.train import TrainingDiverged, fit_autoencoder, fit_diffusion
 
 
 def _ae_run(steps, data, **kw):

@@ -98,8 +98,8 @@ def test_bad_subset_and_config_are_clear_errors(tmp_path, capsys):
 
 
 def test_nan_loss_stops_training_with_a_named_error():
-    from pdiff_fast.autoencoder import small
-    from pdiff_fast.train import fit_autoencoder
+    from pdiff_fast.nn.autoencoder import small
+    from pdiff_fast.pipeline.train import fit_autoencoder
 
     with pytest.raises(FloatingPointError, match="autoencoder loss is inf at step 0.*training data is the likely cause"):
         fit_autoencoder(small(100), torch.randn(4, 100) * 1e30, steps=2, progress=False)

@@ -1,4 +1,4 @@
-"""pdiff_fast.finetune: batched subset training from several start sets, checked against
+"""pdiff_fast.evaluation.finetuning: batched subset training from several start sets, checked against
 collect's one-model-at-a-time subset training (torch.optim.SGD on a deep copy, same batches)."""
 import copy
 import json
@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff_fast import collect
-from pdiff_fast import finetune as ft
+from pdiff_fast.pipeline import collect
+from pdiff_fast.evaluation import finetuning as ft
 from pdiff_fast.data import TensorData
 from pdiff_fast.params import ParamSpec
-from pdiff_fast.population import evaluate_population
+from pdiff_fast.evaluation.population import evaluate_population
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pdiff_fast import study as study_lib
+from pdiff_fast.pipeline import study as study_lib
 from pdiff_fast.cli import main
 from pdiff_fast.config import Config
 from pdiff_fast.io import load_json

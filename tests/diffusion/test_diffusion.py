@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from pdiff_fast.diffusion import DDIMScheduler, DDPMScheduler
-from pdiff_fast.sample import generate, sample_latents
+from pdiff_fast.diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from pdiff_fast.diffusion.sample import generate, sample_latents
 
 
 def reference_tables():
@@ -97,8 +97,8 @@ def test_bad_scheduler_arguments():
 
 
 def test_sampling_in_chunks_equals_one_batch_shape_and_range():
-    from pdiff_fast.autoencoder import small
-    from pdiff_fast.denoiser import AE_CNN_bottleneck
+    from pdiff_fast.nn.autoencoder import small
+    from pdiff_fast.nn.denoiser import AE_CNN_bottleneck
 
     ae = small(200).eval()
     den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[4, 4, 4, 4]).eval()
@@ -118,8 +118,8 @@ def test_sampling_in_chunks_equals_one_batch_shape_and_range():
 
 
 def test_thousands_of_models_are_sampled_in_chunks_of_a_memory_budget():
-    from pdiff_fast.autoencoder import small
-    from pdiff_fast.denoiser import AE_CNN_bottleneck
+    from pdiff_fast.nn.autoencoder import small
+    from pdiff_fast.nn.denoiser import AE_CNN_bottleneck
 
     ae = small(100).eval()
     den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[2, 2, 2, 2]).eval()

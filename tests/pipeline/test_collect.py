@@ -6,11 +6,11 @@ from safetensors.torch import save_file
 from test_distributed import _join, spawn_ranks  # tests/ is on sys.path (rootdir, no package)
 from torch import nn
 
-from pdiff_fast import collect as collect_lib
+from pdiff_fast.pipeline import collect as collect_lib
 from pdiff_fast import distributed
-from pdiff_fast.collect import RECIPES, Population, collect_v1, collect_v2, rebuild_base
+from pdiff_fast.pipeline.collect import RECIPES, Population, collect_v1, collect_v2, rebuild_base
 from pdiff_fast.data import digits
-from pdiff_fast.models import build_model
+from pdiff_fast.nn.models import build_model
 from pdiff_fast.params import ParamSpec
 
 
@@ -37,7 +37,7 @@ def test_recipes_save_k_checkpoints_that_only_change_the_subset(recipe, small_di
     assert torch.equal(back.params, pop.params) and back.spec == spec and back.meta["recipe"] == pop.meta["recipe"]
     model = rebuild_base(build_model("mlp", small_digits.input_shape, 10, hidden=(32, 32)), back)
     spec.load_into(model, back.params[2])
-    from pdiff_fast.collect import accuracy
+    from pdiff_fast.pipeline.collect import accuracy
     assert accuracy(model, small_digits.x_test, small_digits.y_test) == pytest.approx(pop.accuracy[2].item())
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from pdiff_fast.autoencoder import ODEncoder2Decoder, medium, min_in_dim, small
+from pdiff_fast.nn.autoencoder import ODEncoder2Decoder, medium, min_in_dim, small
 
 
 class PlainAE(nn.Module):

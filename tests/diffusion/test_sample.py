@@ -3,10 +3,10 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from pdiff_fast.autoencoder import small
-from pdiff_fast.denoiser import AE_CNN_bottleneck
-from pdiff_fast.diffusion import DDIMScheduler, DDPMScheduler
-from pdiff_fast.sample import generate, model_noise, model_seed, sample_latents
+from pdiff_fast.nn.autoencoder import small
+from pdiff_fast.nn.denoiser import AE_CNN_bottleneck
+from pdiff_fast.diffusion.schedulers import DDIMScheduler, DDPMScheduler
+from pdiff_fast.diffusion.sample import generate, model_noise, model_seed, sample_latents
 
 
 @pytest.fixture(scope="module")
@@ -157,7 +157,7 @@ def test_captured_loop_body_has_no_host_work_and_equals_the_uncaptured_path(mode
     Triton interpreter (the CUDA path's launchers and kernels, denoiser included) with the seed
     and row offset as device tensors, as in the graph, 3 rows on grain 2 (padding, two calls)."""
     from pdiff_fast.backend import use_backend
-    from pdiff_fast.sample import graph_loop
+    from pdiff_fast.diffusion.sample import graph_loop
 
     ae, den = models
     n, start, seed = 3, 2, 21
@@ -176,7 +176,7 @@ def test_captured_loop_body_has_no_host_work_and_equals_the_uncaptured_path(mode
 # --- chunk plans and the CUDA-graph switch ---------------------------------------------------------
 
 def test_cuda_plan_samples_all_models_in_one_chunk_and_decodes_in_grains_of_its_own():
-    from pdiff_fast.sample import ChunkPlan, chunk_size_for, plan_chunks
+    from pdiff_fast.diffusion.sample import ChunkPlan, chunk_size_for, plan_chunks
 
     cuda = torch.device("cuda")  # plan_chunks only reads the device type; free_bytes stands in for the query
     # the resnet18 config: latent 12, D = 2048; an H100 with 70 GiB free
@@ -196,7 +196,7 @@ def test_cuda_plan_samples_all_models_in_one_chunk_and_decodes_in_grains_of_its_
 
 
 def test_cpu_plan_is_the_one_budget_of_before():
-    from pdiff_fast.sample import ChunkPlan, chunk_size_for, plan_chunks
+    from pdiff_fast.diffusion.sample import ChunkPlan, chunk_size_for, plan_chunks
 
     fits = chunk_size_for(12, 2048, 1 << 30, noise_draws=1001)
     assert plan_chunks(1000, 12, 2048, "cpu", 1 << 30, noise_draws=1001) == ChunkPlan(fits // 128 * 128, 128, 128)
@@ -205,8 +205,8 @@ def test_cpu_plan_is_the_one_budget_of_before():
 
 def test_a_decoder_grain_of_its_own_keeps_results_independent_of_the_chunk(models, monkeypatch):
     """The CUDA plan's shape (decoder grain != denoiser grain) run on the CPU path."""
-    from pdiff_fast import sample
-    from pdiff_fast.sample import ChunkPlan
+    from pdiff_fast.diffusion import sample
+    from pdiff_fast.diffusion.sample import ChunkPlan
 
     ae, den = models
     s = DDIMScheduler(num_inference_steps=3, eta=0.5)
@@ -223,8 +223,8 @@ def test_a_decoder_grain_of_its_own_keeps_results_independent_of_the_chunk(model
 
 
 def test_cuda_graph_auto_is_on_for_the_triton_ddpm_step_on_cuda_only(monkeypatch):
-    from pdiff_fast import sample
-    from pdiff_fast.sample import use_cuda_graph
+    from pdiff_fast.diffusion import sample
+    from pdiff_fast.diffusion.sample import use_cuda_graph
 
     cuda = torch.device("cuda")
     monkeypatch.setattr(sample, "_fused_step_noise", lambda scheduler, device: True)  # as with Triton on CUDA
@@ -243,7 +243,7 @@ def test_launch_counter_counts_each_launch_and_dry_runs_count_the_same():
     """benchmarks/launch_count.py counts a step's Triton launches with the kernels skipped (dry);
     here the same step, run for real in the interpreter, must count the same launches and ops."""
     from benchmarks.launch_count import count_step
-    from pdiff_fast.sample import ChunkPlan
+    from pdiff_fast.diffusion.sample import ChunkPlan
 
     kw = dict(plan=ChunkPlan(4, 2, 2), n=6, widths=[4, 4, 8, 8], latent=(2, 3), repeats=1)
     real, dry = count_step(dry=False, **kw), count_step(dry=True, **kw)
