@@ -32,6 +32,7 @@ from triton.compiler import ASTSource  # noqa: E402
 
 from pdiff_fast.kernels import act_norm_conv1d as conv_mod  # noqa: E402
 from pdiff_fast.kernels import act_norm_conv1d_stats as conv_stats_mod  # noqa: E402
+from pdiff_fast.kernels import act_norm_conv1d_weight_grad as wg  # noqa: E402
 from pdiff_fast.kernels import ddim_step as ddim_mod  # noqa: E402
 from pdiff_fast.kernels import ddpm_step as ddpm_mod  # noqa: E402
 from pdiff_fast.kernels import eps_mse as mse_mod  # noqa: E402
@@ -174,8 +175,8 @@ def _conv_variants(dtypes, quick: bool):
             flags = {"HAS_ADD": has_add, "PRE_ACT": pre_act, "TRANSPOSED": transposed, "NEG_SLOPE": neg,
                      "DOT_PRECISION": prec, "BLOCK_D": 64, "BLOCK_S": 64, "BLOCK_M": 64}
             for out in (dt, "fp32"):  # dW itself, or fp32 split partials
-                yield ("conv.weight_grad", _label(dt, flags) + f" dw={out}", m._weight_grad_kernel,
-                       signature(m._weight_grad_kernel, dt, ptrs={"dw_ptr": f"*{out}"}), flags, 4)
+                yield ("conv.weight_grad", _label(dt, flags) + f" dw={out}", wg._weight_grad_kernel,
+                       signature(wg._weight_grad_kernel, dt, ptrs={"dw_ptr": f"*{out}"}), flags, 4)
         for has_add, pre_act in itertools.product([False, True], repeat=2):
             flags = {"HAS_ADD": has_add, "PRE_ACT": pre_act, "NEG_SLOPE": neg, "BLOCK_R": 2, "BLOCK_L": 2048}
             yield ("conv.norm_bwd_sums", _label(dt, flags), st._norm_bwd_sums_kernel,

@@ -91,6 +91,19 @@ def conv_allows_tf32() -> bool:
     return False
 
 
+INDEX_LIMIT = 2**31 - 1  # the kernels index (b, position) pairs in int32: launches stay below this
+
+
+def batch_chunks(B: int, per_sample: int, block: int) -> list[tuple[int, int]]:
+    """[(b0, b1), ...] covering range(B) so that each launch's flattened (b, position) index,
+    rounded up to whole `block`-wide tiles, stays below INDEX_LIMIT (one chunk unless B * L
+    nears 2^31: a whole network's K = 200 vectors at D > ~10M)."""
+    if per_sample + block > INDEX_LIMIT:
+        raise ValueError(f"one sample of {per_sample} positions is too long for int32 indexing")
+    step = max(1, (INDEX_LIMIT - block) // max(per_sample, 1))
+    return [(b0, min(B, b0 + step)) for b0 in range(0, B, step)]
+
+
 # ------------------------------------------------------------------------------------------------
 # Elementwise (B, M) ops: q_sample, ddpm_step, ddim_step
 # ------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ kmod = backend.load_triton_op("act_norm_conv1d")
 if isinstance(kmod, Exception):
     raise kmod
 from pdiff_fast.kernels import act_norm_conv1d_stats as stats_mod, launch  # noqa: E402  (after the op loaded)
+from pdiff_fast.kernels import act_norm_conv1d_weight_grad as wgrad_mod  # noqa: E402
 
 device = torch.device("cpu" if backend.triton_interpreted() or not torch.cuda.is_available() else "cuda")
 
@@ -349,14 +350,14 @@ def test_both_input_paths_match_reference(monkeypatch, L, row_tile, plain):
 def test_batch_chunks_keep_int32_indices():
     """A whole network's K = 200 vectors at D ~ 11M pass 2^31 (b, position) pairs: the launches
     are split over the batch so that every flattened index, rounded up to whole tiles, fits int32."""
-    assert kmod.batch_chunks(1000, 12, 128) == [(0, 1000)]
+    assert launch.batch_chunks(1000, 12, 128) == [(0, 1000)]
     B, L, block = 200, 11_000_000, 512
-    chunks = kmod.batch_chunks(B, L, block)
+    chunks = launch.batch_chunks(B, L, block)
     assert len(chunks) > 1 and chunks[0][0] == 0 and chunks[-1][1] == B
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:]))  # contiguous, no sample twice
-    assert all((b1 - b0) * L + block <= kmod.INDEX_LIMIT for b0, b1 in chunks)
+    assert all((b1 - b0) * L + block <= launch.INDEX_LIMIT for b0, b1 in chunks)
     with pytest.raises(ValueError, match="too long for int32"):
-        kmod.batch_chunks(1, 2**31, block)
+        launch.batch_chunks(1, 2**31, block)
 
 
 def test_int32_guard_splits_launches_and_matches_reference(monkeypatch):
@@ -364,11 +365,11 @@ def test_int32_guard_splits_launches_and_matches_reference(monkeypatch):
     the weight gradient run as several launches over batch chunks, and every output and gradient
     still equals the reference."""
     # interpreter tiles: conv 128 columns (36 samples of 13 a launch), weight grad 512 (6 a launch)
-    monkeypatch.setattr(kmod, "INDEX_LIMIT", 600)
+    monkeypatch.setattr(launch, "INDEX_LIMIT", 600)
     counter = _LaunchCounter(kmod._conv_kernel)
     monkeypatch.setattr(kmod, "_conv_kernel", counter)
-    wgrad = _LaunchCounter(kmod._weight_grad_kernel)
-    monkeypatch.setattr(kmod, "_weight_grad_kernel", wgrad)
+    wgrad = _LaunchCounter(wgrad_mod._weight_grad_kernel)
+    monkeypatch.setattr(wgrad_mod, "_weight_grad_kernel", wgrad)
     x, w, b, add, res = _forward_inputs(40, 13, torch.Generator().manual_seed(12))
     g = torch.randn(40, 5, 13, generator=torch.Generator().manual_seed(13))
     leaves = [t.to(device).requires_grad_(True) for t in (x, w, b)]
