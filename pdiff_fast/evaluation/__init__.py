@@ -1,5 +1,6 @@
 """Measuring populations of models. The batched evaluator of many parameter sets at once
-(`evaluate_population`; its memory and tile plan: population_plan); the novelty measures and
+(`evaluate_population`; its memory and tile plan: population_plan; its wrong-prediction bitsets:
+bitsets); the novelty measures and
 baselines (novelty: distances, IoU of mistakes, the verdict); the judgement of a generated
 population against the original checkpoints (`evaluate`, `format_table`; judge); fine-tuning
 from generated or random starts (finetuning). Imports only the shared base."""

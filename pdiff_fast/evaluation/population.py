@@ -85,6 +85,7 @@ from ..ops.iou_matrix import (
 )
 from ..ops.norm_affine_act import norm_affine_act_torch  # noqa: F401
 from ..params import ParamSpec
+from .bitsets import _accuracy, _write_bits
 from .population_plan import _Plan, _plan, _run_suffix
 
 CACHE_TILE_BYTES = 8 << 20  # CPU: widest activation of one (models x samples) tile stays in cache
@@ -173,47 +174,6 @@ def check_test_set(base_model: nn.Module, x_test: torch.Tensor, y_test: torch.Te
         first = outside.nonzero()[0, 0].item()
         raise ValueError(f"test labels must lie in [0, {num_classes}) (the model outputs {num_classes} "
                          f"classes): {int(outside.sum())} do not, e.g. y_test[{first}] = {y_test[first].item()}")
-
-
-_POPCOUNT = torch.tensor([bin(i).count("1") for i in range(256)], dtype=torch.int32)
-
-
-def _wrong_counts(bits: torch.Tensor, budget: int = 64 << 20) -> torch.Tensor:
-    """(N, W) uint8 bitsets -> (N,) int64 number of set bits, in row blocks."""
-    table = _POPCOUNT.to(bits.device)
-    step = max(1, budget // (16 * max(1, bits.shape[1])))
-    return torch.cat([table[bits[i:i + step].long()].sum(1) for i in range(0, bits.shape[0], step)])
-
-
-def _accuracy(wrong: torch.Tensor, finite: torch.Tensor, n_test: int) -> torch.Tensor:
-    """Percent correct from the wrong bitsets; NaN where finite is False. Same float32 values
-    as (preds == y).float().mean(1) * 100: the count is exact, then one division."""
-    accuracy = (n_test - _wrong_counts(wrong)).float() / n_test * 100
-    accuracy[~finite] = float("nan")
-    return accuracy
-
-
-def _pack(mask: torch.Tensor) -> torch.Tensor:
-    """(m, 8k) bool -> (m, k) uint8, as pack_bits, computed on mask's device from no host data
-    (pack_bits uploads its table of bit weights on every call: a host sync per call on CUDA)."""
-    shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
-    return (mask.reshape(mask.shape[0], -1, 8).to(torch.uint8) << shifts).sum(-1, dtype=torch.uint8)
-
-
-def _write_bits(bits: torch.Tensor, rows, c0: int, mask: torch.Tensor) -> None:
-    """Set bits[rows] columns c0 .. c0 + n to the (m, n) bool mask, leaving the others; on the
-    bits' device (mask moved there), without a host sync."""
-    mask = mask.to(bits.device)
-    n = mask.shape[1]
-    lo, w0, w1 = c0 % 8, c0 // 8, (c0 + n + 7) // 8
-    if lo == 0 and n % 8 == 0:  # whole bytes: overwrite
-        bits[rows, w0:w1] = _pack(mask)
-        return
-    padded = torch.zeros(mask.shape[0], (w1 - w0) * 8, dtype=torch.bool, device=bits.device)
-    padded[:, lo:lo + n] = mask
-    inside = torch.zeros(1, (w1 - w0) * 8, dtype=torch.bool, device=bits.device)
-    inside[:, lo:lo + n] = True
-    bits[rows, w0:w1] = (bits[rows, w0:w1] & ~_pack(inside)) | _pack(padded)
 
 
 def _result(preds: torch.Tensor, finite: torch.Tensor, y_test: torch.Tensor, rechecked: int) -> PopulationResult:

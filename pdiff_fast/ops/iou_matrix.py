@@ -27,10 +27,14 @@ def pack_bits(mask: torch.Tensor) -> torch.Tensor:
     """(N, n) bool -> (N, ceil(n / 8)) uint8, bit k of byte w = column 8w + k."""
     n_rows, n = mask.shape
     width = (n + 7) // 8
-    padded = torch.zeros(n_rows, width * 8, dtype=torch.uint8, device=mask.device)
-    padded[:, :n] = mask
-    weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8, device=mask.device)
-    return (padded.view(n_rows, width, 8) * weights).sum(-1).to(torch.uint8)  # (N, W)
+    if n % 8:
+        as_bytes = torch.zeros(n_rows, width * 8, dtype=torch.uint8, device=mask.device)
+        as_bytes[:, :n] = mask
+    else:  # whole bytes: no padded copy
+        as_bytes = mask.to(torch.uint8)
+    # shifts made on the device (a table from host data would be an upload, a sync, per call on CUDA)
+    shifts = torch.arange(8, dtype=torch.uint8, device=mask.device)
+    return (as_bytes.reshape(n_rows, width, 8) << shifts).sum(-1, dtype=torch.uint8)  # (N, W)
 
 
 def unpack_bits(bits: torch.Tensor, n: int | None = None) -> torch.Tensor:
