@@ -229,7 +229,9 @@ if __name__ == "__main__":  # setuptools and pip run this file as __main__; test
         ],
         extras_require={
             "triton": ["triton"],
-            "test": ["pytest", "pytest-benchmark", "hypothesis"],
+            "test": ["pytest", "pytest-benchmark", "hypothesis", "diffusers"],
+            # generate(..., scheduler=<a diffusers scheduler>) and the samplers' reference tests
+            "diffusers": ["diffusers"],
         },
         entry_points={"console_scripts": ["pdiff-fast=pdiff_fast.cli:main"]},
         ext_modules=ext_modules,

@@ -26,8 +26,9 @@ def spot_cases(device, gen):
     torch op in float64. act_norm_conv1d's dot runs in TF32 on a GPU (~3e-4 relative)."""
     import torch
     from pdiff_fast import DDPMScheduler
-    from pdiff_fast.ops import (act_norm_conv1d, act_norm_conv1d_torch, ddim_step, ddim_step_torch, ddpm_step,
-                                ddpm_step_torch, eps_mse, eps_mse_torch, q_sample, q_sample_torch)
+    from pdiff_fast.ops import (StepCoefs, act_norm_conv1d, act_norm_conv1d_torch, ddim_step, ddim_step_torch,
+                                ddpm_step, ddpm_step_torch, eps_mse, eps_mse_torch, q_sample, q_sample_torch,
+                                solver_step, solver_step_torch)
 
     def rnd(*shape, lo=None):
         x = torch.randn(*shape, generator=gen) if lo is None else torch.rand(*shape, generator=gen) * 2 - 1
@@ -54,6 +55,10 @@ def spot_cases(device, gen):
                   lambda: torch.cat(ddpm_step_torch(x.double(), eps.double(), t, noise.double(), step.double()))))
     cases.append(("ddim_step (eta 0.5)", 1e-5, lambda: torch.cat(ddim_step(x, eps, 0.31, 0.47, noise, 0.5)),
                   lambda: torch.cat(ddim_step_torch(x.double(), eps.double(), 0.31, 0.47, noise.double(), 0.5))))
+    sde = StepCoefs(0.0104, 0.99995, 0.6266, 0.0149, -0.0048, 0.7792)  # a DPM-Solver++ 2M SDE step
+    prev = rnd(5, 1, 12, lo=True)
+    cases.append(("solver_step (DPM-Solver++ 2M SDE)", 1e-5, lambda: torch.cat(solver_step(x, eps, sde, prev, noise)),
+                  lambda: torch.cat(solver_step_torch(x.double(), eps.double(), sde, prev.double(), noise.double()))))
     cases.append(("q_sample", 1e-5, lambda: q_sample(x, t, noising, noise)[0],
                   lambda: q_sample_torch(x.double(), t, noising.double(), noise.double())[0]))
     pred, target = rnd(6, 1, 12), rnd(6, 1, 12)

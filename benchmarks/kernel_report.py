@@ -16,7 +16,7 @@ instruction counts that matter (wgmma = HGMMA, mma = HMMA, async copies LDGSTS /
 and stores LDL / STL), and the occupancy that registers and shared memory allow.
 
 Workloads (hot: what "auto" runs on CUDA; the rest is reported, not enforced):
-  sample  resnet18 N=1000 (denoiser widths 64..512, latent 12) one DDPM and one DDIM step  [hot]
+  sample  resnet18 N=1000 (denoiser widths 64..512, latent 12) DDPM, DDIM, DPM-Solver++ steps  [hot]
   decode  resnet18 N=1000 (`medium`, D = 2048)                                             [hot]
   sample  whole-net N=200 (latent 2 x 1570)                                                 [hot]
   train   resnet18 K=200: autoencoder and denoiser forward + backward under use_backend("triton")
@@ -126,6 +126,7 @@ def compile_only(sms: int = H100_SMS):
 def workloads():
     """(name, hot, fn) for each headline workload; fn runs it on CPU tensors."""
     from pdiff_fast import AE_CNN_bottleneck, DDIMScheduler, DDPMScheduler, use_backend
+    from pdiff_fast.diffusion import DPMSolverScheduler
     from pdiff_fast.nn.autoencoder import PRESETS
     from pdiff_fast.ops.eps_mse import eps_mse
 
@@ -134,8 +135,10 @@ def workloads():
             den = AE_CNN_bottleneck(latent, 1, channel_list=channels)
             x = torch.empty(n, latent)
             with torch.no_grad(), use_backend("triton"):
-                for sched in (DDPMScheduler(), DDIMScheduler(50, eta=0.05)):
-                    for t in (sched.timesteps()[0], 0):  # a noisy step and the last, noiseless one
+                for sched in (DDPMScheduler(), DDIMScheduler(50, eta=0.05), DPMSolverScheduler(20, sde=True)):
+                    ts = sched.timesteps()
+                    # a noisy first-order step, a second-order one (DPM-Solver) and the last, noiseless one
+                    for t in (ts[0], ts[1], ts[-1]):
                         tt = torch.full((n,), t, dtype=torch.long)
                         sched.step(den(x, tt), tt, x, seed=0)
         return fn

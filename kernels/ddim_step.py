@@ -4,6 +4,7 @@
     eps'  = (x_t - sqrt(a_t) * x0) / sqrt(1 - a_t)    (re-derived after the clamp, if clip)
     sigma = eta * sqrt((1 - a_prev) / (1 - a_t)) * sqrt(1 - a_t / a_prev)
     x     = sqrt(a_prev) * x0 + sqrt(1 - a_prev - sigma^2) * eps' + sigma * noise
+    x     = clamp(x, -1, 1)                         (if clamp)
 
 Same semantics as `pdiff_fast.ops.ddim_step.ddim_step_torch`: a_t and a_prev are Python
 floats shared by the whole batch, so the scalar coefficients are computed on the host in
@@ -46,6 +47,7 @@ def _ddim_step_kernel(
     direction,  # sqrt(max(1 - a_prev - sigma^2, 0))
     sigma,  # noise scale
     CLIP: tl.constexpr,  # clamp pred_x0 and re-derive eps
+    CLAMP: tl.constexpr,  # clamp x_prev
     NOISE: tl.constexpr,  # 0: none, 1: read noise_ptr, 2: draw in the kernel (kernels/noise.py)
     SEED_FROM_PTR: tl.constexpr,
     ROW_OFFSET_FROM_PTR: tl.constexpr,
@@ -79,6 +81,8 @@ def _ddim_step_kernel(
     elif NOISE == 2:
         x_prev += sigma * batch_randn_tile(seed_ptr, row_offset_ptr, seed, seed_offset, row_offset, row0, col0, M,
                                            SEED_FROM_PTR, ROW_OFFSET_FROM_PTR, ROWS, BLOCK_M)
+    if CLAMP:
+        x_prev = tl.minimum(tl.maximum(x_prev, -1.0), 1.0)
 
     tl.store(x_prev_ptr + base + offs, x_prev, mask=mask)
     tl.store(x0_ptr + base + offs, x0, mask=mask)
@@ -99,6 +103,7 @@ def ddim_step(
     eta: float = 0.0,
     clip: bool = True,
     *,
+    clamp: bool = False,
     generator: torch.Generator | None = None,
     seed: int | torch.Tensor | None = None,
     seed_offset: int = 0,
@@ -109,6 +114,7 @@ def ddim_step(
 
     generator / seed / seed_offset / row_offset: as in `ddpm_step`; only used when sigma > 0
     and noise is None (the same noise as ddpm_step and q_sample for the same arguments).
+    clamp: clamp x_prev to [-1, 1] (the reference's x_t clamping).
     out: optional contiguous (x_prev, pred_x0) buffers shaped like x_t (x_prev may be x_t).
     """
     if eps.shape != x_t.shape or (noise is not None and noise.shape != x_t.shape):
@@ -135,7 +141,7 @@ def ddim_step(
         x_c, eps.contiguous(), noise_c, x_prev, x0,
         rng.seed_ptr, rng.row_offset_ptr, rng.seed, rng.seed_offset, rng.row_offset, B, M,
         a_t**0.5, (1.0 - a_t) ** 0.5, a_prev**0.5, direction, sigma,
-        CLIP=bool(clip), NOISE=mode, SEED_FROM_PTR=rng.seed_from_ptr,
+        CLIP=bool(clip), CLAMP=bool(clamp), NOISE=mode, SEED_FROM_PTR=rng.seed_from_ptr,
         ROW_OFFSET_FROM_PTR=rng.row_offset_from_ptr, ROWS=rows, BLOCK_M=block_m, num_warps=4,
     )
     return x_prev, x0

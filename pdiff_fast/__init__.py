@@ -19,7 +19,8 @@ from . import _aliases
 from .backend import use_backend
 from .config import Config
 from .data import TensorData, digits, from_torch, mnist1d
-from .diffusion import DDIMScheduler, DDPMScheduler, generate
+from .diffusion import (DDIMScheduler, DDPMScheduler, DPMSolverScheduler, EulerAncestralScheduler, generate,
+                        make_scheduler)
 from .nn import EMA, AE_CNN_bottleneck, ODEncoder2Decoder, ODUnet, build_model, medium, small
 from .params import ParamSpec, Standardizer
 from .pipeline import PDiff, Population, collect_v1, collect_v2
@@ -30,7 +31,8 @@ _aliases.register(__name__)
 __version__ = "0.1.0"
 __all__ = [
     "ODEncoder2Decoder", "small", "medium", "AE_CNN_bottleneck", "ODUnet", "EMA",
-    "DDPMScheduler", "DDIMScheduler", "ParamSpec", "Standardizer", "Population", "collect_v1", "collect_v2",
+    "DDPMScheduler", "DDIMScheduler", "DPMSolverScheduler", "EulerAncestralScheduler", "make_scheduler",
+    "ParamSpec", "Standardizer", "Population", "collect_v1", "collect_v2",
     "Config", "PDiff", "TensorData", "mnist1d", "digits", "from_torch", "build_model", "generate", "use_backend",
     "TaskConfig", "TaskPDiff",
 ]

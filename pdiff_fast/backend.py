@@ -137,6 +137,7 @@ FAST_BACKENDS: dict[str, tuple[str, ...]] = {
     "act_norm_conv1d": ("triton",),
     "ddpm_step": ("triton",),
     "ddim_step": ("triton",),
+    "solver_step": ("triton",),
     "q_sample": ("triton",),
     "eps_mse": ("triton",),
     "flatten_params": ("ext",),

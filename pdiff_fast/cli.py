@@ -23,7 +23,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import Config, ConfigError, read_config_file
+from .config import SAMPLER_NAMES, Config, ConfigError, read_config_file
 
 STEPS = ("collect", "train", "sample", "evaluate", "report", "run")
 HELP = {
@@ -36,7 +36,7 @@ HELP = {
 }
 FLAG_FIELDS = ["device", "seed", "dataset", "model", "subset", "recipe", "epochs", "k", "trajectories",
                "autoencoder", "ae_steps",
-               "diffusion_steps", "num_samples", "sampler", "sample_steps"]
+               "diffusion_steps", "num_samples", "sampler", "sample_steps", "eta"]
 
 
 def _step_flags(s, run_dir: str, config_help: str) -> None:
@@ -75,8 +75,9 @@ def _parser() -> argparse.ArgumentParser:
                            help="train one model; `diffusion` keeps the autoencoder on disk")
         if name in ("sample", "run"):
             s.add_argument("--num-samples", type=int)
-            s.add_argument("--sampler", choices=["ddpm", "ddim"])
-            s.add_argument("--sample-steps", type=int, help="DDIM steps")
+            s.add_argument("--sampler", choices=SAMPLER_NAMES)
+            s.add_argument("--sample-steps", type=int, help="denoiser evaluations of the few-step samplers (DDPM: 1000)")
+            s.add_argument("--eta", type=float, help="DDIM's noise: 0 deterministic, 1 ancestral")
     s = sub.add_parser("study", help="the paper's ablation, the sampler trade-off and fine-tuning from generated "
                                      "parameters (pdiff_fast/pipeline/study.py)",
                        description="Run the ablation variants, the sampler trade-off and the fine-tuning comparison; "
@@ -108,7 +109,7 @@ TASK_STEPS = {
     "run": "all of the above with one config",
 }
 TASK_FLAGS = ["device", "seed", "zoo_runs", "zoo_steps", "ae_steps", "diffusion_steps", "samples_per_task",
-              "guidance", "sampler", "sample_steps"]
+              "guidance", "sampler", "sample_steps", "eta"]
 
 
 def _tasks_parser(sub) -> None:
@@ -131,8 +132,9 @@ def _tasks_parser(sub) -> None:
         if name in ("sample", "run"):
             s.add_argument("--samples-per-task", type=int)
             s.add_argument("--guidance", type=float, help="classifier-free guidance scale (0: unconditional)")
-            s.add_argument("--sampler", choices=["ddpm", "ddim"])
-            s.add_argument("--sample-steps", type=int, help="DDIM steps")
+            s.add_argument("--sampler", choices=SAMPLER_NAMES)
+            s.add_argument("--sample-steps", type=int, help="denoiser evaluations of the few-step samplers (DDPM: 1000)")
+            s.add_argument("--eta", type=float, help="DDIM's noise: 0 deterministic, 1 ancestral")
         if name == "sample":
             s.add_argument("--task", action="append", help="a task to sample for, e.g. 3-8 (digit 3 is label 0, "
                                                            "8 label 1; repeatable); default: every task")

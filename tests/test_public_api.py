@@ -13,7 +13,7 @@ import pdiff_fast
 PUBLIC = ["ODEncoder2Decoder", "small", "medium", "AE_CNN_bottleneck", "ODUnet", "EMA", "DDPMScheduler",
           "DDIMScheduler", "ParamSpec", "Standardizer", "Population", "collect_v1", "collect_v2", "Config", "PDiff",
           "TensorData", "mnist1d", "digits", "from_torch", "build_model", "generate", "use_backend", "TaskConfig",
-          "TaskPDiff"]
+          "TaskPDiff", "DPMSolverScheduler", "EulerAncestralScheduler", "make_scheduler"]
 
 # old path -> (names it held, the module or subpackage that holds them now)
 OLD = {
@@ -23,8 +23,7 @@ OLD = {
     "pdiff_fast.denoiser": (["EMA", "AE_CNN_bottleneck", "ODUnet", "DENOISERS"], "pdiff_fast.nn.denoiser"),
     "pdiff_fast.set_encoder": (["SetEncoder"], "pdiff_fast.nn.set_encoder"),
     "pdiff_fast.models": (["build_model", "MLP", "CNN1d", "ResNetSmall", "ViTSmall"], "pdiff_fast.nn.models"),
-    "pdiff_fast.diffusion": (["DDPMScheduler", "DDIMScheduler", "SchedulerOutput", "make_scheduler"],
-                             "pdiff_fast.diffusion.schedulers"),
+    "pdiff_fast.diffusion": (["DDPMScheduler", "DDIMScheduler", "SchedulerOutput"], "pdiff_fast.diffusion.schedulers"),
     "pdiff_fast.sample": (["generate", "sample_latents", "model_seed", "plan_chunks"], "pdiff_fast.diffusion.sample"),
     "pdiff_fast.population": (["evaluate_population", "evaluate_one_by_one", "PopulationResult", "warm_allocator"],
                               "pdiff_fast.evaluation.population"),

@@ -29,18 +29,9 @@ from tqdm.auto import tqdm
 
 from .. import backend
 from .. import distributed
-from .schedulers import DDIMScheduler, DDPMScheduler
-
-_MASK64 = (1 << 64) - 1
-
-
-def model_seed(seed: int, index: int) -> int:
-    """A 63-bit seed for model `index` of a run seeded `seed` (splitmix64 of the pair)."""
-    z = (seed * 0x9E3779B97F4A7C15 + index * 0xD1B54A32D192ED03 + 0x632BE59BD9B4E019) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return (z ^ (z >> 31)) >> 1
-
+from .samplers import as_scheduler
+from .seeds import model_seed
+from .schedulers import DDPMScheduler
 
 def model_noise(seed: int, start: int, m: int, draws: int, latent_shape, device) -> torch.Tensor:
     """(draws, m, *latent_shape) standard normal noise for models start..start+m-1 (their own streams)."""
@@ -73,14 +64,15 @@ def in_grains(fn, grain: int, x: torch.Tensor, *per_row: torch.Tensor) -> torch.
 
 def _fused_step_noise(scheduler: DDPMScheduler, device) -> bool:
     """True when the step op draws its noise in the Triton kernel (so no noise tensor is made)."""
-    op = "ddim_step" if isinstance(scheduler, DDIMScheduler) else "ddpm_step"
-    return backend.choose(op, torch.device(device)) == "triton"
+    op = scheduler.step_op  # None: a diffusers scheduler, whose steps run its own torch code
+    return op is not None and backend.choose(op, torch.device(device)) == "triton"
 
 
 def step_timestep(scheduler: DDPMScheduler, t: int, tt: torch.Tensor):
-    """What scheduler.step takes as the timestep: DDIM's coefficients are host floats, so it takes
-    the host int (reading tt would sync the host every step); DDPM gathers per row from tt."""
-    return t if isinstance(scheduler, DDIMScheduler) else tt
+    """What scheduler.step takes as the timestep: DDIM's and the few-step solvers' coefficients are
+    host floats, so they take the host int (reading tt would sync the host every step); DDPM
+    gathers per row from tt."""
+    return t if scheduler.host_timestep else tt
 
 
 def denoise_step(denoiser: nn.Module, scheduler: DDPMScheduler, x: torch.Tensor, t: int, tt: torch.Tensor,
@@ -104,7 +96,9 @@ def sample_latents(denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent
 
     With `seed`, the samples are models start..start+n-1 of that seed's sequence, the denoiser run
     on `grain`-row micro-batches (see the module docstring; start must be a multiple of grain);
-    without it, noise comes from `generator` and the denoiser sees the batch as a whole."""
+    without it, noise comes from `generator` and the denoiser sees the batch as a whole.
+    scheduler: one of pdiff_fast's (make_scheduler) or a diffusers scheduler object."""
+    scheduler = as_scheduler(scheduler)
     steps = scheduler.timesteps()
     noise = None
     fused = seed is not None and _fused_step_noise(scheduler, device)
@@ -128,7 +122,8 @@ def sample_latents(denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent
             x = scheduler.step(eps, step_t, x, generator=generator).prev_sample
         else:
             eps = in_grains(denoiser, grain, x, tt, *per_row)
-            x = scheduler.step(eps, step_t, x, noise=noise[1 + i]).prev_sample
+            x = scheduler.step(eps, step_t, x, noise=noise[1 + i], seed=seed, seed_offset=i,
+                               row_offset=start).prev_sample
     return x
 
 
@@ -155,10 +150,10 @@ class GraphedLatentSampler:
     chunk of a seed's model sequence with no host work per step. The denoiser runs on `grain`-row
     micro-batches as in the uncaptured path, so both give the same models.
 
-    Warm-up (compiling the kernels, cuBLAS/cuDNN workspaces) runs the first and the last step
-    only: every step launches the same kernel specialisations except that the last may differ
-    (DDIM's last step draws no noise), and the timestep is a tensor or a float, never a
-    specialised int."""
+    Warm-up (compiling the kernels, cuBLAS/cuDNN workspaces) runs the first two steps and the last
+    only: every other step launches the same kernel specialisations as the second (the first
+    step of a multistep solver has no second-order term, the last draws no noise), and the
+    timestep is a tensor or a float, never a specialised int."""
 
     def __init__(self, denoiser: nn.Module, scheduler: DDPMScheduler, n: int, latent_shape, device,
                  grain: int | None = None):
@@ -172,9 +167,10 @@ class GraphedLatentSampler:
         self.row_offset = torch.zeros(1, dtype=torch.int64, device=device)
         run = graph_loop(denoiser, scheduler, n, device, grain or default_grain(device), self.seed, self.row_offset)
         last = len(scheduler.timesteps()) - 1
+        warm = sorted({0, min(1, last), last})
         example = torch.zeros((n, *latent_shape), device=device)
         self.graphed = graphs.GraphedSampler(run, example, seed=self.seed, row_offset=self.row_offset,
-                                             warmup=lambda x: run(x, sorted({0, last})))
+                                             warmup=lambda x: run(x, warm))
         self.shape, self.device = (n, *latent_shape), device
 
     def sample(self, seed: int, start: int = 0) -> torch.Tensor:
@@ -256,10 +252,11 @@ def plan_chunks(n: int, latent_numel: int, in_dim: int, device, budget_bytes: in
 
 def use_cuda_graph(cuda_graph, scheduler: DDPMScheduler, device, cond=None) -> bool:
     """Whether generate() captures its loop: cuda_graph True / False forces it on / off; "auto"
-    turns it on for CUDA with the Triton DDPM step and no condition."""
+    turns it on for CUDA with the Triton DDPM step and no condition (a 1000-step loop, launch bound;
+    the few-step samplers run a few dozen steps, not worth a capture)."""
     if cuda_graph == "auto":
         return (torch.device(device).type == "cuda" and cond is None
-                and not isinstance(scheduler, DDIMScheduler) and _fused_step_noise(scheduler, device))
+                and not scheduler.host_timestep and _fused_step_noise(scheduler, device))
     if isinstance(cuda_graph, bool):
         return cuda_graph
     raise ValueError(f"generate: cuda_graph must be True, False or 'auto', got {cuda_graph!r}")
@@ -284,7 +281,11 @@ def generate(autoencoder: nn.Module, denoiser: nn.Module, scheduler: DDPMSchedul
 
     cond (n, ...): one condition per model (a task embedding: pdiff_fast.tasks.conditional), passed to
     the denoiser with its rows; model i's result depends on cond[i] alone.
+
+    scheduler: one of pdiff_fast's (make_scheduler: "ddpm", "ddim", "dpm++2m", "dpm++2m-sde",
+    "euler-a") or a diffusers scheduler object (set_timesteps called), run as it is.
     """
+    scheduler = as_scheduler(scheduler)
     if n < 1:
         raise ValueError(f"generate: the number of samples must be at least 1, got {n}")
     if cond is not None and cond.shape[0] != n:

@@ -1,4 +1,5 @@
-"""DDPM and DDIM schedulers for the latent diffusion of p-diff (diffusers-style names).
+"""DDPM and DDIM schedulers for the latent diffusion of p-diff (diffusers-style names); the
+few-step solvers (DPM-Solver++, Euler ancestral) are in few_step.py, `make_scheduler` names them all.
 
 Linear betas 1e-4 -> 2e-2 over T = 1000 steps, epsilon prediction. Coefficient tables are
 computed in float64 and stored as float32 (as the reference registers its buffers).
@@ -10,6 +11,7 @@ computed in float64 and stored as float32 (as the reference registers its buffer
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +26,9 @@ class SchedulerOutput:
 
 
 class DDPMScheduler:
+    step_op = "ddpm_step"  # the op whose Triton kernel runs step (pdiff_fast.backend)
+    host_timestep = False  # step takes the (B,) timestep tensor; the others take the host int
+
     def __init__(self, num_train_timesteps: int = 1000, beta_start: float = 1e-4, beta_end: float = 2e-2,
                  variance_type: str = "fixedlarge", clip_sample: bool = True):
         if variance_type not in ("fixedlarge", "fixedsmall"):
@@ -96,17 +101,25 @@ class DDPMScheduler:
 
 
 class DDIMScheduler(DDPMScheduler):
-    """DDIM sampling over a subset of the training timesteps (Song et al. 2021)."""
+    """DDIM sampling over a subset of the training timesteps (Song et al. 2021). eta = 0 is the
+    deterministic sampler; eta > 0 adds noise, and eta = 1 is ancestral sampling (DDPM with the
+    posterior variance) on the step subset. clamp_sample clamps x_t to [-1, 1] after each step, as
+    the reference's DDPM step does (on the default run, DDIM 20 steps: median 95.4 without, 96.7
+    with; benchmarks/results/samplers_cpu.md)."""
 
-    def __init__(self, num_inference_steps: int = 50, eta: float = 0.0, **kwargs):
+    step_op = "ddim_step"
+    host_timestep = True
+
+    def __init__(self, num_inference_steps: int = 50, eta: float = 0.0, clamp_sample: bool = True, **kwargs):
         super().__init__(**kwargs)
-        self.eta = eta
+        if not (isinstance(eta, (int, float)) and math.isfinite(eta) and eta >= 0):
+            raise ValueError(f"DDIM eta must be a finite number >= 0, got {eta!r}")
+        self.eta, self.clamp_sample = float(eta), bool(clamp_sample)
         self._alphas_cumprod_host = self.alphas_cumprod_f64.tolist()  # floats: a step reads no tensor
         self.set_timesteps(num_inference_steps)
 
     def set_timesteps(self, num_inference_steps: int) -> None:
-        if not 1 <= num_inference_steps <= self.num_train_timesteps:
-            raise ValueError(f"num_inference_steps must be in 1..{self.num_train_timesteps}")
+        check_steps(num_inference_steps, self.num_train_timesteps)
         self.num_inference_steps = num_inference_steps
         stride = self.num_train_timesteps // num_inference_steps
         self._timesteps = list(range(0, self.num_train_timesteps, stride))[:num_inference_steps][::-1]
@@ -125,13 +138,13 @@ class DDIMScheduler(DDPMScheduler):
         a_t = self._alphas_cumprod_host[t_int]
         a_prev = self._alphas_cumprod_host[t_prev] if t_prev >= 0 else 1.0
         prev, x0 = ddim_step(sample, model_output, a_t, a_prev, noise, self.eta, self.clip_sample,
-                             generator=generator, seed=seed, seed_offset=seed_offset, row_offset=row_offset)
+                             clamp=self.clamp_sample, generator=generator, seed=seed, seed_offset=seed_offset,
+                             row_offset=row_offset)
         return SchedulerOutput(prev, x0)
 
 
-def make_scheduler(sampler: str = "ddpm", steps: int | None = None, eta: float = 0.0) -> DDPMScheduler:
-    if sampler == "ddpm":
-        return DDPMScheduler()
-    if sampler == "ddim":
-        return DDIMScheduler(num_inference_steps=50 if steps is None else steps, eta=eta)
-    raise ValueError(f"unknown sampler {sampler!r}; choose 'ddpm' or 'ddim'")
+def check_steps(steps, num_train_timesteps: int = 1000) -> None:
+    """One clear line for a step count that is not an int in 1..num_train_timesteps."""
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= num_train_timesteps:
+        raise ValueError(f"the number of sampling steps must be an integer in 1..{num_train_timesteps}, got {steps!r}")
+

@@ -5,6 +5,7 @@ from .ddim_step import ddim_step, ddim_step_torch
 from .ddpm_step import ddpm_step, ddpm_step_torch
 from .eps_mse import eps_mse, eps_mse_torch
 from .q_sample import q_sample, q_sample_torch
+from .solver_step import StepCoefs, solver_step, solver_step_torch
 
 __all__ = [
     "act_norm_conv1d", "act_norm_conv1d_torch",
@@ -12,4 +13,5 @@ __all__ = [
     "ddpm_step", "ddpm_step_torch",
     "eps_mse", "eps_mse_torch",
     "q_sample", "q_sample_torch",
+    "solver_step", "solver_step_torch", "StepCoefs",
 ]

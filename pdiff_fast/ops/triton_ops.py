@@ -90,15 +90,15 @@ def _(x_t, eps, t, noise, coefs, clip, seed_t, seed, seed_offset, row_offset_t, 
 
 @torch.library.custom_op("pdiff_fast::ddim_step_triton", mutates_args=())
 def ddim_step_triton(x_t: Tensor, eps: Tensor, a_t: float, a_prev: float, noise: Optional[Tensor], eta: float,
-                     clip: bool, seed_t: Optional[Tensor], seed: int, seed_offset: int,
+                     clip: bool, clamp: bool, seed_t: Optional[Tensor], seed: int, seed_offset: int,
                      row_offset_t: Optional[Tensor], row_offset: int) -> tuple[Tensor, Tensor]:
     return _kernels("ddim_step").ddim_step(
-        x_t, eps, a_t, a_prev, noise, eta, clip, seed=seed if seed_t is None else seed_t, seed_offset=seed_offset,
+        x_t, eps, a_t, a_prev, noise, eta, clip, clamp=clamp, seed=seed if seed_t is None else seed_t, seed_offset=seed_offset,
         row_offset=row_offset if row_offset_t is None else row_offset_t)
 
 
 @ddim_step_triton.register_fake
-def _(x_t, eps, a_t, a_prev, noise, eta, clip, seed_t, seed, seed_offset, row_offset_t, row_offset):
+def _(x_t, eps, a_t, a_prev, noise, eta, clip, clamp, seed_t, seed, seed_offset, row_offset_t, row_offset):
     return _like(x_t), _like(x_t)
 
 
@@ -110,14 +110,14 @@ def ddpm_step(x_t, eps, t, noise, coefs, clip=True, *, generator=None, seed=None
                             bool(clip), seed_t, seed_v, int(seed_offset), row_t, row_v)
 
 
-def ddim_step(x_t, eps, a_t, a_prev, noise, eta=0.0, clip=True, *, generator=None, seed=None, seed_offset=0,
+def ddim_step(x_t, eps, a_t, a_prev, noise, eta=0.0, clip=True, *, clamp=False, generator=None, seed=None, seed_offset=0,
               row_offset=0):
     """The op with the launcher's arguments."""
     drawn = noise is None and _kernels("ddim_step").sigma_of(float(a_t), float(a_prev), float(eta)) > 0.0
     seed_t, seed_v = seed_arguments(seed, generator, x_t) if drawn else (None, 0)
     row_t, row_v = _tensor_or_int(row_offset)
     return ddim_step_triton(x_t.detach(), eps.detach(), float(a_t), float(a_prev),
-                            None if noise is None else noise.detach(), float(eta), bool(clip), seed_t, seed_v,
+                            None if noise is None else noise.detach(), float(eta), bool(clip), bool(clamp), seed_t, seed_v,
                             int(seed_offset), row_t, row_v)
 
 

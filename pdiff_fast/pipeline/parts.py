@@ -12,7 +12,8 @@ from torch import nn
 from .. import data as data_lib
 from .. import distributed
 from ..config import Config
-from ..diffusion.schedulers import DDPMScheduler, make_scheduler
+from ..diffusion.samplers import make_scheduler
+from ..diffusion.schedulers import DDPMScheduler
 from ..io import read_digest, read_meta
 from ..nn import denoiser as dn_lib
 from ..nn.autoencoder_choice import build_autoencoder, choose_preset

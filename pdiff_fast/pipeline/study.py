@@ -9,8 +9,9 @@ parameters, in one command, each table computed from the runs it makes.
   layer only), each in its own run directory under <run-dir>/variants/, run `jobs` at a time
   in separate processes (each with cores / jobs threads). A variant whose run directory already
   holds a current report of the same config is reused (`fresh=True` reruns it).
-- sampler: the default variant's trained models sample with DDPM 1000 and DDIM 100 / 50 / 20 /
-  10 steps; the sampling time, accuracy and novelty of each.
+- sampler: the default variant's trained models sample with DDPM 1000 and each few-step sampler
+  at 10..50 steps (study_samplers.FRONTIER); the sampling time, accuracy and novelty of each, and
+  the fewest denoiser evaluations that keep DDPM 1000's quality.
 - finetune: test accuracy after 0, 1 and 5 epochs of training the subset from generated, from
   original and from random parameters (pdiff_fast.evaluation.finetuning).
 
@@ -20,7 +21,6 @@ interrupted study keeps what it finished) and three plots whose titles state the
 from __future__ import annotations
 
 import concurrent.futures as cf
-import math
 import multiprocessing
 import os
 import time
@@ -29,6 +29,9 @@ from pathlib import Path
 import torch
 
 from ..config import Config
+from .study_samplers import FRONTIER as SAMPLERS
+from .study_samplers import (LEVEL, fewest_level_steps, format_samplers, generated_fields,  # noqa: F401
+                             plot_samplers, read_samplers, run_samplers)
 
 VARIANTS = {  # name -> the fields it changes in the base config
     "default": {},
@@ -40,10 +43,8 @@ VARIANTS = {  # name -> the fields it changes in the base config
     "K=50": {"k": 50},
     "last norm layer only": {"subset": "last-1-norm-layers"},
 }
-SAMPLERS = (("ddpm", 1000), ("ddim", 100), ("ddim", 50), ("ddim", 20), ("ddim", 10))
 FINETUNE_EPOCHS = (0, 1, 5)
 PARTS = ("ablation", "sampler", "finetune")
-LEVEL = 0.1  # accuracy points within which a sampler "keeps" DDPM's quality
 
 
 def slug(name: str) -> str:
@@ -89,21 +90,13 @@ def _spec_dim(run_dir: Path) -> int:
     return ParamSpec.from_dict(read_meta(run_dir / RunDirectory.FILES["population"])[0]["spec"]).dim
 
 
-def _generated_fields(report: dict) -> dict:
-    """What a study row keeps of an evaluation report: the generated set's accuracy and novelty."""
-    return {"generated": report["generated"], "generated_nonfinite": report["generated_nonfinite"],
-            "max_iou_mean": report["iou"]["generated_original_max_mean"],
-            "novelty": report["novelty"]["sets"]["generated"],
-            "verdict": {k: report["verdict"][k] for k in ("label", "accuracy", "distance_ratio")}}
-
-
 def _row(name: str, config: Config, run_dir: Path, report: dict) -> dict:
     timings = report.get("timings", {})
     steps = ("collect", "train_autoencoder", "train_diffusion", "sample", "evaluate")
     return {
         "variant": name, "changes": VARIANTS.get(name, {}), "run_dir": str(run_dir),
         "k": config.k, "dim": _spec_dim(run_dir), "input_noise": config.input_noise,
-        "latent_noise": config.latent_noise, "original": report["original"], **_generated_fields(report),
+        "latent_noise": config.latent_noise, "original": report["original"], **generated_fields(report),
         "tau": report["novelty"]["tau"], "seconds": sum(timings.get(s, 0.0) for s in steps),
     }
 
@@ -160,37 +153,6 @@ def _default_run(base: Config, study_dir: Path, fresh: bool, log):
     return PDiff(base, run_dir, progress=False, log=None)
 
 
-def run_samplers(p, samplers=SAMPLERS, log=print) -> list[dict]:
-    """Each sampler on the same trained models, seed and number of models; sampling is timed
-    alone (no evaluation inside), the evaluation is the run's."""
-    from .collect import rebuild_base
-    from ..diffusion.schedulers import make_scheduler
-    from ..evaluation.judge import evaluate
-    from ..diffusion.sample import generate
-
-    c = p.config
-    ae, model, std = p.load_models()
-    pop = p.population()
-    base, data = rebuild_base(p.new_model(), pop).to(p.device), p.data.to(p.device)
-    rows = []
-    for sampler, steps in samplers:
-        scheduler = make_scheduler(sampler, steps, c.eta)
-        t0 = time.perf_counter()
-        flat = generate(ae, model.ema, scheduler, c.num_samples, device=p.device, seed=c.seed, grain=c.sample_grain,
-                        memory_budget_bytes=c.memory_budget_mb << 20, progress=False)
-        if p.device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
-        if std is not None:
-            flat = std.inverse(flat)
-        report = evaluate(base, pop.spec, pop.params.to(p.device), flat.to(p.device), data.x_test, data.y_test,
-                          noise_sigmas=[], seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20)
-        rows.append({"sampler": sampler, "steps": steps, "seconds": seconds, **_generated_fields(report)})
-        log(f"study: sampler {sampler} {steps}: {seconds:.1f} s, generated median "
-            f"{report['generated']['median']:.2f}")
-    return rows
-
-
 def run_finetune(p, n_models: int = 20, epochs=FINETUNE_EPOCHS, log=print) -> dict:
     """Fine-tune n_models of each start: the first generated rows (they are i.i.d.), originals
     evenly spaced over the collection, random draws at the originals' per-tensor scale."""
@@ -238,33 +200,6 @@ def read_ablation(rows: list[dict]) -> list[str]:
     return out
 
 
-def fewest_level_steps(rows: list[dict]) -> dict | None:
-    """The fastest sampler setting whose generated median accuracy is within LEVEL points of the
-    first row's (DDPM 1000), or None."""
-    if not rows:
-        return None
-    ref = rows[0]["generated"]["median"]
-    ok = [r for r in rows if math.isfinite(r["generated"]["median"]) and r["generated"]["median"] >= ref - LEVEL]
-    return min(ok, key=lambda r: r["seconds"]) if ok else None
-
-
-def read_samplers(rows: list[dict]) -> list[str]:
-    if not rows:
-        return []
-    ref = rows[0]
-    out = []
-    for r in rows[1:]:
-        out.append(f"{r['sampler'].upper()} {r['steps']}: median {r['generated']['median']:.2f} "
-                   f"({_delta(r['generated']['median'], ref['generated']['median'])} against "
-                   f"{ref['sampler'].upper()} {ref['steps']}), mean {r['generated']['mean']:.2f}, "
-                   f"{ref['seconds'] / max(r['seconds'], 1e-9):.1f}x faster; verdict {r['verdict']['label']}.")
-    best = fewest_level_steps(rows)
-    if best is not None:
-        out.append(f"Fastest setting within {LEVEL} points of {ref['sampler'].upper()} {ref['steps']}'s median: "
-                   f"{best['sampler'].upper()} {best['steps']} ({best['seconds']:.1f} s).")
-    return out
-
-
 def read_finetune(result: dict) -> list[str]:
     if not result:
         return []
@@ -303,15 +238,7 @@ def format_study(study: dict) -> str:
         lines += [""] + [f"- {s}" for s in read_ablation(rows)] + [""]
     rows = study.get("sampler")
     if rows:
-        lines += ["## Sampler trade-off", "",
-                  "| sampler | steps | sampling time (s) | generated best / mean / median | nonfinite | "
-                  "nearest-original distance / tau | max IoU (mean) | verdict |",
-                  "|---|---:|---:|---|---:|---:|---:|---|"]
-        for r in rows:
-            lines.append(f"| {r['sampler']} | {r['steps']} | {r['seconds']:.2f} | {_acc(r['generated'])} | "
-                         f"{r['generated_nonfinite']} | {_ratio(r['novelty']['distance_ratio'])} | "
-                         f"{r['max_iou_mean']:.3f} | {r['verdict']['label']} |")
-        lines += [""] + [f"- {s}" for s in read_samplers(rows)] + [""]
+        lines += format_samplers(rows, _ratio, _acc)
     ft = study.get("finetune")
     if ft:
         from ..evaluation.finetuning import format_finetune_table
@@ -350,20 +277,8 @@ def plot_study(study: dict, out_dir: Path) -> list[Path]:
         ax.legend(fontsize=7)
         paths.append(_save(fig, out_dir / "study_ablation.png"))
         plt.close(fig)
-    rows = study.get("sampler")
-    if rows:
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in rows:
-            ax.scatter(r["seconds"], r["generated"]["median"], color="C0")
-            ax.annotate(f"{r['sampler']} {r['steps']}", (r["seconds"], r["generated"]["median"]), fontsize=8)
-        ax.set_xscale("log")
-        ax.set_xlabel(f"sampling time of {rows[0]['generated']['n'] + rows[0]['generated_nonfinite']} models (s)")
-        ax.set_ylabel("generated median test accuracy (%)")
-        best = fewest_level_steps(rows)
-        ax.set_title(f"Fastest within {LEVEL} points of {rows[0]['sampler']} {rows[0]['steps']}: "
-                     + (f"{best['sampler']} {best['steps']}, {best['seconds']:.2f} s" if best else "none"), fontsize=9)
-        paths.append(_save(fig, out_dir / "study_sampler.png"))
-        plt.close(fig)
+    if study.get("sampler"):
+        paths.append(plot_samplers(study["sampler"], out_dir / "study_sampler.png"))
     if study.get("finetune"):
         from ..evaluation.finetuning import plot_finetune
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from ..diffusion.schedulers import make_scheduler
+from ..diffusion.samplers import make_scheduler
 from ..io import load_artifact, save_tensors
 from ..nn import denoiser as dn_lib
 from ..nn.lowrank_autoencoder import LowRankAutoencoder
@@ -106,13 +106,15 @@ class GeneratorStep(TaskParts):
         with torch.no_grad():
             return model.embed(self.support_sets(tasks))
 
-    def generate(self, tasks, n: int | None = None, guidance: float | None = None, loaded=None) -> torch.Tensor:
-        """n models per task (default samples_per_task), all tasks in one batch: (len(tasks) * n, D), task-major."""
+    def generate(self, tasks, n: int | None = None, guidance: float | None = None, loaded=None,
+                 scheduler=None) -> torch.Tensor:
+        """n models per task (default samples_per_task), all tasks in one batch: (len(tasks) * n, D), task-major.
+        scheduler: the config's sampler unless given (the sampler frontier tries others)."""
         c = self.config
         n = n or c.samples_per_task
         _, ae, model, std, _ = loaded or self.load_generator()
         emb = self.embed(model, tasks).repeat_interleave(n, 0)
-        flat = generate_conditioned(ae, model, make_scheduler(c.sampler, c.sample_steps),
+        flat = generate_conditioned(ae, model, scheduler or make_scheduler(c.sampler, c.sample_steps, c.eta),
                                     emb, c.guidance if guidance is None else guidance, seed=c.seed,
                                     device=self.device, memory_budget_bytes=c.memory_budget_mb << 20,
                                     progress=self.progress)

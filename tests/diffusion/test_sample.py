@@ -5,6 +5,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from pdiff_fast.nn.autoencoder import small
 from pdiff_fast.nn.denoiser import AE_CNN_bottleneck
+from pdiff_fast.diffusion.few_step import DPMSolverScheduler, EulerAncestralScheduler
 from pdiff_fast.diffusion.schedulers import DDIMScheduler, DDPMScheduler
 from pdiff_fast.diffusion.sample import generate, model_noise, model_seed, sample_latents
 
@@ -18,10 +19,12 @@ def models():
 
 
 @pytest.mark.parametrize("scheduler", [DDIMScheduler(num_inference_steps=6, eta=0.5), DDIMScheduler(6),
-                                       DDPMScheduler()], ids=["ddim-eta", "ddim", "ddpm"])
+                                       DDPMScheduler(), DPMSolverScheduler(6), DPMSolverScheduler(6, sde=True),
+                                       EulerAncestralScheduler(6)],
+                         ids=["ddim-eta", "ddim", "ddpm", "dpm++2m", "dpm++2m-sde", "euler-a"])
 def test_chunking_and_memory_budget_do_not_change_the_models(models, scheduler):
     ae, den = models
-    if isinstance(scheduler, DDIMScheduler):
+    if scheduler.host_timestep:
         n, chunks = 11, [2, 4, 12]
     else:
         n, chunks = 5, [2, 6]  # 1000 steps: fewer models
@@ -55,12 +58,13 @@ def test_model_streams_are_independent_and_normal():
     assert torch.equal(model_noise(3, 150, 50, 11, (2, 5), "cpu"), z[:, 150:])
 
 
-def test_triton_path_is_reproducible_and_chunk_independent(models):
+@pytest.mark.parametrize("s", [DDIMScheduler(num_inference_steps=3, eta=1.0), DPMSolverScheduler(3, sde=True)],
+                         ids=["ddim-eta", "dpm++2m-sde"])
+def test_triton_path_is_reproducible_and_chunk_independent(models, s):
     """In-kernel step noise (Triton; its interpreter on CPU) depends on (seed, step, global row) only."""
     from pdiff_fast.backend import use_backend
 
     ae, den = models
-    s = DDIMScheduler(num_inference_steps=3, eta=1.0)
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     ae_d, den_d = ae.to(dev), den.to(dev)
     with use_backend("triton"):
@@ -148,10 +152,11 @@ def test_the_guard_catches_syncs_copies_and_implicit_rng():
         DDIMScheduler(4).step(x, 750, x)
 
 
-LOOPS = [DDPMScheduler(num_train_timesteps=3), DDIMScheduler(num_inference_steps=3, eta=0.5)]
+LOOPS = [DDPMScheduler(num_train_timesteps=3), DDIMScheduler(num_inference_steps=3, eta=0.5),
+         DPMSolverScheduler(3, sde=True)]
 
 
-@pytest.mark.parametrize("scheduler", LOOPS, ids=["ddpm", "ddim-eta"])
+@pytest.mark.parametrize("scheduler", LOOPS, ids=["ddpm", "ddim-eta", "dpm++2m-sde"])
 def test_captured_loop_body_has_no_host_work_and_equals_the_uncaptured_path(models, scheduler):
     """graph_loop is what GraphedLatentSampler captures on CUDA. Here it runs on the CPU under the
     Triton interpreter (the CUDA path's launchers and kernels, denoiser included) with the seed

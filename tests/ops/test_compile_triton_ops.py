@@ -74,8 +74,8 @@ def test_opcheck_ddpm_and_ddim_step():
     x, eps, noise, t, coefs = step_inputs()
     opcheck(ops.ddpm_step_triton, (x, eps, t, noise, coefs, True, None, 0, 0, None, 0))
     opcheck(ops.ddpm_step_triton, (x, eps, t, None, coefs, False, torch.tensor([5]), 0, 2, None, 4))
-    opcheck(ops.ddim_step_triton, (x, eps, 0.5, 0.7, None, 0.5, True, None, 5, 1, torch.tensor([2]), 0))
-    opcheck(ops.ddim_step_triton, (x, eps, 0.5, 0.7, noise, 1.0, False, None, 0, 0, None, 0))
+    opcheck(ops.ddim_step_triton, (x, eps, 0.5, 0.7, None, 0.5, True, True, None, 5, 1, torch.tensor([2]), 0))
+    opcheck(ops.ddim_step_triton, (x, eps, 0.5, 0.7, noise, 1.0, False, False, None, 0, 0, None, 0))
 
 
 def test_opcheck_q_sample():

@@ -68,7 +68,7 @@ def test_sampler_and_finetune_parts(ablation):
     ft = result["finetune"]
     assert set(ft["starts"]) == {"generated", "original", "random"} and ft["epochs"] == [0, 1, 5]
     text = (d / "study.md").read_text()
-    assert "## Sampler trade-off" in text and "## Fine-tuning" in text
+    assert "## Sampler trade-off" in text and "## Fine-tuning" in text and "DDIM 2:" in text
     for name in ("study_sampler.png", "study_finetune.png"):
         assert (d / name).stat().st_size > 1000
     saved = json.loads((d / "study.json").read_text())
@@ -85,6 +85,18 @@ def test_fewest_level_steps_and_readings():
     assert study_lib.fewest_level_steps(rows)["steps"] == 1000
     text = " ".join(study_lib.read_samplers(rows))
     assert "DDIM 10: median 96.00 (-1.00 against DDPM 1000)" in text and "100.0x faster" in text
+    rows[1]["generated"]["median"] = 97.0
+    rows[1]["verdict"] = {"label": "copies"}  # level accuracy, another verdict: not kept
+    assert study_lib.fewest_level_steps(rows)["steps"] == 1000
+    rows[1]["verdict"] = {"label": "close"}
+    rows += [row("ddpm", 1000, 10.0, 97.5), row("dpm++2m", 10, 0.1, 97.0), row("dpm++2m", 5, 0.05, 97.0)]
+    rows[-3]["seed_offset"] = 1  # the diagnostics: another seed, no x_t clamp; never chosen
+    rows[-1]["clamp"] = False
+    assert study_lib.fewest_level_steps(rows)["sampler"] == "dpm++2m" and study_lib.fewest_level_steps(rows)["steps"] == 10
+    rows[-2]["generated"]["median"] = 96.89  # just outside LEVEL = 0.1 of 97.0
+    assert study_lib.fewest_level_steps(rows)["steps"] == 50
+    rows[-2]["generated"]["median"] = 96.9  # just inside
+    assert study_lib.fewest_level_steps(rows)["steps"] == 10
     ab = [{"variant": "default", "generated": {"mean": 96.0, "median": 97.0, "best": 97.5},
            "verdict": {"label": "close"}},
           {"variant": "no noise", "generated": {"mean": 90.0, "median": 95.5, "best": 97.0},

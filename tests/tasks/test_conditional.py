@@ -5,7 +5,7 @@ import torch
 
 from pdiff_fast.tasks.conditional import MODES, ConditionedDenoiser, Guided, fit_conditional, generate_conditioned
 from pdiff_fast.nn.denoiser import EMA, AE_CNN_bottleneck
-from pdiff_fast.diffusion.schedulers import make_scheduler
+from pdiff_fast.diffusion.samplers import make_scheduler
 from pdiff_fast.nn.lowrank_autoencoder import LowRankAutoencoder
 from pdiff_fast.nn.set_encoder import SetEncoder
 
