@@ -34,12 +34,14 @@ from pdiff_fast.kernels import act_norm_conv1d as conv_mod  # noqa: E402
 from pdiff_fast.kernels import act_norm_conv1d_stats as conv_stats_mod  # noqa: E402
 from pdiff_fast.kernels import act_norm_conv1d_weight_grad as wg  # noqa: E402
 from pdiff_fast.kernels import ddim_step as ddim_mod  # noqa: E402
+from pdiff_fast.kernels import solver_step as solver_mod  # noqa: E402
 from pdiff_fast.kernels import ddpm_step as ddpm_mod  # noqa: E402
 from pdiff_fast.kernels import eps_mse as mse_mod  # noqa: E402
 from pdiff_fast.kernels import q_sample as q_mod  # noqa: E402
 
 TARGET = GPUTarget("cuda", 90, 32)
-FLOAT_ARGS = {"eps", "two_over_n", "n_elements", "sqrt_a", "sqrt_1ma", "sqrt_a_prev", "direction", "sigma"}
+FLOAT_ARGS = {"eps", "two_over_n", "n_elements", "sqrt_a", "sqrt_1ma", "sqrt_a_prev", "direction", "sigma",
+              "a", "b", "cx", "c0", "c1", "cz"}  # the last six: solver_step
 INT64_PTRS = {"t_ptr", "seed_ptr", "row_offset_ptr"}
 FP32_PTRS = {"partial_ptr", "loss_ptr", "coefs_ptr", "mean_ptr", "rstd_ptr", "pmean_ptr", "pm2_ptr",
              "s1_ptr", "s2_ptr", "dh_ptr"}
@@ -117,9 +119,17 @@ def variants(quick: bool):
         for clip, mode, sp, rp in itertools.product([True, False], [0, 1, 2], [False, True], [False, True]):
             if mode != 2 and (sp or rp):
                 continue
-            flags = {"CLIP": clip, "NOISE": mode, "SEED_FROM_PTR": sp, "ROW_OFFSET_FROM_PTR": rp}
+            flags = {"CLIP": clip, "CLAMP": not clip, "NOISE": mode, "SEED_FROM_PTR": sp, "ROW_OFFSET_FROM_PTR": rp}
             yield ("ddim_step", _label(dt, flags, tile), ddim_mod._ddim_step_kernel,
                    signature(ddim_mod._ddim_step_kernel, dt), {**flags, **tile}, 4)
+        for clamp, prev, mode, sp, rp in itertools.product([True, False], [True, False], [0, 1, 2], [False, True],
+                                                           [False, True]):
+            if mode != 2 and (sp or rp):
+                continue
+            flags = {"CLIP": True, "CLAMP": clamp, "HAS_PREV": prev, "NOISE": mode, "SEED_FROM_PTR": sp,
+                     "ROW_OFFSET_FROM_PTR": rp}
+            yield ("solver_step", _label(dt, flags, tile), solver_mod._solver_step_kernel,
+                   signature(solver_mod._solver_step_kernel, dt), {**flags, **tile}, 4)
         for mode, sp, rp in itertools.product([1, 2], [False, True], [False, True]):
             if mode == 1 and (sp or rp):
                 continue

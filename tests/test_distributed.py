@@ -22,6 +22,7 @@ from pdiff_fast import distributed
 from pdiff_fast.nn.autoencoder import small
 from pdiff_fast.cli import main
 from pdiff_fast.nn.denoiser import EMA, AE_CNN_bottleneck
+from pdiff_fast.diffusion.few_step import DPMSolverScheduler
 from pdiff_fast.diffusion.schedulers import DDIMScheduler, DDPMScheduler
 from pdiff_fast.evaluation.judge import evaluate
 from pdiff_fast.io import load_artifact
@@ -122,8 +123,9 @@ def _sampling_models():
 
 def _generate(shard: bool) -> torch.Tensor:
     ae, den = _sampling_models()
-    return generate(ae, den, DDIMScheduler(6, eta=0.5), 11, device="cpu", seed=7, grain=2, chunk_size=2,
-                    progress=False, shard=shard)
+    # DDIM and a multistep solver (its state is per process and per chunk)
+    return torch.cat([generate(ae, den, s, 11, device="cpu", seed=7, grain=2, chunk_size=2, progress=False, shard=shard)
+                      for s in (DDIMScheduler(6, eta=0.5), DPMSolverScheduler(5, sde=True))])
 
 
 def _evaluation_case():

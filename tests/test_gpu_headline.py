@@ -95,7 +95,7 @@ def test_rehearsal_runs_every_phase_and_prints_the_table_last(tmp_path):
     for name in ("setup", "spot", "cold_pdiff", "sample_step", "e2e", "decode", "population", "train", "profile"):
         assert phases[name] == "ok", (name, summary)
     assert phases["cold_compile"] == "skipped" and phases["build"] == "skipped"
-    assert "## Spot checks (11 of 11 within tolerance)" in summary
+    assert "## Spot checks (12 of 12 within tolerance)" in summary
     assert "REHEARSAL" in (out / "profile.txt").read_text().splitlines()[0]
     tail = done.stdout.strip().splitlines()
     assert any("HEADLINE REHEARSAL on a CPU (no GPU figures)" in line for line in tail[-40:])
