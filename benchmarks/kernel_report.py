@@ -282,7 +282,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"Written by `python -m benchmarks.kernel_report --write` (triton {meta['triton']}, torch {meta['torch']}; "
         f"launchers sized for {meta['sms']} SMs). Every variant the real launchers pick at the headline shapes "
         "(benchmarks/kernel_report.py's docstring lists them); `launches` counts the workloads' launches of it "
-        "(four denoiser forwards and steps per sampling workload). `spill_stores` / `spill_loads`: bytes per thread, "
+        "(nine denoiser forwards and steps per sampling workload: three steps each of DDPM, DDIM and DPM-Solver++ 2M SDE). `spill_stores` / `spill_loads`: bytes per thread, "
         "from ptxas -v; `stack_bytes`: the local frame (libdevice's sin / cos keep one for a slow path that "
         "Box-Muller never takes); LDL / STL: local-memory instructions in the SASS; `ctas_per_sm` is what "
         "registers and shared memory allow. CI fails on a spill in a hot variant, shared memory over the SM, "
