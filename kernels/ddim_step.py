@@ -24,7 +24,8 @@ import triton
 import triton.language as tl
 
 from . import launch
-from .noise import batch_randn_tile, no_noise_args, noise_args
+from .tiles import row_tile
+from .noise import batch_randn_tile, noise_source
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -54,17 +55,7 @@ def _ddim_step_kernel(
     ROWS: tl.constexpr,  # rows per program
     BLOCK_M: tl.constexpr,  # columns per program, a multiple of 4
 ):
-    # (rows, columns) tiles rather than a flat pass: the drawn noise is a function of the row
-    pid = tl.program_id(0)
-    n_col_blocks = tl.cdiv(M, BLOCK_M)
-    row0 = (pid // n_col_blocks) * ROWS
-    col0 = (pid % n_col_blocks) * BLOCK_M
-    rows = row0 + tl.arange(0, ROWS)  # (ROWS,)
-    cols = col0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    mask = (rows < B)[:, None] & (cols < M)[None, :]  # (ROWS, BLOCK_M)
-    # 64-bit only in the per-program base; the in-tile offsets fit in 32 bits
-    base = row0.to(tl.int64) * M + col0
-    offs = tl.arange(0, ROWS)[:, None] * M + tl.arange(0, BLOCK_M)[None, :]  # (ROWS, BLOCK_M)
+    row0, col0, rows, row_ok, mask, base, offs = row_tile(B, M, ROWS, BLOCK_M)
     x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     eps = tl.load(eps_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
 
@@ -125,14 +116,7 @@ def ddim_step(
     x_prev, x0 = launch.output_buffers(
         x_t, out, 2, "ddim_step: out buffers must be contiguous, on x_t's device, shaped like x_t")
     x_c = x_t.contiguous()
-    rng = no_noise_args(x_c)
-    if sigma <= 0.0:
-        noise_c, mode = x_c, 0
-    elif noise is not None:
-        noise_c, mode = noise.contiguous(), 1
-    else:
-        noise_c, mode = x_c, 2
-        rng = noise_args(seed, seed_offset, row_offset, generator, x_c)
+    noise_c, mode, rng = noise_source(sigma, noise, seed, seed_offset, row_offset, generator, x_c)
     if x_t.numel() == 0:
         return x_prev, x0
     B, M = launch.rows_and_columns(x_t)

@@ -23,6 +23,7 @@ import triton
 import triton.language as tl
 
 from . import launch
+from .tiles import row_tile
 from .noise import batch_randn_tile, no_noise_args, noise_args
 
 
@@ -50,17 +51,7 @@ def _ddpm_step_kernel(
     ROWS: tl.constexpr,  # rows per program
     BLOCK_M: tl.constexpr,  # columns per program, a multiple of 4
 ):
-    pid = tl.program_id(0)
-    n_col_blocks = tl.cdiv(M, BLOCK_M)
-    row0 = (pid // n_col_blocks) * ROWS
-    col0 = (pid % n_col_blocks) * BLOCK_M
-    rows = row0 + tl.arange(0, ROWS)  # (ROWS,)
-    cols = col0 + tl.arange(0, BLOCK_M)  # (BLOCK_M,)
-    row_ok = rows < B
-    mask = row_ok[:, None] & (cols < M)[None, :]  # (ROWS, BLOCK_M)
-    # 64-bit only in the per-program base; the in-tile offsets fit in 32 bits
-    base = row0.to(tl.int64) * M + col0
-    offs = tl.arange(0, ROWS)[:, None] * M + tl.arange(0, BLOCK_M)[None, :]  # (ROWS, BLOCK_M)
+    row0, col0, rows, row_ok, mask, base, offs = row_tile(B, M, ROWS, BLOCK_M)
 
     # 1. per-sample coefficients, gathered once per row
     t = tl.load(t_ptr + rows, mask=row_ok, other=0)  # (ROWS,)

@@ -134,6 +134,17 @@ def noise_args(seed, seed_offset, row_offset, generator, placeholder: torch.Tens
                      isinstance(seed, torch.Tensor), isinstance(row_offset, torch.Tensor))
 
 
+def noise_source(scale: float, noise, seed, seed_offset, row_offset, generator, x_c: torch.Tensor):
+    """(noise tensor, NOISE mode, NoiseArgs) of an elementwise step whose noise term is `scale`
+    times standard normal noise: mode 0 (scale 0: none; x_c stands in for the unread pointer),
+    1 (`noise` given, read), 2 (drawn in the kernel from seed / seed_offset / row_offset)."""
+    if scale == 0.0:
+        return x_c, 0, no_noise_args(x_c)
+    if noise is not None:
+        return noise.contiguous(), 1, no_noise_args(x_c)
+    return x_c, 2, noise_args(seed, seed_offset, row_offset, generator, x_c)
+
+
 def no_noise_args(placeholder: torch.Tensor) -> NoiseArgs:
     """The noise arguments of a launch that draws no noise: `placeholder` as both pointers (never
     read), zeros elsewhere; draws nothing from any generator."""

@@ -22,7 +22,8 @@ import triton.language as tl
 from pdiff_fast.ops.solver_step import StepCoefs, check_inputs
 
 from . import launch
-from .noise import batch_randn_tile, no_noise_args, noise_args
+from .tiles import row_tile
+from .noise import batch_randn_tile, noise_source
 
 
 @triton.jit(do_not_specialize=["seed", "seed_offset", "row_offset", "B"])
@@ -46,15 +47,7 @@ def _solver_step_kernel(
     ROWS: tl.constexpr,  # rows per program
     BLOCK_M: tl.constexpr,  # columns per program, a multiple of 4
 ):
-    pid = tl.program_id(0)
-    n_col_blocks = tl.cdiv(M, BLOCK_M)
-    row0 = (pid // n_col_blocks) * ROWS
-    col0 = (pid % n_col_blocks) * BLOCK_M
-    rows = row0 + tl.arange(0, ROWS)
-    cols = col0 + tl.arange(0, BLOCK_M)
-    mask = (rows < B)[:, None] & (cols < M)[None, :]
-    base = row0.to(tl.int64) * M + col0  # 64-bit per-program base, 32-bit in-tile offsets
-    offs = tl.arange(0, ROWS)[:, None] * M + tl.arange(0, BLOCK_M)[None, :]
+    row0, col0, rows, row_ok, mask, base, offs = row_tile(B, M, ROWS, BLOCK_M)
     x = tl.load(x_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
     eps = tl.load(eps_ptr + base + offs, mask=mask, other=0.0).to(tl.float32)
 
@@ -101,14 +94,7 @@ def solver_step(
     x_c = x_t.contiguous()
     has_prev = coefs.c1 != 0.0
     prev_c = x0_prev.contiguous() if has_prev else x_c
-    rng = no_noise_args(x_c)
-    if coefs.cz == 0.0:
-        noise_c, mode = x_c, 0
-    elif noise is not None:
-        noise_c, mode = noise.contiguous(), 1
-    else:
-        noise_c, mode = x_c, 2
-        rng = noise_args(seed, seed_offset, row_offset, generator, x_c)
+    noise_c, mode, rng = noise_source(coefs.cz, noise, seed, seed_offset, row_offset, generator, x_c)
     if x_t.numel() == 0:
         return x_next, x0
     B, M = launch.rows_and_columns(x_t)

@@ -7,19 +7,9 @@ import torch
 from pdiff_fast.diffusion.few_step import DPMSolverScheduler
 from pdiff_fast.diffusion.sample import generate
 from pdiff_fast.diffusion.samplers import as_scheduler
-from pdiff_fast.nn.autoencoder import small
-from pdiff_fast.nn.denoiser import AE_CNN_bottleneck
 
 diffusers = pytest.importorskip("diffusers")
 COMMON = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=2e-2, beta_schedule="linear")
-
-
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    ae = small(150).eval()
-    den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[4, 4, 8, 8]).eval()
-    return ae, den
 
 
 def gen(models, scheduler, n=7, **kw):

@@ -10,14 +10,6 @@ from pdiff_fast.diffusion.schedulers import DDIMScheduler, DDPMScheduler
 from pdiff_fast.diffusion.sample import generate, model_noise, model_seed, sample_latents
 
 
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
-    ae = small(150).eval()
-    den = AE_CNN_bottleneck(int(torch.Size(ae.latent_shape()).numel()), 1, channel_list=[4, 4, 8, 8]).eval()
-    return ae, den
-
-
 @pytest.mark.parametrize("scheduler", [DDIMScheduler(num_inference_steps=6, eta=0.5), DDIMScheduler(6),
                                        DDPMScheduler(), DPMSolverScheduler(6), DPMSolverScheduler(6, sde=True),
                                        EulerAncestralScheduler(6)],
