@@ -36,10 +36,22 @@ def toy_model(x, t):
 
 
 def test_buffers_match_the_reference():
+    """Every coefficient table, whole, against the independent derivation above."""
     s, tab = DDPMScheduler(), reference_tables()
-    torch.testing.assert_close(s.sqrt_alphas_cumprod, tab["sqrt_ac"])
-    torch.testing.assert_close(s.posterior_mean_coef2, tab["coef2"])
-    assert s.model_log_variance[0] == pytest.approx(float(torch.log(tab["post_var"][1])), rel=1e-6)
+    pairs = {"sqrt_alphas_cumprod": "sqrt_ac", "sqrt_one_minus_alphas_cumprod": "sqrt_1mac",
+             "sqrt_recip_alphas_cumprod": "sqrt_recip", "sqrt_recipm1_alphas_cumprod": "sqrt_recipm1",
+             "posterior_mean_coef1": "coef1", "posterior_mean_coef2": "coef2", "betas": "betas",
+             "posterior_variance": "post_var"}
+    for mine, ref in pairs.items():
+        torch.testing.assert_close(getattr(s, mine), tab[ref], rtol=1e-6, atol=0, msg=mine)
+    post = tab["post_var"].double()
+    clipped = torch.log(torch.cat([post[1:2], post[1:]])).float()  # the reference clips log(0) at t = 0
+    fixedlarge = torch.log(torch.cat([post[1:2], tab["betas"].double()[1:]])).float()
+    torch.testing.assert_close(s.posterior_log_variance_clipped, clipped, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.model_log_variance, fixedlarge, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(DDPMScheduler(variance_type="fixedsmall").model_log_variance, clipped,
+                               rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s.alphas_cumprod_f64.sqrt().float(), tab["sqrt_ac"], rtol=1e-7, atol=0)
 
 
 def test_full_ddpm_loop_matches_the_reference_loop():

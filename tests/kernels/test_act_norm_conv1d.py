@@ -398,3 +398,25 @@ def test_gpu_tiles_fill_the_device_and_stay_in_the_compiled_table(monkeypatch):
     assert bo <= 64 and bn <= 64 and warps == 8 and stages == 1
     monkeypatch.setattr(launch, "COMPILE_ONLY_SMS", None)
     assert kmod.conv_tiles(cpu, 12_000, 512, 512, plain=True)[3:] == (4, 1)  # interpreter: one stage
+
+
+def test_a_nearly_constant_channel_sees_the_instance_norm_eps(monkeypatch):
+    """Random inputs of variance ~4 hide eps (1e-5); a channel of variance 1e-6 does not: there the
+    normalised values depend on eps by a factor ~3, so a kernel with another eps fails."""
+    from torch import nn
+
+    from pdiff_fast.ops.act_norm_conv1d import EPS
+
+    assert EPS == nn.InstanceNorm1d(1).eps  # the reference's modules use the default
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(2, 3, 12, generator=gen)
+    x[:, 1] = 0.3 + 1e-3 * torch.randn(2, 12, generator=gen)
+    w, b = torch.randn(4, 3, 3, generator=gen) / 3, torch.randn(4, generator=gen)
+    y = kmod.act_norm_conv1d(x.to(device), w.to(device), b.to(device), padding=1)
+    ref = act_norm_conv1d_torch(x.double(), w.double(), b.double(), padding=1)
+    torch.testing.assert_close(y.detach().cpu().double(), ref, atol=1e-4, rtol=1e-4)
+    import sys
+
+    ops_mod = sys.modules["pdiff_fast.ops.act_norm_conv1d"]  # the package exports a function of that name
+    monkeypatch.setattr(ops_mod, "EPS", EPS / 10)  # the case is sensitive: eps / 10 moves it by far more
+    assert (act_norm_conv1d_torch(x.double(), w.double(), b.double(), padding=1) - ref).abs().max() > 1e-2

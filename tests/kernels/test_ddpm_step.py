@@ -116,6 +116,7 @@ def test_in_kernel_noise_seeding(in_kernel_noise):
     # seed_offset is mixed into the key (not added to the seed); a device tensor seed reads the
     # same stream as the int (the full contract: test_noise.py)
     assert not torch.equal(in_kernel_noise((3, 257), 500, seed=6, seed_offset=1), a)
+    assert not torch.equal(in_kernel_noise((3, 257), 500, seed=7, seed_offset=1), a)  # the offset is used at all
     seed_t = torch.tensor([7], dtype=torch.int64, device=device)
     assert torch.equal(in_kernel_noise((3, 257), 500, seed=seed_t), a)
     assert torch.equal(in_kernel_noise((2, 257), 500, seed=7, row_offset=1), a[1:])
