@@ -105,6 +105,17 @@ def load_artifact(path: str | os.PathLike, device: str | torch.device = "cpu") -
     return tensors, meta, header.get(DIGEST_KEY)
 
 
+def load_checkpoint(path: str | os.PathLike, log) -> tuple[dict[str, torch.Tensor], dict] | None:
+    """A training checkpoint's (tensors, meta), or None after one log line when it cannot be read
+    (a checkpoint is only a shortcut: training starts again instead)."""
+    try:
+        tensors, meta, _ = load_artifact(path)
+    except ValueError as exc:
+        log(f"ignoring an unreadable checkpoint ({exc})")
+        return None
+    return tensors, meta
+
+
 def load_tensors(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor], dict]:
     """Read a file written by `save_tensors`; a missing, corrupt or truncated file raises an error naming it."""
     tensors, meta, _ = load_artifact(path, device)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .. import distributed
 from ..config import ConfigError, read_config_file
-from ..io import (clean_stale_temporaries, load_artifact, load_json, read_meta, save_json,
+from ..io import (clean_stale_temporaries, load_artifact, load_checkpoint, load_json, read_meta, save_json,
                  save_tensors)
 
 # The config fields each artifact depends on (besides the seed, which every step takes).
@@ -162,13 +162,10 @@ class RunDirectory:
                 or meta.get("step", 0) > mine[steps]:
             self.log(f"{path.name} was made from other inputs or settings; training {artifact} from the start")
             return None
-        try:
-            tensors, meta, _ = load_artifact(path)
-        except ValueError as exc:
-            self.log(f"ignoring an unreadable checkpoint ({exc})")
-            return None
-        self.log(f"resuming {artifact} training from step {meta['step']} ({path.name})")
-        return tensors, meta
+        state = load_checkpoint(path, self.log)
+        if state is not None:
+            self.log(f"resuming {artifact} training from step {state[1]['step']} ({path.name})")
+        return state
 
     def _checkpointer(self, artifact: str, inputs: dict):
         """The training loops' checkpoint callback: saves on rank 0, does nothing on the others

@@ -32,7 +32,12 @@ class Setting:
 
     @property
     def diagnostic(self) -> bool:
-        return not self.clamp or self.seed_offset != 0
+        return is_diagnostic(asdict(self))
+
+
+def is_diagnostic(r: dict) -> bool:
+    """A row no default is chosen from: no x_t clamp, or another seed than the run's."""
+    return not r.get("clamp", True) or bool(r.get("seed_offset", 0))
 
 
 STEP_COUNTS = (5, 10, 15, 20, 25, 50)
@@ -66,12 +71,12 @@ def generated_fields(report: dict) -> dict:
 
 
 
-def sample_timed(p, setting: Setting, n: int, seed: int):
-    """(flat parameters, seconds) of one setting on the run's trained models."""
+def sample_timed(p, models, setting: Setting, n: int, seed: int):
+    """(flat parameters, seconds) of one setting on the run's trained models (p.load_models())."""
     from ..diffusion.sample import generate
     from ..diffusion.samplers import make_scheduler
 
-    ae, model, std = p.load_models()
+    ae, model, std = models
     scheduler = make_scheduler(setting.sampler, setting.steps, setting.eta, clamp_sample=setting.clamp)
     t0 = time.perf_counter()
     flat = generate(ae, model.ema, scheduler, n, device=p.device, seed=seed, grain=p.config.sample_grain,
@@ -91,11 +96,12 @@ def run_samplers(p, samplers=FRONTIER, log=print, seed_offsets=(0,)) -> list[dic
     c = p.config
     pop = p.population()
     base, data = rebuild_base(p.new_model(), pop).to(p.device), p.data.to(p.device)
+    models = p.load_models()  # once: every setting samples the same trained models
     rows = []
     for setting in map(Setting.of, samplers):
         for extra in seed_offsets:
             setting_k = replace(setting, seed_offset=setting.seed_offset + extra)
-            flat, seconds = sample_timed(p, setting_k, c.num_samples, c.seed + setting_k.seed_offset)
+            flat, seconds = sample_timed(p, models, setting_k, c.num_samples, c.seed + setting_k.seed_offset)
             report = evaluate(base, pop.spec, pop.params.to(p.device), flat.to(p.device), data.x_test, data.y_test,
                               noise_sigmas=[], seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20)
             row = {**asdict(setting_k), "nfe": setting.steps, "seconds": seconds, **generated_fields(report)}
@@ -111,9 +117,7 @@ def fewest_level_steps(rows: list[dict]) -> dict | None:
     if not rows:
         return None
     ref = rows[0]
-    ok = [r for r in rows if not Setting.of((r["sampler"], r["steps"], r.get("eta", 0.0), r.get("clamp", True),
-                                             r.get("seed_offset", 0))).diagnostic
-          and math.isfinite(r["generated"]["median"]) and r["generated"]["median"] >= ref["generated"]["median"] - LEVEL
+    ok = [r for r in rows if not is_diagnostic(r) and math.isfinite(r["generated"]["median"]) and r["generated"]["median"] >= ref["generated"]["median"] - LEVEL
           and r["verdict"]["label"] == ref["verdict"]["label"]]
     return min(ok, key=lambda r: (r.get("nfe", r["steps"]), -r["generated"]["median"], r["seconds"])) if ok else None
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..diffusion.samplers import make_scheduler
-from ..io import load_artifact, save_tensors
+from ..io import load_checkpoint, save_tensors
 from ..nn import denoiser as dn_lib
 from ..nn.lowrank_autoencoder import LowRankAutoencoder
 from ..nn.set_encoder import SetEncoder
@@ -80,11 +80,10 @@ class GeneratorStep(TaskParts):
         path = self.run_dir / CHECKPOINT
         if not path.is_file():
             return None
-        try:
-            tensors, meta, _ = load_artifact(path)
-        except ValueError as exc:
-            self.log(f"ignoring an unreadable checkpoint ({exc})")
+        state = load_checkpoint(path, self.log)
+        if state is None:
             return None
+        tensors, meta = state
         if meta.get("config") != self._fields("generator") or meta.get("inputs") != {"zoo": zoo_digest} \
                 or meta.get("device") != self.device.type:
             self.log(f"{CHECKPOINT} was made from another zoo or with other settings; training from the start")
