@@ -243,7 +243,8 @@ def _run_norm(kind, stage, nxt, h, batched, params, m):
 
 
 def _run_suffix(plan: _Plan, h: torch.Tensor, params: dict[str, torch.Tensor], m: int) -> torch.Tensor:
-    """Shared activations h (B, ...) -> outputs of m models (m, B, ...)."""
+    """Shared activations h (B, ...) -> outputs of m models (m, B, ...). The first stage holds
+    generated parameters (the plan starts the suffix there), so h is batched after it."""
     batched = False
     i = 0
     while i < len(plan.suffix):
@@ -259,8 +260,6 @@ def _run_suffix(plan: _Plan, h: torch.Tensor, params: dict[str, torch.Tensor], m
             local = {loc: params[full] for loc, full in st.generated.items()}
             h = _vmapped(st.module, local, h, batched)
             batched = True
-        elif not batched:
-            h = st.module(h)
         elif _per_sample(st.module):
             h = _fold(st.module, h)
         else:

@@ -1,12 +1,15 @@
 """End to end: a short pipeline through the CLI, and bad input on the way."""
 import json
+import math
 
 import pytest
 import torch
 
 from pdiff_fast import Config, PDiff
 from pdiff_fast.cli import main
+from pdiff_fast.evaluation import novelty
 from pdiff_fast.io import load_json, load_tensors, save_tensors
+from pdiff_fast.params import ParamSpec
 
 TINY = {
     "dataset": "digits", "model": "mlp", "epochs": 3, "k": 12, "ae_steps": 30, "diffusion_steps": 30,
@@ -43,6 +46,35 @@ def test_report_has_the_paper_figures(run_dir):
     assert r["verdict"]["label"] in ("copies", "close", "new")
     table = (run_dir / "report.md").read_text()
     assert "| generated (p-diff) |" in table and f"**Verdict: {r['verdict']['label']};" in table
+
+
+def test_the_verdict_is_what_the_saved_parameters_give(run_dir):
+    """Recomputed from the run's tensor files, not read back: nearest-original distances by
+    torch.cdist in the originals' standardised space, tau, their ratio and the label by the
+    thresholds; the accuracy and IoU summaries from the per-model rows."""
+    r = load_json(run_dir / "report.json")
+    pop, meta = load_tensors(run_dir / "population.safetensors")
+    gen, _ = load_tensors(run_dir / "generated.safetensors")
+    std = novelty.standardizer(ParamSpec.from_dict(meta["spec"]), pop["params"])
+    originals, generated = std.transform(pop["params"]).double(), std.transform(gen["params"]).double()
+    generated = generated[torch.isfinite(generated).all(1)]
+
+    def rms(a, b):
+        return torch.cdist(a, b) / math.sqrt(a.shape[1])
+
+    tau = rms(originals, originals).fill_diagonal_(math.inf).min(1).values.median().item()
+    median = rms(generated, originals).min(1).values.median().item()
+    ratio = median / tau
+    label = "copies" if ratio <= 0.1 else ("close" if ratio < 1 else "new")
+    assert r["verdict"]["label"] == label
+    assert r["novelty"]["tau"] == pytest.approx(tau, rel=1e-6)
+    assert r["verdict"]["median_distance"] == pytest.approx(median, rel=1e-6)
+    per_model = r["per_model"]
+    assert r["generated"]["median"] == torch.tensor(per_model["generated_accuracy"]).median().item()
+    assert r["original"]["median"] == torch.tensor(per_model["original_accuracy"]).median().item()
+    assert r["iou"]["generated_original_max"] == max(per_model["generated_max_iou"])
+    assert r["iou"]["generated_original_max_mean"] == pytest.approx(
+        sum(per_model["generated_max_iou"]) / len(per_model["generated_max_iou"]))
 
 
 def test_diffusion_state_dict_holds_model_and_ema(run_dir):

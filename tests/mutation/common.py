@@ -1,0 +1,72 @@
+"""Shared by the mutation runners (tests/mutation/__main__.py, planted.py): the work-folder copy
+of the tree, the results files and the docs page made from them."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCORES = ROOT / "tests" / "mutation" / "scores.json"
+PLANTED_RESULTS = ROOT / "tests" / "mutation" / "planted.json"
+DOCS = ROOT / "docs" / "mutation-scores.md"
+TARGET = 0.90
+
+
+def load_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def save_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
+    tmp.replace(path)
+
+
+def copy_tree(work: Path) -> None:
+    """The tracked files and the built extension (mutmut copies what it mutates into mutants/)."""
+    if work.exists():
+        shutil.rmtree(work)
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    for name in files.decode().split("\0"):
+        if name and (ROOT / name).is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, work / name)
+    for ext in (ROOT / "pdiff_fast").glob("_C*.so"):
+        shutil.copy2(ext, work / "pdiff_fast" / ext.name)
+
+
+def write_docs(scores: dict, planted: dict) -> None:
+    lines = ["# Mutation scores", "",
+             "Made by `.venv/bin/python -m tests.mutation` from `tests/mutation/scores.json`; what it does and",
+             "how to read it: [Testing](testing.md). Score = (killed + timeout) / (mutants - equivalent): a mutant",
+             "that no selected test reaches (no tests) counts as not killed;",
+             f"the target is {TARGET:.0%}.", "",
+             "| module | date | mutants | killed | timeout | survived | equivalent | no tests | score |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for module, s in sorted(scores.items()):
+        lines.append(f"| `{module}` | {s['date']} | {s['mutants']} | {s['killed']} | {s['timeout']} | {s['survived']} "
+                     f"| {s['equivalent']} | {s['no tests']} | {100 * s['score']:.1f}% |")
+    for module, s in sorted(scores.items()):
+        lines += ["", f"## `{module}`", "", f"Tests: {', '.join(f'`{t}`' for t in s['tests'])}.", ""]
+        if s["survivors"]:
+            lines += ["Survivors (not killed, not equivalent):", ""]
+            lines += [f"- {m['mutant']}{' (no test reaches it)' if m.get('no tests') else ''}: `{m['change']}`"
+                      for m in s["survivors"]]
+            lines.append("")
+        reasons: dict[str, list[str]] = {}
+        for m in s["equivalent_mutants"]:
+            reasons.setdefault(m["reason"], []).append(f"{m['mutant']} (`{m['change']}`)")
+        for reason, mutants in reasons.items():
+            lines += [f"Equivalent, {reason}:", ""] + [f"- {m}" for m in mutants] + [""]
+    if planted:
+        lines += ["", "## Planted in the kernels and the extension", "",
+                  "Applied one at a time by `.venv/bin/python -m tests.mutation.planted` (tests/mutation/planted.py).", "",
+                  "| # | file | bug | caught by | date |", "|---:|---|---|---|---|"]
+        for i, r in sorted(planted.items(), key=lambda kv: int(kv[0])):
+            caught = ", ".join(f"`{t}`" for t in r.get("first_failure", [])) if r["caught"] else "**not caught**"
+            lines.append(f"| {i} | `{r['file']}` | {r['what']} | {caught} | {r['date']} |")
+    tmp = DOCS.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(lines).rstrip() + "\n")
+    tmp.replace(DOCS)

@@ -1,0 +1,166 @@
+"""RunDirectory's provenance and checkpoint rules one by one, on a bare object with planted files
+(no pipeline run): the settings and inputs checks, config.json updates, timings, which checkpoint
+is resumed, and when a trained autoencoder counts as current. Written against the mutants mutmut
+left alive (docs/mutation-scores.md); tests/pipeline/test_run_dir.py replays the same rules on
+real runs."""
+import pytest
+import torch
+
+from pdiff_fast import Config
+from pdiff_fast.io import load_json, read_digest, save_json, save_tensors
+from pdiff_fast.pipeline.run_dir import STEP_FIELDS, RunDirectory, StaleArtifact, prepare_run_dir
+
+
+class Bare(RunDirectory):
+    def __init__(self, run_dir, allow_stale=False, **cfg):
+        self.run_dir, self.allow_stale = run_dir, allow_stale
+        self.config = Config(device="cpu", **cfg)
+        self.device = torch.device("cpu")
+        self.logs, self.timings = [], {}
+
+    def log(self, line):
+        self.logs.append(line)
+
+    def denoiser_channels(self):
+        return [1, 2, 3, 4]
+
+    def autoencoder_preset(self):
+        return "small"
+
+
+@pytest.fixture
+def rd(tmp_path):
+    return Bare(prepare_run_dir(tmp_path / "run"))
+
+
+def test_fields_record_each_steps_settings_and_the_seed(rd):
+    assert rd._fields("population") == {**{f: rd.config.to_dict()[f] for f in STEP_FIELDS["population"]}, "seed": 0}
+    assert rd._fields("diffusion")["denoiser_channels"] == [1, 2, 3, 4]
+    assert rd._fields("autoencoder")["autoencoder"] == "small"
+    assert rd._fields("generated", num_samples=7)["num_samples"] == 7  # what actually ran
+    assert rd._record("generated", {"diffusion": "d"}) == {"config": rd._fields("generated"),
+                                                           "inputs": {"diffusion": "d"}}
+
+
+def test_settings_check_names_the_field_and_the_step(rd):
+    meta = rd._record("autoencoder", {})
+    rd._check_settings("autoencoder", meta)
+    meta["config"]["ae_steps"] += 1
+    with pytest.raises(StaleArtifact, match=r"^autoencoder\.safetensors was made with ae_steps=\d+ but the config "
+                                            r"says ae_steps=\d+: rerun `pdiff-fast train` to apply it, or leave "
+                                            r"ae_steps unchanged$"):
+        rd._check_settings("autoencoder", meta)
+    meta["config"]["seed"] = 5  # a new seed is a new draw, not a stale file
+    del meta["config"]["ae_steps"]  # a field the artifact did not record is not compared
+    rd._check_settings("autoencoder", meta)
+    rd._check_settings("autoencoder", {})  # no recorded settings (a foreign file)
+    Bare(rd.run_dir, allow_stale=True)._check_settings("autoencoder", {"config": {"ae_steps": -1}})
+
+
+def test_inputs_check_compares_only_inputs_both_sides_know(rd):
+    meta = {"inputs": {"population": "aaa", "autoencoder": "bbb"}}
+    rd._check_inputs("diffusion", meta, {"population": "aaa"})
+    rd._check_inputs("diffusion", meta, {"population": None, "generated": "zzz"})
+    rd._check_inputs("diffusion", {}, {"population": "aaa"})  # nothing recorded
+    with pytest.raises(StaleArtifact, match=r"^diffusion\.safetensors is stale: it was made from another "
+                                            r"autoencoder\.safetensors than the one in .*; rerun `pdiff-fast train` "
+                                            r"\(or pass --allow-stale\)$"):
+        rd._check_inputs("diffusion", meta, {"autoencoder": "ccc"})
+    Bare(rd.run_dir, allow_stale=True)._check_inputs("diffusion", meta, {"autoencoder": "ccc"})
+
+
+def test_config_json_takes_a_steps_fields_over_what_is_on_disk(rd):
+    rd._update_config_json("population")
+    assert load_json(rd.path("config")) == rd.config.to_dict()
+    newer = Bare(rd.run_dir, ae_steps=77, num_samples=5)
+    newer._update_config_json("autoencoder")
+    on_disk = load_json(rd.path("config"))
+    assert on_disk["ae_steps"] == 77 and on_disk["num_samples"] == rd.config.num_samples  # only its fields
+    rd.path("config").write_text("{not json")
+    newer._update_config_json("generated")
+    assert load_json(rd.path("config")) == newer.config.to_dict()
+
+
+def test_timings_are_merged_into_the_file(rd):
+    save_json(rd.path("timings"), {"collect": 1.5})
+    assert rd._timed("train", lambda: 42) == 42
+    got = load_json(rd.path("timings"))
+    assert got["collect"] == 1.5 and got["train"] == rd.timings["train"] >= 0
+    rd.path("timings").write_text("[broken")
+    rd._timed("sample", lambda: None)
+    assert set(load_json(rd.path("timings"))) == {"train", "sample"}
+
+
+def checkpoint(rd, artifact, inputs, step=5, **changes):
+    meta = {**rd._record(artifact, inputs), "device": "cpu", "step": step}
+    meta["config"].update(changes)
+    save_tensors(rd.path(f"{artifact}_ckpt"), {"w": torch.ones(2)}, meta)
+
+
+def test_a_checkpoint_resumes_only_when_everything_but_the_step_count_matches(rd):
+    inputs = {"population": "p"}
+    assert rd._checkpoint_state("autoencoder", inputs, restart=False) is None and rd.logs == []
+    checkpoint(rd, "autoencoder", inputs, step=5, ae_steps=rd.config.ae_steps + 100)  # more steps asked: fine
+    tensors, meta = rd._checkpoint_state("autoencoder", inputs, restart=False)
+    assert meta["step"] == 5 and torch.equal(tensors["w"], torch.ones(2))
+    assert rd.logs[-1] == "resuming autoencoder training from step 5 (autoencoder.ckpt.safetensors)"
+    assert rd._checkpoint_state("autoencoder", inputs, restart=True) is None
+    refused = "autoencoder.ckpt.safetensors was made from other inputs or settings; training autoencoder from the start"
+    for inputs_, kw in [({"population": "q"}, {}), (inputs, {"ae_lr": 9.0}), (inputs, {"step": rd.config.ae_steps + 1})]:
+        step = kw.pop("step", 5)
+        checkpoint(rd, "autoencoder", inputs, step=step, **kw)
+        rd.logs.clear()
+        assert rd._checkpoint_state("autoencoder", inputs_, restart=False) is None and rd.logs == [refused]
+    checkpoint(rd, "autoencoder", inputs, step=rd.config.ae_steps)  # exactly the steps asked: still resumes
+    assert rd._checkpoint_state("autoencoder", inputs, restart=False) is not None
+    meta = {**rd._record("autoencoder", inputs), "device": "cuda", "step": 1}
+    save_tensors(rd.path("autoencoder_ckpt"), {"w": torch.ones(2)}, meta)
+    assert rd._checkpoint_state("autoencoder", inputs, restart=False) is None
+    rd.path("autoencoder_ckpt").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    rd.logs.clear()
+    assert rd._checkpoint_state("autoencoder", inputs, restart=False) is None
+    assert len(rd.logs) == 1 and rd.logs[0].startswith("ignoring an unreadable checkpoint (")
+
+
+def test_the_checkpointer_records_inputs_settings_and_device(rd):
+    rd._checkpointer("diffusion", {"autoencoder": "a"})({"w": torch.zeros(1)}, {"step": 3})
+    _, meta = rd._checkpoint_state("diffusion", {"autoencoder": "a"}, restart=False)
+    assert meta["device"] == "cpu" and meta["step"] == 3 and meta["inputs"] == {"autoencoder": "a"}
+    assert meta["config"] == rd._fields("diffusion")
+
+
+def plant_trained_autoencoder(rd, population="pop", config=None, ckpt_from=None):
+    meta = rd._record("autoencoder", {"population": population})
+    if config is not None:
+        meta["config"] = config
+    save_tensors(rd.path("autoencoder"), {"w": torch.ones(1)}, meta)
+    digest = read_digest(rd.path("autoencoder"))
+    save_tensors(rd.path("diffusion_ckpt"), {"w": torch.ones(1)},
+                 {"inputs": {"autoencoder": ckpt_from or digest}})
+
+
+def test_the_autoencoder_is_current_only_when_population_settings_and_checkpoint_agree(rd):
+    assert rd._autoencoder_is_current("pop") is False  # nothing on disk
+    plant_trained_autoencoder(rd)
+    assert rd._autoencoder_is_current("pop") is True
+    assert rd._autoencoder_is_current("other population") is False
+    plant_trained_autoencoder(rd, config={**rd._fields("autoencoder"), "ae_steps": 1})
+    assert rd._autoencoder_is_current("pop") is False
+    plant_trained_autoencoder(rd, ckpt_from="another autoencoder")
+    assert rd._autoencoder_is_current("pop") is False
+    plant_trained_autoencoder(rd)
+    rd.path("diffusion_ckpt").unlink()
+    assert rd._autoencoder_is_current("pop") is False
+    plant_trained_autoencoder(rd)
+    rd.path("autoencoder").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{broken}")
+    assert rd._autoencoder_is_current("pop") is False
+    save_tensors(rd.path("autoencoder"), {"w": torch.ones(1)}, {})  # no inputs, no config recorded
+    assert rd._autoencoder_is_current("pop") is False
+
+
+def test_prepare_refuses_a_file_and_cleans_old_temporaries(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="file: the run directory is a file, not a directory"):
+        prepare_run_dir(tmp_path / "file")
+    d = prepare_run_dir(tmp_path / "a" / "b")
+    assert d.is_dir()
