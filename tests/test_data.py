@@ -144,3 +144,9 @@ def test_to_moves_every_tensor_and_keeps_the_rest():
     moved = d.to("meta")
     assert [t.device.type for t in (moved.x_train, moved.y_train, moved.x_test, moved.y_test)] == ["meta"] * 4
     assert (moved.name, moved.num_classes) == ("x", 4)
+
+
+def test_the_default_cache_is_in_the_home_directory(monkeypatch, tmp_path):
+    monkeypatch.delenv("PDIFF_FAST_CACHE", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert data.default_cache_dir() == tmp_path / ".cache" / "pdiff_fast"

@@ -171,8 +171,18 @@ def test_text_files_are_utf8_under_an_ascii_locale(tmp_path):
     """Not the locale's encoding: a C locale without coercion or UTF-8 mode encodes as ASCII."""
     code = ("import sys; from pdiff_fast import io; io.save_text(sys.argv[1] + '/t.md', '\\u03c3'); "
             "io.save_json(sys.argv[1] + '/o.json', {'\\u03c3': 1})")
-    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0"}
+    env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",
+           "PYTHONPATH": str(Path(io.__file__).parents[1])}  # this package, wherever it was imported from
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (tmp_path / "t.md").read_bytes() == "σ".encode("utf-8")
     assert load_json(tmp_path / "o.json") == {"σ": 1}
+
+
+def test_stale_means_at_least_60_seconds_old(tmp_path, monkeypatch):
+    monkeypatch.setattr(io.time, "time", lambda: 1000.0)
+    exactly, younger = tmp_path / ".a.json.1.tmp", tmp_path / ".b.json.2.tmp"
+    for p, mtime in ((exactly, 940.0), (younger, 940.5)):
+        p.write_text("x")
+        os.utime(p, (mtime, mtime))
+    assert io.clean_stale_temporaries(tmp_path) == [exactly] and younger.exists()

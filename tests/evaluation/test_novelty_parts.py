@@ -111,6 +111,8 @@ def test_matched_noise_and_baseline_sets_from_their_seed():
     c = novelty.baseline_sets(original, std, 0.5, seed=4)
     assert not torch.equal(a["interpolation"], c["interpolation"])
     assert list(novelty.baseline_sets(original, std, math.nan, seed=3)) == ["interpolation", "weight mean"]
+    single = novelty.baseline_sets(original.float(), std, 0.5, seed=3)  # every set in the originals' dtype
+    assert {k: v.dtype for k, v in single.items()} == dict.fromkeys(single, torch.float32)
 
 
 def test_ensemble_leaves_the_base_model_as_it_was():

@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from pdiff_fast.evaluation import population
 from pdiff_fast.evaluation import population_plan as pp
 from pdiff_fast.evaluation.population import evaluate_one_by_one, evaluate_population
 from pdiff_fast.params import ParamSpec
@@ -98,6 +99,26 @@ class RootParameter(nn.Module):
         return self.norm(self.fc(x)) * self.scale
 
 
+class SpareParameter(nn.Module):
+    """A chain whose forward never reads the root-level parameter `spare`."""
+
+    def __init__(self):
+        super().__init__()
+        self.fc, self.norm = nn.Linear(4, 4), nn.LayerNorm(4)
+        self.spare = nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return self.norm(self.fc(x))
+
+
+def test_generated_parameters_no_stage_holds_make_the_model_run_whole():
+    probe, spare = torch.randn(2, 4), SpareParameter()
+    assert [n for n, _ in pp._chain(spare, probe)] == ["fc", "norm"]
+    for subset in (["spare"], ["spare", "norm.weight"]):
+        plan = pp._plan(spare, ParamSpec.from_model(spare, subset), probe)
+        assert plan.whole_model is True and plan.suffix[0].module is spare
+
+
 def test_plan_of_a_chain_a_tied_model_and_a_root_parameter():
     probe = torch.randn(2, 4)
     plan = pp._plan(Chain(), ParamSpec.from_model(Chain(), ["body.1.weight", "body.1.bias"]), probe)
@@ -118,7 +139,7 @@ def test_plan_of_a_chain_a_tied_model_and_a_root_parameter():
 
 def test_widest_output_is_per_sample_even_for_a_one_sample_probe():
     model = nn.Sequential(nn.Linear(4, 9), nn.ReLU(), nn.Linear(9, 2))
-    assert pp._widest_output(model, torch.randn(1, 4)) == 9
+    assert pp._widest_output(model, torch.randn(1, 4)) == 9 and isinstance(pp._widest_output(model, torch.randn(1, 4)), int)
     assert pp._widest_output(model, torch.randn(2, 4)) == 9
     assert pp._widest_output(nn.Sequential(nn.Linear(6, 2)), torch.randn(3, 6)) == 6  # the input itself
 
@@ -127,14 +148,15 @@ def test_widest_output_is_per_sample_even_for_a_one_sample_probe():
 
 class LeakyGroup(nn.Module):
     """LayerNorm (eps 1e-3) + LeakyReLU(0.2), LayerNorm without a bias + Identity, BatchNorm with
-    only its weight generated + ReLU: every activation the planner fuses, and both affine defaults."""
+    only its weight generated + LeakyReLU(0.3): the activations the planner fuses, both norm
+    kinds, and both affine defaults (the module's bias, zeros)."""
 
     def __init__(self):
         super().__init__()
         self.flat, self.fc1 = nn.Flatten(), nn.Linear(40, 16)
         self.ln1, self.act1 = nn.LayerNorm(16, eps=1e-3), nn.LeakyReLU(0.2)
         self.fc2, self.ln2, self.id2 = nn.Linear(16, 16), nn.LayerNorm(16, bias=False), nn.Identity()
-        self.unflat, self.bn3, self.act3 = nn.Unflatten(1, (4, 4)), nn.BatchNorm1d(4), nn.ReLU()
+        self.unflat, self.bn3, self.act3 = nn.Unflatten(1, (4, 4)), nn.BatchNorm1d(4), nn.LeakyReLU(0.3)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
 
     def forward(self, x):
@@ -171,14 +193,19 @@ def cnn():
                          nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 10))
 
 
-CASES = {  # name -> (model, subset, fused norm_affine_act calls per chunk and batch, their activations)
+CASES = {  # name -> (model, subset, the (activation, slope) of each norm_affine_act call of one suffix run)
     "leaky-identity-weight-only": (LeakyGroup, ["ln1.weight", "ln1.bias", "ln2.weight", "bn3.weight"],
-                                   ["leaky_relu", "identity", "relu"]),
-    "relu-before-a-norm": (ReluBeforeNorm, ["ln1.weight", "ln2.weight", "ln2.bias"], ["identity", "identity"]),
-    "norm-then-generated-conv": (cnn, ["1.weight", "1.bias", "3.weight"], ["relu"]),
+                                   [("leaky_relu", 0.2), ("identity", 0.0), ("leaky_relu", 0.3)]),
+    "relu-before-a-norm": (ReluBeforeNorm, ["ln1.weight", "ln2.weight", "ln2.bias"],
+                           [("identity", 0.0), ("identity", 0.0)]),
+    # a norm that is not generated (bn 4) runs as the module it is
+    "norm-then-generated-conv": (cnn, ["1.weight", "1.bias", "3.weight"], [("relu", 0.0)]),
     "norm-at-the-end": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(40, 10), nn.LayerNorm(10)),
-                        ["2.weight", "2.bias"], ["identity"]),
+                        ["2.weight", "2.bias"], [("identity", 0.0)]),
+    "activation-at-the-end": (lambda: nn.Sequential(nn.Flatten(), nn.Linear(40, 10), nn.LayerNorm(10), nn.ReLU()),
+                              ["2.weight", "2.bias"], [("relu", 0.0)]),
 }
+FUSABLE = (nn.ReLU, nn.LeakyReLU, nn.Identity)
 
 
 def case(name, n_models=7, n_test=61, dtype=torch.float32):
@@ -194,27 +221,41 @@ def case(name, n_models=7, n_test=61, dtype=torch.float32):
 @pytest.mark.parametrize("name", list(CASES))
 def test_each_stage_kind_matches_the_reference_with_nothing_rechecked(name, dtype, monkeypatch):
     base, spec, flat, x, y = case(name, dtype=dtype)
-    calls = []
-    real = pp.norm_affine_act
+    calls, suffix_runs, activations_run = [], [], []
+    real_op, real_suffix = pp.norm_affine_act, population._run_suffix
 
     def recording(x, weight, bias, running_mean=None, running_var=None, eps=1e-5, act="relu", slope=0.01):
-        calls.append((act, slope))
-        return real(x, weight, bias, running_mean, running_var, eps, act, slope)
+        calls.append((act, slope if act == "leaky_relu" else 0.0))  # relu and identity do not read the slope
+        return real_op(x, weight, bias, running_mean, running_var, eps, act, slope)
+
+    def counting(*args):
+        suffix_runs.append(1)
+        try:
+            return real_suffix(*args)
+        finally:
+            suffix_runs.append(0)  # closed: hooks count only inside a suffix run
     monkeypatch.setattr(pp, "norm_affine_act", recording)
+    monkeypatch.setattr(population, "_run_suffix", counting)
+    # an activation right after a generated norm is fused into it: never run as a module of its own
+    order, generated_norms = list(base.named_modules()), {n.rsplit(".", 1)[0] for n in spec.names}
+    fused_modules = [m for (pn, pm), (_, m) in zip(order, order[1:]) if isinstance(m, FUSABLE)
+                     and pn in generated_norms and isinstance(pm, (nn.LayerNorm, nn.BatchNorm1d))]
+    def ran(*_):
+        if suffix_runs[-1:] == [1]:  # inside a suffix run (the calibration's reference runs call them too)
+            activations_run.append(1)
+    hooks = [m.register_forward_hook(ran) for m in fused_modules]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no warning escapes the planner either
         res = evaluate_population(base, spec, flat, x, y, batch_size=32, tile_pairs=7 * 32)
+    for h in hooks:
+        h.remove()
     ref = evaluate_one_by_one(base, spec, flat, x, y, batch_size=32)
     assert torch.equal(res.predictions, ref.predictions)
     assert res.rechecked == 0 and res.max_logit_diff < 1e-5
-    # every generated norm fused with the activation after it, once per (chunk, batch)
-    batches = math.ceil(61 / 32)
-    want = CASES[name][2]
-    fused = [a for a, _ in calls]
-    assert len(fused) % len(want) == 0 and fused == want * (len(fused) // len(want)) and len(fused) >= batches * len(want)
-    slopes = {a: s for a, s in calls}
-    if "leaky_relu" in slopes:
-        assert slopes["leaky_relu"] == 0.2
+    # exactly the generated norms, each with the activation after it, in every suffix run
+    runs = sum(suffix_runs)
+    assert runs >= math.ceil(61 / 32) and calls == CASES[name][2] * runs
+    assert activations_run == []
 
 
 def test_plain_torch_modules_under_vmap_raise_no_warning():

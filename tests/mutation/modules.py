@@ -20,11 +20,12 @@ MODULES: dict[str, list[str]] = {
     "pdiff_fast/io.py": ["tests/test_io.py", "tests/test_atomic_writes.py"],
     "pdiff_fast/evaluation/population_plan.py": [
         "tests/evaluation/test_population.py", "tests/evaluation/test_population_plan.py"],
-    "pdiff_fast/config.py": ["tests/test_config.py", "tests/pipeline/test_stale_fields.py"],
+    "pdiff_fast/config.py": ["tests/test_config.py", "tests/test_config_checks.py", "tests/pipeline/test_stale_fields.py"],
     "pdiff_fast/evaluation/population.py": [
-        "tests/evaluation/test_population.py", "tests/evaluation/test_population_plan.py"],
-    "pdiff_fast/pipeline/run_dir.py": ["tests/pipeline/test_run_dir_parts.py", "tests/pipeline/test_run_dir.py",
-                                      "tests/pipeline/test_stale_fields.py"],
+        "tests/evaluation/test_population.py", "tests/evaluation/test_population_parts.py",
+        "tests/evaluation/test_population_plan.py"],
+    # the unit tests only: test_run_dir.py's real runs (kill -9, torchrun, resumes) take minutes per mutant
+    "pdiff_fast/pipeline/run_dir.py": ["tests/pipeline/test_run_dir_parts.py", "tests/pipeline/test_stale_fields.py"],
 }
 
 # Reasons shared by several modules.
@@ -60,9 +61,10 @@ def drops_a_cast_to_the_activations_dtype(old: str, new: str) -> bool:
 
 EQUIVALENT: list = [
     ("*", drops_a_device_move, ONE_DEVICE),
+    ("pdiff_fast/io.py", r'format="PNG"\)\)$', "matplotlib reads the format name case-insensitively"),
     ("pdiff_fast/io.py", r"=> mask = os\.umask\(1\)$",
      "os.umask returns the mask it replaces whatever it sets, and the next line puts that mask back"),
-    ("pdiff_fast/io.py", r'(decode|encoding=)\(?"UTF-8"', "codec names are case-insensitive: UTF-8 is utf-8"),
+    ("*", r'(decode\(|encoding=)"UTF-8"', "codec names are case-insensitive: UTF-8 is utf-8"),
     ("pdiff_fast/io.py", r'=> with open\(tmp, "w", (encoding=None|)\s*\) as f:$',
      "json.dump escapes every non-ASCII character (ensure_ascii), so the JSON text is the same bytes in any "
      "encoding"),
@@ -85,12 +87,68 @@ EQUIVALENT: list = [
     ("pdiff_fast/evaluation/population_plan.py", drops_a_cast_to_the_activations_dtype,
      "a norm's parameters and statistics cast to the dtype of its input, which is theirs: a model whose "
      "norm layer differs in dtype from its input does not run in PyTorch either (the float64 case runs)"),
+    ("pdiff_fast/evaluation/population_plan.py",
+     r'=> return "(relu|identity)", 1\.0$|=> name, slope = act if act else \("identity", 1\.0\)$',
+     "the relu and identity activations do not read the slope (norm_affine_act and its reference)"),
+    ("pdiff_fast/evaluation/population_plan.py", r'=> return "(XXlayerXX|LAYER)"$',
+     "_run_norm asks only whether the kind is \"batch\": any other name takes the layer-norm branch"),
+    ("pdiff_fast/evaluation/population_plan.py", r"named_parameters\(remove_duplicate=None\)",
+     "named_parameters reads remove_duplicate as a truth value: None is False"),
+    ("pdiff_fast/evaluation/population_plan.py", r'message="\.\*BATCHING RULE\.\*"',
+     "a warnings filter matches its message case-insensitively"),
     ("pdiff_fast/evaluation/population_plan.py", r"=> batched = None$", "None is as false as False where batched is read"),
     ("pdiff_fast/evaluation/population_plan.py", r'=> warnings\.filterwarnings\("ignore", \)$',
      "ignoring every warning inside the vmap call instead of the batching-rule one: nothing else warns there "
      "(the vmap test runs with warnings as errors)"),
-    ("pdiff_fast/evaluation/novelty.py", r"=> index = torch\.full\(\(n,\), -1, (dtype=None)?\s*\)$",
+    ("pdiff_fast/data.py", r'torch\.tensor\((d\.target|d\["y"\]|d\["y_test"\]), (dtype=None)?\s*\)',
+     "the labels come as int64 NumPy arrays (scikit-learn's digits, mnist1d), which torch.tensor keeps int64"),
+    ("*", r"=> \w+ = torch\.full\(\(.*\), -1, (dtype=None)?\s*\)( if keep_predictions else None)?$",
      "torch.full with an integer fill value is int64 already, the dtype the line names"),
+    ("pdiff_fast/evaluation/novelty.py", r"=> i = torch\.randint\(k, \(n,\), generator=generator\)$",
+     "torch.randint(k, size) is randint(0, k, size): low defaults to 0"),
+    ("pdiff_fast/evaluation/novelty.py", r"=> parts\[\+1\] \+=",
+     "parts holds two sentences at that point, so parts[1] is parts[-1]"),
+    ("pdiff_fast/evaluation/population.py", r"_ALLOCATOR_WARMED|31 << 20|block\[:: 4096\]|sys\.platform\.startswith",
+     "warm_allocator: a one-off allocation before the first evaluation so that the memory test measures the "
+     "evaluation, not the allocator's start; it changes no result"),
+    ("pdiff_fast/evaluation/population.py", r"torch\.cuda\.|DEVICE_MEMORY_FRACTION",
+     "a CUDA-only line (the device's free memory): no CUDA device where mutation runs; the GPU tests run it"),
+    ("pdiff_fast/evaluation/population.py",
+     r"step = max\(|batch_size: int = 1025|memory_budget_bytes // [45]|memory_budget_bytes / 4|budget // [45]|"
+     r"budget / 4|tile_pairs_for\(plan\.pair_bytes, device, (None)?\s*\)|max_models_per_chunk=None|"
+     r"m = max\(1, min\(|sub = max\(|if \(plan\.per_sample\) (and False|or True) else b|"
+     r"for s in range\(0, x_test\.shape\[0\], \):|for i in range\(0, x_test\.shape\[1\], step\)|"
+     r"flat\.shape\[1\]\)|element_size\(\) <=|element_size\(\) /|n_run / spec\.dim|"
+     r"rows\.get\((None, n_run|0, None)\)|element_size\(\) < ",
+     BLOCKING + " (tiles, chunks, row blocks, when the inputs move to the device at once; "
+     "tests/evaluation/test_population.py runs tiny budgets and tiles against the defaults)"),
+    ("pdiff_fast/evaluation/population.py", r'=> if device\.type (==|!=) "(cpu|XXcpuXX|CPU)":$',
+     "whether warm_allocator runs (see its rule): no result depends on it"),
+    ("pdiff_fast/evaluation/population.py", r"=> loaded = (None|\"\")$",
+     "the reference model loaded again before each of its batches: the same weights, only more copies"),
+    ("pdiff_fast/evaluation/population.py", r"=> budget = memory_budget_bytes if \(memory_budget_bytes is not None\) and False",
+     BLOCKING + " (the budget given replaced by the default one)"),
+    ("pdiff_fast/evaluation/population.py", r"logits\[c - m0\]\.to\((None, copy=True|copy=True|torch\.float32, copy=False|torch\.float32, )\)",
+     "the calibration logits kept as a float32 copy: float32 models give float32 logits, the reference's are "
+     "cast to float32 before the difference, and a view instead of a copy only holds more memory"),
+    ("pdiff_fast/evaluation/population.py", r"calib = \(", "which models calibrate the fast path's distance "
+     "(the first, or the first and the last): any run model measures the same kernels"),
+    ("pdiff_fast/evaluation/population.py", r"x_test\[:3\]\.to\(device\)|x_test\[:2\]\.to\(device\)\)$",
+     "the probe's sample count: the plan and the class count read per-sample shapes"),
+    ("pdiff_fast/evaluation/population.py", r"rows\.get\((c|r), (None|c \+ 2|r \+ 2)\)\[0\]",
+     "[0] of the rows from c (or r) on is row c whatever the end"),
+    ("pdiff_fast/evaluation/population.py", r"out_rows\((None, rows\.n|0, None)\)",
+     "with every row run, slice(None, n) and slice(0, None) are slice(0, n)"),
+    ("pdiff_fast/evaluation/population.py", r"(argmax|amin)\(\+1\)",
+     "dim 1 of a (models, classes)-shaped reduction is its last"),
+    ("pdiff_fast/evaluation/population.py", r"torch\.ones\(1, n_test, (dtype=None)?\s*\)\)$",
+     "pack_bits packs nonzero values: float ones pack as bool ones"),
+    ("pdiff_fast/pipeline/run_dir.py", r'meta\.get\("step", (None|1|)\s*\) > mine',
+     "every checkpoint records its step (the training loops' checkpoint callback writes it), so the default "
+     "is never read"),
+    ("pdiff_fast/pipeline/run_dir.py", r"run_dir\.mkdir\(parents=True, (exist_ok=None|exist_ok=False|)\s*\)",
+     "prepare_run_dir makes the directory only after checking that what exists there is a directory; "
+     "exist_ok matters only for a race with another process creating it"),
     ("pdiff_fast/evaluation/novelty.py", r"rows = max\(|=> for r0 in range\(0, n, \):", BLOCKING),
     ("pdiff_fast/evaluation/novelty.py", r"=> sq = \(xb \* xb\)\.sum\(None, keepdim=True\)",
      "a row's own squared norm is added to every candidate of that row (summing the whole block adds one "

@@ -3,6 +3,9 @@
 is resumed, and when a trained autoencoder counts as current. Written against the mutants mutmut
 left alive (docs/mutation-scores.md); tests/pipeline/test_run_dir.py replays the same rules on
 real runs."""
+import os
+import time
+
 import pytest
 import torch
 
@@ -164,3 +167,49 @@ def test_prepare_refuses_a_file_and_cleans_old_temporaries(tmp_path):
         prepare_run_dir(tmp_path / "file")
     d = prepare_run_dir(tmp_path / "a" / "b")
     assert d.is_dir()
+
+
+def test_save_and_load_carry_the_record_and_check_inputs(rd):
+    digest = rd._save("autoencoder", {"w": torch.arange(3.0)}, {"note": 1}, {"population": "s"}, ae_steps=5)
+    tensors, meta, got = rd._load("autoencoder", {"population": "s"})
+    assert got == digest == read_digest(rd.path("autoencoder")) and torch.equal(tensors["w"], torch.arange(3.0))
+    assert meta["note"] == 1 and meta["inputs"] == {"population": "s"} and meta["config"]["ae_steps"] == 5
+    with pytest.raises(StaleArtifact, match="autoencoder.safetensors is stale"):
+        rd._load("autoencoder", {"population": "other"})
+    assert rd._record("generated", {}, num_samples=7)["config"]["num_samples"] == 7
+
+
+def test_prepare_twice_and_an_unwritable_directory(tmp_path, monkeypatch):
+    d = prepare_run_dir(tmp_path / "r")
+    assert prepare_run_dir(d) == d  # an existing run directory is fine
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if mode == os.W_OK | os.X_OK else real(p, mode))
+    with pytest.raises(PermissionError, match=r"^.*/r: the run directory is not writable$"):
+        prepare_run_dir(d)
+
+
+def test_timings_start_a_file_and_measure_seconds(rd):
+    assert not rd.path("timings").exists()
+    rd._timed("collect", lambda: time.sleep(0.01))
+    assert 0.01 <= load_json(rd.path("timings"))["collect"] < 10
+
+
+def test_collect_rewrites_config_json_whole(rd):
+    save_json(rd.path("config"), {**rd.config.to_dict(), "ae_steps": 77})
+    rd._update_config_json("population")
+    assert load_json(rd.path("config")) == rd.config.to_dict()
+
+
+def test_damaged_or_foreign_checkpoints_are_not_resumed(rd):
+    inputs = {"population": "p"}
+    save_tensors(rd.path("autoencoder_ckpt"), {"w": torch.ones(2)}, {"inputs": inputs, "device": "cpu", "step": 1})
+    assert rd._checkpoint_state("autoencoder", inputs, restart=False) is None  # no settings recorded
+    checkpoint(rd, "autoencoder", inputs, step=5)
+    data = rd.path("autoencoder_ckpt").read_bytes()
+    rd.path("autoencoder_ckpt").write_bytes(data[:-4])  # header intact, tensors cut short
+    rd.logs.clear()
+    assert rd._checkpoint_state("autoencoder", inputs, restart=False) is None
+    assert len(rd.logs) == 1 and rd.logs[0].startswith("ignoring an unreadable checkpoint (")
+    plant_trained_autoencoder(rd)
+    save_tensors(rd.path("diffusion_ckpt"), {"w": torch.ones(1)}, {})  # a checkpoint that records no inputs
+    assert rd._autoencoder_is_current("pop") is False
