@@ -10,39 +10,50 @@ import torch
 from pdiff_fast import config as c
 from pdiff_fast.config import Config, ConfigError
 
-CASES = [  # (check, value, the problem it reports or None)
-    (c._int(1), 1, None), (c._int(1), 0, "must be at least 1, got 0"), (c._int(), -5, None),
-    (c._int(1, 1000), 1000, None), (c._int(1, 1000), 1001, "must be at most 1000, got 1001"),
-    (c._int(), None, "expected an integer, got None"), (c._int(none_ok=True), None, None),
-    (c._int(1, none_ok=True), "3", "expected an integer or null, got '3'"),
-    (c._int(), True, "expected an integer, got True"), (c._int(), 2.0, "expected an integer, got 2.0"),
-    (c._num(0, lo_open=True), 0, "must be greater than 0, got 0"), (c._num(0, lo_open=True), 1e-9, None),
-    (c._num(0), 0, None), (c._num(0), -0.5, "must be at least 0, got -0.5"), (c._num(), -7.5, None),
-    (c._num(0, 1), 1, None), (c._num(0, 1), 1.5, "must be at most 1, got 1.5"),
-    (c._num(0, 1, hi_open=True), 1, "must be less than 1, got 1"), (c._num(0, 1, hi_open=True), 0.999, None),
-    (c._num(), math.nan, "expected a finite number, got nan"), (c._num(), True, "expected a finite number, got True"),
-    (c._choice("a", "b"), "a", None), (c._choice("a", "b"), "c", "must be one of ['a', 'b'], got 'c'"),
-    (c._choice("1"), 1, "must be one of ['1'], got 1"),
-    (c._type(int, "an int"), 3, None), (c._type(int, "an int"), True, "expected an int, got True"),
-    (c._type(str, "a name"), 3, "expected a name, got 3"), (c._type(bool, "true or false"), True, None),
-    (c._subset, "layer*", None), (c._subset, ["a.weight"], None),
-    *[(c._subset, v, f"expected a pattern string or a non-empty list of parameter names, got {v!r}")
+
+def F(name, *args, **kwargs):
+    """A check made by the factory `name` when the test runs (not at import: mutation testing swaps
+    the factory's code per test)."""
+    return lambda: getattr(c, name)(*args, **kwargs)
+
+
+def P(name):
+    return lambda: getattr(c, name)
+
+
+CASES = [  # (the check, value, the problem it reports or None)
+    (F("_int", 1), 1, None), (F("_int", 1), 0, "must be at least 1, got 0"), (F("_int"), -5, None),
+    (F("_int", 1, 1000), 1000, None), (F("_int", 1, 1000), 1001, "must be at most 1000, got 1001"),
+    (F("_int"), None, "expected an integer, got None"), (F("_int", none_ok=True), None, None),
+    (F("_int", 1, none_ok=True), "3", "expected an integer or null, got '3'"),
+    (F("_int"), True, "expected an integer, got True"), (F("_int"), 2.0, "expected an integer, got 2.0"),
+    (F("_num", 0, lo_open=True), 0, "must be greater than 0, got 0"), (F("_num", 0, lo_open=True), 1e-9, None),
+    (F("_num", 0), 0, None), (F("_num", 0), -0.5, "must be at least 0, got -0.5"), (F("_num"), -7.5, None),
+    (F("_num", 0, 1), 1, None), (F("_num", 0, 1), 1.5, "must be at most 1, got 1.5"),
+    (F("_num", 0, 1, hi_open=True), 1, "must be less than 1, got 1"), (F("_num", 0, 1, hi_open=True), 0.999, None),
+    (F("_num"), math.nan, "expected a finite number, got nan"), (F("_num"), True, "expected a finite number, got True"),
+    (F("_choice", "a", "b"), "a", None), (F("_choice", "a", "b"), "c", "must be one of ['a', 'b'], got 'c'"),
+    (F("_choice", "1"), 1, "must be one of ['1'], got 1"),
+    (F("_type", int, "an int"), 3, None), (F("_type", int, "an int"), True, "expected an int, got True"),
+    (F("_type", str, "a name"), 3, "expected a name, got 3"), (F("_type", bool, "true or false"), True, None),
+    (P("_subset"), "layer*", None), (P("_subset"), ["a.weight"], None),
+    *[(P("_subset"), v, f"expected a pattern string or a non-empty list of parameter names, got {v!r}")
       for v in ("", 5, [], ["a", ""], [3])],
-    (c._channels, None, None), (c._channels, [1, 2], None),
-    *[(c._channels, v, f"expected null or a non-empty list of positive integers, got {v!r}")
+    (P("_channels"), None, None), (P("_channels"), [1, 2], None),
+    *[(P("_channels"), v, f"expected null or a non-empty list of positive integers, got {v!r}")
       for v in ([0, 4], [], [1, 2.0], "8")],
-    (c._sigmas, [0, 0.1], None), (c._sigmas, [], None),
-    *[(c._sigmas, v, f"expected a list of non-negative numbers, got {v!r}") for v in ([-1], [math.nan], 0.1)],
-    (c._cuda_graph, "auto", None), (c._cuda_graph, True, None), (c._cuda_graph, False, None),
-    (c._cuda_graph, "yes", "expected true, false or 'auto', got 'yes'"),
-    (c._device, "cpu", None), (c._device, "auto", None),
-    *[(c._device, v, f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}") for v in ("gpu", 3, "abcde1", "cuda:")],
+    (P("_sigmas"), [0, 0.1], None), (P("_sigmas"), [], None),
+    *[(P("_sigmas"), v, f"expected a list of non-negative numbers, got {v!r}") for v in ([-1], [math.nan], 0.1)],
+    (P("_cuda_graph"), "auto", None), (P("_cuda_graph"), True, None), (P("_cuda_graph"), False, None),
+    (P("_cuda_graph"), "yes", "expected true, false or 'auto', got 'yes'"),
+    (P("_device"), "cpu", None), (P("_device"), "auto", None),
+    *[(P("_device"), v, f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}") for v in ("gpu", 3, "abcde1", "cuda:")],
 ]
 
 
-@pytest.mark.parametrize("check, value, problem", CASES)
-def test_each_check_on_both_sides_of_its_bounds(check, value, problem):
-    assert check(value) == problem
+@pytest.mark.parametrize("make, value, problem", CASES)
+def test_each_check_on_both_sides_of_its_bounds(make, value, problem):
+    assert make()(value) == problem
 
 
 @pytest.mark.parametrize("value", ["cuda", "cuda:0", "cuda:1", "cuda:12"])

@@ -169,6 +169,7 @@ def test_clean_stale_temporaries_removes_only_old_temporaries(tmp_path):
 
 def test_text_files_are_utf8_under_an_ascii_locale(tmp_path):
     """Not the locale's encoding: a C locale without coercion or UTF-8 mode encodes as ASCII."""
+    io.save_text(tmp_path / "here.md", "σ")  # in this process too (mutation testing sees which tests call it)
     code = ("import sys; from pdiff_fast import io; io.save_text(sys.argv[1] + '/t.md', '\\u03c3'); "
             "io.save_json(sys.argv[1] + '/o.json', {'\\u03c3': 1})")
     env = {**os.environ, "LC_ALL": "C", "PYTHONCOERCECLOCALE": "0", "PYTHONUTF8": "0",

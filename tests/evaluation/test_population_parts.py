@@ -3,6 +3,7 @@ their messages, a recheck of one model that must leave the others alone, a popul
 finite model, and where the fast-path warning points. Written against the mutants mutmut left
 alive (docs/mutation-scores.md)."""
 import math
+import os
 import warnings
 
 import pytest
@@ -123,4 +124,50 @@ def test_the_fast_path_warning_points_at_the_caller(monkeypatch):
         warnings.simplefilter("always")
         evaluate_population(base, spec, flat, x, y)
     (w,) = [w for w in caught if "fast path is wrong" in str(w.message)]
-    assert w.category is RuntimeWarning and w.filename == __file__
+    assert w.category is RuntimeWarning
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline is one more frame
+        assert w.filename == __file__
+
+
+def test_two_classes_and_logits_that_are_not_batch_by_classes():
+    pred, gap = _top2_gap(torch.tensor([[[0.5, 2.0]]]))
+    assert pred.tolist() == [[1]] and gap.tolist() == [[1.5]]
+    x, y = torch.randn(6, 2), torch.zeros(6, dtype=torch.long)
+    model = ThreeD()
+    spec = ParamSpec.from_model(model, ["fc.bias"])
+    with pytest.raises(ValueError, match=r"^evaluate_population: the model must output \(batch, classes\) logits, "
+                                         r"got \(6, 3, 5\) per model$"):
+        evaluate_population(model, spec, spec.flatten([model]), x, y)
+    check_test_set(nn.Linear(2, 3), x, torch.zeros(6, dtype=torch.complex64))  # complex labels: not judged
+
+
+def test_nan_logits_of_one_model_are_rechecked(monkeypatch):
+    base, spec, flat, x, y = mlp_case()
+    real = population._run_suffix
+
+    def nan_model_3(plan, h, params, m):
+        out = real(plan, h, params, m)
+        if m == flat.shape[0]:
+            out = out.clone()
+            out[3] = math.nan
+        return out
+    monkeypatch.setattr(population, "_run_suffix", nan_model_3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the calibration model is fine; model 3 alone is off
+        res = evaluate_population(base, spec, flat, x, y, batch_size=16, tile_pairs=10_000)
+    ref = evaluate_one_by_one(base, spec, flat, x, y, batch_size=16)
+    assert res.rechecked == math.ceil(40 / 16) and torch.equal(res.predictions, ref.predictions)
+
+
+def test_65_models_in_chunks_calibrate_on_the_first_and_the_last():
+    base, spec, flat, x, y = mlp_case(n_models=65, n_test=30)
+    res = evaluate_population(base, spec, flat, x, y, batch_size=30, tile_pairs=8 * 30)  # 8 models a chunk
+    ref = evaluate_one_by_one(base, spec, flat, x, y, batch_size=30)
+    assert torch.equal(res.predictions, ref.predictions) and res.max_logit_diff < 1e-5
+
+
+def test_finite_rows_in_blocks_of_one_row():
+    flat = torch.zeros(10, 3)
+    flat[7, 1] = math.inf
+    finite = population._finite_rows(flat, budget=12)  # one row per block
+    assert finite.tolist() == [True] * 7 + [False] + [True] * 2

@@ -129,3 +129,15 @@ def test_in_kernel_noise_step_matches_reference_with_that_noise(clip, alphas, in
     ref_prev, ref_x0 = ddim_step_torch(x_t, eps, a_t, a_prev, z, 0.5, clip)
     torch.testing.assert_close(x0, ref_x0, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(x_prev, ref_prev, rtol=1e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", list(SHAPES.values()), ids=list(SHAPES))
+def test_writes_stay_inside_the_output(shape):
+    """Output buffers that are the front of larger ones: nothing past their end changes (a tile
+    mask one column too wide writes the next row's first value, and past the last row)."""
+    x_t, eps, noise = inputs(shape)
+    n = x_t.numel()
+    big = [torch.full((n + 64,), 7.0, device=device) for _ in range(2)]
+    kmod.ddim_step(x_t, eps, 0.5, 0.7, noise, 0.3, True, out=tuple(b[:n].view(shape) for b in big))
+    for b in big:
+        assert (b[n:] == 7.0).all()

@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 
 from .common import PLANTED_RESULTS, SCORES, copy_tree, load_json, save_json, write_docs
-from .modules import EQUIVALENT, MODULES
+from .modules import EQUIVALENT, KNOWN_SURVIVORS, MODULES
 
 
 def write_config(work: Path, module: str, tests: list[str]) -> None:
@@ -56,11 +56,11 @@ def change_of(diff: str) -> str:
     return " | ".join(old) + " => " + " | ".join(new)
 
 
-def equivalence(module: str, change: str) -> str | None:
-    """The reason of the first rule of EQUIVALENT that matches: a regex over 'old => new', or a
+def equivalence(module: str, change: str, rules=EQUIVALENT) -> str | None:
+    """The reason of the first rule of `rules` that matches: a regex over 'old => new', or a
     callable(old, new)."""
     old, _, new = change.partition(" => ")
-    for pattern_module, rule, reason in EQUIVALENT:
+    for pattern_module, rule, reason in rules:
         if not fnmatch.fnmatch(module, pattern_module):
             continue
         if rule(old, new) if callable(rule) else re.search(rule, change):
@@ -93,7 +93,8 @@ def run_module(module: str, tests: list[str], work_root: Path, children: int) ->
                 equivalents.append({"mutant": short(name), "change": change, "reason": reason})
             else:
                 counts["survived"] += 1
-                survivors.append({"mutant": short(name), "change": change})
+                survivors.append({"mutant": short(name), "change": change,
+                                  "why": equivalence(module, change, KNOWN_SURVIVORS)})
         elif state == "no tests":
             counts["no tests"] += 1
             survivors.append({"mutant": short(name), "change": change_of(mutmut(work, "show", name)), "no tests": True})
@@ -103,6 +104,27 @@ def run_module(module: str, tests: list[str], work_root: Path, children: int) ->
     score = (counts["killed"] + counts["timeout"]) / judged if judged else float("nan")
     return {"date": started.date().isoformat(), "tests": tests, "mutants": len(status), **counts,
             "score": round(score, 4), "seconds": round(seconds), "survivors": survivors, "equivalent_mutants": equivalents}
+
+
+def reclassify(module: str, entry: dict) -> dict:
+    """The stored survivors and equivalent mutants judged again by the current rules (no rerun):
+    after a rule or a reason changes."""
+    alive = entry["survivors"] + entry["equivalent_mutants"]
+    survivors, equivalents = [], []
+    for m in alive:
+        reason = None if m.get("no tests") else equivalence(module, m["change"])
+        if reason:
+            equivalents.append({"mutant": m["mutant"], "change": m["change"], "reason": reason})
+        else:
+            survivors.append({k: v for k, v in m.items() if k != "reason"}
+                             | {"why": equivalence(module, m["change"], KNOWN_SURVIVORS)})
+    entry = {**entry, "survivors": sorted(survivors, key=lambda m: natural(m["mutant"])),
+             "equivalent_mutants": sorted(equivalents, key=lambda m: natural(m["mutant"]))}
+    entry["equivalent"] = len(equivalents)
+    entry["survived"] = sum(not m.get("no tests") for m in survivors)
+    judged = entry["mutants"] - entry["equivalent"]
+    entry["score"] = round((entry["killed"] + entry["timeout"]) / judged, 4) if judged else float("nan")
+    return entry
 
 
 def natural(name: str):
@@ -119,12 +141,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("modules", nargs="*", help="modules of tests/mutation/modules.py (default: all)")
     ap.add_argument("--max-children", type=int, default=2)
+    ap.add_argument("--reclassify", action="store_true",
+                    help="judge the stored survivors again by the current rules and rewrite the scores, no run")
     ap.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "pdiff_fast_mutation")
     args = ap.parse_args(argv)
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         ap.error(f"not in tests/mutation/modules.py: {unknown}; known: {sorted(MODULES)}")
     scores = load_json(SCORES)
+    if args.reclassify:
+        for module in args.modules or list(scores):
+            scores[module] = reclassify(module, scores[module])
+        save_json(SCORES, scores)
+        write_docs(scores, load_json(PLANTED_RESULTS))
+        return 0
     for module in args.modules or list(MODULES):
         result = run_module(module, MODULES[module], args.work_dir, args.max_children)
         scores[module] = result

@@ -28,7 +28,9 @@ def copy_tree(work: Path) -> None:
     """The tracked files and the built extension (mutmut copies what it mutates into mutants/)."""
     if work.exists():
         shutil.rmtree(work)
-    files = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout
+    # tracked files and new ones not ignored: what a commit of the working tree would hold
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, check=True).stdout
     for name in files.decode().split("\0"):
         if name and (ROOT / name).is_file():
             (work / name).parent.mkdir(parents=True, exist_ok=True)
@@ -53,7 +55,7 @@ def write_docs(scores: dict, planted: dict) -> None:
         if s["survivors"]:
             lines += ["Survivors (not killed, not equivalent):", ""]
             lines += [f"- {m['mutant']}{' (no test reaches it)' if m.get('no tests') else ''}: `{m['change']}`"
-                      for m in s["survivors"]]
+                      + (f"; not killed yet: {m['why']}" if m.get("why") else "") for m in s["survivors"]]
             lines.append("")
         reasons: dict[str, list[str]] = {}
         for m in s["equivalent_mutants"]:

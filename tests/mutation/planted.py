@@ -42,7 +42,8 @@ PLANTED = [
             ("tests/kernels/test_ddpm_step.py",), "DDPM: noise added at t == 0 too"),
     Planted("kernels/ddpm_step.py", "mean = c_mean1 * x0 + c_mean2 * x", "mean = c_mean2 * x0 + c_mean1 * x",
             ("tests/kernels/test_ddpm_step.py",), "DDPM: the posterior mean's coefficients swapped"),
-    Planted("kernels/q_sample.py", "c_noise = tl.load(coefs_ptr + T + t,", "c_noise = tl.load(coefs_ptr + t,",
+    Planted("kernels/q_sample.py", "c_noise = tl.load(coefs_ptr + T + t, mask=row_ok, other=0.0)[:, None]\n\n    x0",
+            "c_noise = tl.load(coefs_ptr + t, mask=row_ok, other=0.0)[:, None]\n\n    x0",
             ("tests/kernels/test_q_sample.py",), "q_sample: the noise scale read from the signal table"),
     Planted("kernels/tiles.py", "mask = row_ok[:, None] & (cols < M)[None, :]", "mask = row_ok[:, None] & (cols <= M)[None, :]",
             ("tests/kernels/test_ddim_step.py",), "tile mask: one column past the row's end"),
@@ -58,6 +59,8 @@ PLANTED = [
 
 def run_one(index: int, p: Planted, work: Path) -> dict:
     copy_tree(work)
+    # the editable install maps pdiff_fast.kernels to the checkout's kernels/: point it at the copy's
+    (work / "pdiff_fast" / "kernels").symlink_to(Path("..") / "kernels")
     path = work / p.file
     text = path.read_text()
     if text.count(p.old) != 1:
@@ -74,9 +77,11 @@ def run_one(index: int, p: Planted, work: Path) -> dict:
     test = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *p.tests],
                           cwd=work, env=env, capture_output=True, text=True)
     failed = [line.split(" ")[1] for line in test.stdout.splitlines() if line.startswith("FAILED ")]
+    if test.returncode not in (0, 1):  # the bug crashed the test process (e.g. a write past a buffer)
+        failed = failed[:1] + [f"the test run itself (exit code {test.returncode})"]
     return {"index": index, "file": p.file, "change": f"{p.old} => {p.new}", "what": p.what,
-            "tests": list(p.tests), "caught": test.returncode == 1, "first_failure": failed[:1],
-            "seconds": round(time.perf_counter() - started)}
+            "tests": list(p.tests), "caught": test.returncode != 0, "first_failure": failed[:1],
+            "exit_code": test.returncode, "seconds": round(time.perf_counter() - started)}
 
 
 def main(argv: list[str] | None = None) -> int:
