@@ -25,7 +25,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .common import PLANTED_RESULTS, SCORES, copy_tree, load_json, save_json, write_docs
+from .common import PLANTED_RESULTS, SCORES, copy_tree, load_results, save_results, write_docs
 from .modules import EQUIVALENT, KNOWN_SURVIVORS, MODULES
 
 
@@ -80,35 +80,20 @@ def run_module(module: str, tests: list[str], work_root: Path, children: int) ->
         name, _, state = line.strip().rpartition(": ")
         if name:
             status[name] = state
-    counts = {"killed": 0, "timeout": 0, "survived": 0, "equivalent": 0, "no tests": 0, "other": 0}
-    survivors, equivalents = [], []
-    for name, state in sorted(status.items(), key=lambda kv: natural(kv[0])):
-        if state in ("killed", "timeout"):
-            counts[state] += 1
-        elif state == "survived":
-            change = change_of(mutmut(work, "show", name))
-            reason = equivalence(module, change)
-            if reason:
-                counts["equivalent"] += 1
-                equivalents.append({"mutant": short(name), "change": change, "reason": reason})
-            else:
-                counts["survived"] += 1
-                survivors.append({"mutant": short(name), "change": change,
-                                  "why": equivalence(module, change, KNOWN_SURVIVORS)})
-        elif state == "no tests":
-            counts["no tests"] += 1
-            survivors.append({"mutant": short(name), "change": change_of(mutmut(work, "show", name)), "no tests": True})
-        else:
-            counts["other"] += 1
-    judged = len(status) - counts["equivalent"]
-    score = (counts["killed"] + counts["timeout"]) / judged if judged else float("nan")
-    return {"date": started.date().isoformat(), "tests": tests, "mutants": len(status), **counts,
-            "score": round(score, 4), "seconds": round(seconds), "survivors": survivors, "equivalent_mutants": equivalents}
+    counts = {state: sum(s == state for s in status.values()) for state in ("killed", "timeout", "no tests")}
+    counts["other"] = sum(s not in ("killed", "timeout", "no tests", "survived") for s in status.values())
+    alive = [{"mutant": short(name), "change": change_of(mutmut(work, "show", name)),
+              **({"no tests": True} if state == "no tests" else {})}
+             for name, state in status.items() if state in ("survived", "no tests")]
+    entry = {"date": started.date().isoformat(), "tests": tests, "mutants": len(status), **counts,
+             "seconds": round(seconds), "survivors": alive, "equivalent_mutants": []}
+    return reclassify(module, entry)
 
 
 def reclassify(module: str, entry: dict) -> dict:
-    """The stored survivors and equivalent mutants judged again by the current rules (no rerun):
-    after a rule or a reason changes."""
+    """The mutants left alive (survivors, no tests, those judged equivalent before) judged by the
+    current rules: equivalent (with the rule's reason) or alive (with why, if known); the counts
+    and the score follow. Run after a mutmut run, and alone (--reclassify) after a rule changes."""
     alive = entry["survivors"] + entry["equivalent_mutants"]
     survivors, equivalents = [], []
     for m in alive:
@@ -148,12 +133,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [m for m in args.modules if m not in MODULES]
     if unknown:
         ap.error(f"not in tests/mutation/modules.py: {unknown}; known: {sorted(MODULES)}")
-    scores = load_json(SCORES)
+    scores = load_results(SCORES)
     if args.reclassify:
         for module in args.modules or list(scores):
             scores[module] = reclassify(module, scores[module])
-        save_json(SCORES, scores)
-        write_docs(scores, load_json(PLANTED_RESULTS))
+        save_results(SCORES, scores)
+        write_docs(scores, load_results(PLANTED_RESULTS))
         return 0
     for module in args.modules or list(MODULES):
         result = run_module(module, MODULES[module], args.work_dir, args.max_children)
@@ -161,8 +146,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{module}: {result['mutants']} mutants, {result['killed'] + result['timeout']} killed, "
               f"{result['survived']} survived, {result['equivalent']} equivalent, score {100 * result['score']:.1f}% "
               f"({result['seconds']} s)", flush=True)
-        save_json(SCORES, scores)
-        write_docs(scores, load_json(PLANTED_RESULTS))
+        save_results(SCORES, scores)
+        write_docs(scores, load_results(PLANTED_RESULTS))
     return 0
 
 

@@ -2,10 +2,11 @@
 of the tree, the results files and the docs page made from them."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 from pathlib import Path
+
+from pdiff_fast.io import load_json, save_json, save_text
 
 ROOT = Path(__file__).resolve().parents[2]
 SCORES = ROOT / "tests" / "mutation" / "scores.json"
@@ -14,14 +15,12 @@ DOCS = ROOT / "docs" / "mutation-scores.md"
 TARGET = 0.90
 
 
-def load_json(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
+def load_results(path: Path) -> dict:
+    return load_json(path) if path.exists() else {}
 
 
-def save_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)
+def save_results(path: Path, data: dict) -> None:
+    save_json(path, data)
 
 
 def copy_tree(work: Path) -> None:
@@ -67,8 +66,7 @@ def write_docs(scores: dict, planted: dict) -> None:
                   "Applied one at a time by `.venv/bin/python -m tests.mutation.planted` (tests/mutation/planted.py).", "",
                   "| # | file | bug | caught by | date |", "|---:|---|---|---|---|"]
         for i, r in sorted(planted.items(), key=lambda kv: int(kv[0])):
-            caught = ", ".join(f"`{t}`" for t in r.get("first_failure", [])) if r["caught"] else "**not caught**"
+            caught = (", ".join(f"`{t}`" for t in r.get("first_failure", [])) if r["caught"]
+                      else "**does not build**" if r["caught"] is None else "**not caught**")
             lines.append(f"| {i} | `{r['file']}` | {r['what']} | {caught} | {r['date']} |")
-    tmp = DOCS.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(lines).rstrip() + "\n")
-    tmp.replace(DOCS)
+    save_text(DOCS, "\n".join(lines).rstrip() + "\n")

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .common import PLANTED_RESULTS as RESULTS, SCORES, copy_tree, load_json, save_json, write_docs
+from .common import PLANTED_RESULTS as RESULTS, SCORES, copy_tree, load_results, save_results, write_docs
 
 
 @dataclass(frozen=True)
@@ -89,15 +89,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("indices", nargs="*", type=int)
     ap.add_argument("--work-dir", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "pdiff_fast_planted")
     args = ap.parse_args(argv)
-    results = load_json(RESULTS)
+    results = load_results(RESULTS)
     for i in args.indices or range(len(PLANTED)):
         r = run_one(i, PLANTED[i], args.work_dir)
         r["date"] = datetime.date.today().isoformat()
         results[str(i)] = r
         print(f"#{i} {PLANTED[i].what}: {'caught' if r['caught'] else 'NOT CAUGHT'} {r.get('first_failure', '')}",
               flush=True)
-        save_json(RESULTS, results)
-    write_docs(load_json(SCORES), results)
+        save_results(RESULTS, results)
+    write_docs(load_results(SCORES), results)
     return 0 if all(r["caught"] for r in results.values()) else 1
 
 
