@@ -14,8 +14,10 @@
     pdiff-fast tasks sample --task 3-8      # models for one task (pdiff_fast/tasks/pdiff.py)
 
 A step's config is the run's config.json (the defaults in a new run directory), then the fields
-that --config names, then the flags. User errors (bad config, stale or missing artifacts, diverging training, file
-system problems) print one line each and exit 2; Ctrl-C exits 130.
+that --config names, then the flags. User errors (bad config, stale, missing or damaged artifacts, diverging
+training, file system problems such as a full disk, running out of memory, a run directory another process is
+writing to) print one line each and exit 2; Ctrl-C exits 130. Each pipeline and tasks command holds its run
+directory's lock while it runs (pdiff_fast/pipeline/lock.py; --wait queues behind another writer).
 """
 from __future__ import annotations
 
@@ -48,6 +50,8 @@ def _step_flags(s, run_dir: str, config_help: str) -> None:
     s.add_argument("--quiet", action="store_true", help="no progress bars")
     s.add_argument("--allow-stale", action="store_true",
                    help="use artifacts even when they were made from other inputs or settings")
+    s.add_argument("--wait", action="store_true",
+                   help="when another process is writing to the run directory, wait for it instead of stopping")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -140,15 +144,35 @@ def _tasks_parser(sub) -> None:
                                                            "8 label 1; repeatable); default: every task")
 
 
+def _read_configs(args, cls, flags: dict):
+    """The run's config.json, then --config's fields, then the flags: a `cls` config. Each file's problems
+    are named with that file (a field of config.json that --config or a flag replaces is not checked);
+    a damaged config.json stops with what to do about it."""
+    run_json = Path(args.run_dir) / "config.json"
+    given = read_config_file(args.config) if args.config else {}
+    fields: dict = {}
+    if run_json.exists() or run_json.is_symlink():
+        try:
+            fields = read_config_file(run_json)
+            own = {k: v for k, v in fields.items() if k not in given and flags.get(k) is None}
+            problems = [f"{run_json}: unknown field {k!r}" for k in sorted(set(own) - set(cls.__dataclass_fields__))]
+            problems += cls.problems({k: v for k, v in own.items() if k in cls.__dataclass_fields__}, str(run_json))
+            if problems:
+                raise ConfigError(problems)
+        except ConfigError as exc:
+            raise ConfigError(exc.problems[:-1] + [
+                f"{exc.problems[-1]}; config.json records this run's settings: repair it, or remove it to start "
+                "from --config and the flags"]) from None
+    fields.update(given)
+    source = args.config or (str(run_json) if fields else "config")
+    cfg = cls.from_dict(fields, source)
+    return cfg.replace(**flags).validate("command-line flags" if any(v is not None for v in flags.values()) else source)
+
+
 def _tasks(args) -> None:
     from .tasks import TaskConfig, TaskPDiff, sample_tasks
 
-    run_json = Path(args.run_dir) / "config.json"
-    fields: dict = read_config_file(run_json) if run_json.is_file() else {}
-    if args.config:
-        fields.update(read_config_file(args.config))
-    cfg = TaskConfig.from_dict(fields, args.config or (str(run_json) if fields else "config"))
-    cfg = cfg.replace(**{n: getattr(args, n, None) for n in TASK_FLAGS}).validate("command-line flags")
+    cfg = _read_configs(args, TaskConfig, {n: getattr(args, n, None) for n in TASK_FLAGS})
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     p = TaskPDiff(cfg, args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale, log=say)
     step = args.task_command
@@ -157,8 +181,10 @@ def _tasks(args) -> None:
             print(f"{name}: {len(acc)} models, test accuracy " + " ".join(f"{a:.1f}" for a in acc)
                   + f" -> {p.run_dir / 'samples' / (name + '.safetensors')}")
         return
-    if step in ("zoo", "run"):
+    if step == "zoo":
         p.zoo()
+    if step == "run":
+        p.zoo_unless_current()
     if step in ("train", "run"):
         p.train(restart=args.restart)
     if step in ("sample", "run"):
@@ -171,16 +197,7 @@ def _tasks(args) -> None:
 
 
 def _config(args) -> Config:
-    run_json = Path(args.run_dir) / "config.json"
-    fields: dict = {}
-    if run_json.is_file():
-        fields.update(read_config_file(run_json))
-    if args.config:
-        fields.update(read_config_file(args.config))
-    source = args.config or (str(run_json) if fields else "config")
-    cfg = Config.from_dict(fields, source)
-    flags = {n: getattr(args, n, None) for n in FLAG_FIELDS}
-    return cfg.replace(**flags).validate("command-line flags" if any(v is not None for v in flags.values()) else source)
+    return _read_configs(args, Config, {n: getattr(args, n, None) for n in FLAG_FIELDS})
 
 
 def _steps(p, args) -> None:
@@ -220,29 +237,35 @@ def _study(args) -> None:
     cfg = cfg.replace(**flags).validate("command-line flags")
     if args.jobs is not None and args.jobs < 1:
         raise ValueError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.finetune_models < 1:
+        raise ValueError(f"--finetune-models must be at least 1, got {args.finetune_models}")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
     run_study(cfg, args.run_dir, parts=tuple(args.only or PARTS), jobs=args.jobs, fresh=args.fresh,
               finetune_models=args.finetune_models, variants=args.variant, log=log)
     print((Path(args.run_dir) / "study.md").read_text())
 
 
+def _pipeline(args) -> None:
+    from . import distributed
+    from .pipeline.pdiff import PDiff
+
+    p = PDiff(_config(args), args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
+              log=lambda msg: print(msg, file=sys.stderr))
+    _steps(p, args)
+    distributed.shutdown()  # under torchrun: every rank done, the group left cleanly
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     try:
-        from . import distributed
-
         if args.command == "study":
             _study(args)
             return 0
-        if args.command == "tasks":
-            _tasks(args)
-            return 0
-        from .pipeline.pdiff import PDiff
+        from .pipeline.lock import run_dir_lock
 
-        p = PDiff(_config(args), args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
-                  log=lambda msg: print(msg, file=sys.stderr))
-        _steps(p, args)
-        distributed.shutdown()  # under torchrun: every rank done, the group left cleanly
+        step = args.command if args.command != "tasks" else f"tasks {args.task_command}"
+        with run_dir_lock(args.run_dir, step, wait=args.wait, log=lambda msg: print(msg, file=sys.stderr)):
+            (_tasks if args.command == "tasks" else _pipeline)(args)
     except KeyboardInterrupt:
         print(f"pdiff-fast {args.command}{_where()}: interrupted; finished artifacts and checkpoints are kept",
               file=sys.stderr)
@@ -255,6 +278,13 @@ def main(argv=None) -> int:
         msg = " ".join(str(exc).split("\n")) if not isinstance(exc, OSError) or not exc.filename else \
             f"{exc.filename}: {exc.strerror or exc}"
         print(f"pdiff-fast {args.command}{_where()}: error: {msg}", file=sys.stderr)
+        return 2
+    except (MemoryError, RuntimeError) as exc:
+        if not isinstance(exc, MemoryError) and "out of memory" not in str(exc):
+            raise  # a bug, not something the user met: its traceback is what a report needs
+        first = (str(exc).strip().splitlines() or ["no details"])[0]
+        print(f"pdiff-fast {args.command}{_where()}: error: out of memory ({type(exc).__name__}: {first}); "
+              "lower num_samples, memory_budget_mb or the sizes in the config", file=sys.stderr)
         return 2
     return 0
 

@@ -4,6 +4,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import stat
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -103,7 +106,8 @@ class Config(ConfigFields):
 
     @classmethod
     def problems(cls, d: dict, source: str) -> list[str]:
-        return check_fields(d, source)
+        return check_fields(d, source) + _denoiser_widths(d.get("denoiser", cls.denoiser),
+                                                          d.get("denoiser_channels"), source)
 
 
 # the samplers' names (pdiff_fast.diffusion.samplers.SAMPLERS describes them; a test keeps the two equal)
@@ -119,23 +123,65 @@ class ConfigError(ValueError):
 
 
 SHIPPED = Path(__file__).resolve().parent / "configs"  # configs that ship with the package, by name
+MAX_CONFIG_BYTES = 16 << 20  # a config is a few hundred bytes; a larger file is not one (and is not read into memory)
+MAX_DEPTH = 100  # arrays and objects in a config file, nested; deeper ones are refused (deep copies and messages
+# of deeper values recurse past Python's limit)
 
 
 def read_config_file(path) -> dict:
-    """A JSON config file, or the name of a shipped one (`quick`: pdiff_fast/configs/quick.json)."""
+    """The JSON object of a config file, or of a shipped one by name (`quick`: pdiff_fast/configs/quick.json).
+    Anything else (no file, a directory, a FIFO or device, not UTF-8, not JSON, nested more than MAX_DEPTH
+    levels, not an object) is a ConfigError naming the file."""
     path = Path(path)
-    if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (SHIPPED / f"{path}.json").is_file():
-        path = SHIPPED / f"{path}.json"
-    if path.is_dir():
-        raise ConfigError([f"{path}: is a directory, not a JSON config file"])
-    if not path.is_file():
-        raise ConfigError([f"{path}: no such config file"])
     try:
-        return json.loads(path.read_bytes().decode("utf-8"))
+        if not path.exists() and path.suffix == "" and len(path.parts) == 1 and (SHIPPED / f"{path}.json").is_file():
+            path = SHIPPED / f"{path}.json"
+        st = path.stat()
+        mode = st.st_mode
+    except (FileNotFoundError, NotADirectoryError):
+        raise ConfigError([f"{path}: no such config file"]) from None
+    except (OSError, ValueError) as exc:  # a name too long, a directory it may not enter, a NUL byte
+        raise ConfigError([f"{path}: cannot read the config file ({getattr(exc, 'strerror', None) or exc})"]) from None
+    if stat.S_ISDIR(mode):
+        raise ConfigError([f"{path}: is a directory, not a JSON config file"])
+    if not stat.S_ISREG(mode):  # reading a FIFO would block until a writer comes
+        raise ConfigError([f"{path}: is not a regular file (a FIFO, socket or device), not a JSON config file"])
+    if st.st_size > MAX_CONFIG_BYTES:
+        raise ConfigError([f"{path}: {st.st_size} bytes, more than a config file can be ({MAX_CONFIG_BYTES} bytes)"])
+    too_deep = f"{path}: config is nested too deeply (JSON arrays and objects more than {MAX_DEPTH} levels deep)"
+    try:
+        doc = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read the config file ({exc.strerror or exc})"]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([f"{path}: config is not UTF-8 text ({exc})"]) from exc
-    except json.JSONDecodeError as exc:
-        raise ConfigError([f"{path}: config is not valid JSON ({exc})"]) from exc
+    except RecursionError:  # deeper than the parser goes
+        raise ConfigError([too_deep]) from None
+    except ValueError as exc:  # not JSON, or an integer of more digits than Python converts
+        raise ConfigError([f"{path}: config is not valid JSON ({exc})"]) from None
+    if _too_deep(doc):
+        raise ConfigError([too_deep])
+    if not isinstance(doc, dict):
+        raise ConfigError([f"{path}: a config must be a JSON object of fields, not {_json_type(doc)}"])
+    return doc
+
+
+def _too_deep(doc) -> bool:
+    """Arrays and objects nested more than MAX_DEPTH levels (counted without recursion)."""
+    stack = [(doc, 1)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, (list, dict)):
+            if depth > MAX_DEPTH:
+                return True
+            stack.extend((x, depth + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return False
+
+
+def _json_type(v) -> str:
+    if v is None or isinstance(v, bool):
+        return json.dumps(v)
+    return "a string" if isinstance(v, str) else "an array" if isinstance(v, list) else "a number"
 
 
 # --- validation: type and range of every field, checked when the config is read ----------------
@@ -144,10 +190,16 @@ def _is_int(v) -> bool:
 
 
 def _is_num(v) -> bool:
-    return (_is_int(v) or isinstance(v, float)) and math.isfinite(v)
+    """A finite number a float holds (an integer beyond the float range is not: it overflows when used)."""
+    if _is_int(v):
+        return abs(v) <= sys.float_info.max
+    return isinstance(v, float) and math.isfinite(v)
 
 
-def _int(lo=None, hi=None, none_ok=False):
+INT_MAX = 2**63 - 1  # the largest count or seed a torch int64 holds: integer fields are at most this
+
+
+def _int(lo=None, hi=INT_MAX, none_ok=False):
     def check(v):
         if v is None and none_ok:
             return None
@@ -197,6 +249,15 @@ def _channels(v):
     return f"expected null or a non-empty list of positive integers, got {v!r}"
 
 
+def _denoiser_widths(denoiser, channels, source: str, what: str = "the AE_CNN_bottleneck denoiser") -> list[str]:
+    """AE_CNN_bottleneck (pdiff_fast.nn.denoiser) has four encoder and four decoder blocks: it takes exactly 4
+    widths. ODUnet takes any number (one block each, its decoder mirroring the encoder). Checked only when
+    the widths are otherwise valid (their own check reports the rest)."""
+    if denoiser != "AE_CNN_bottleneck" or channels is None or _channels(channels) is not None or len(channels) == 4:
+        return []
+    return [f"{source}: field 'denoiser_channels': {what} takes exactly 4 widths, got {len(channels)}: {channels!r}"]
+
+
 def _sigmas(v):
     if isinstance(v, list) and all(_is_num(s) and s >= 0 for s in v):
         return None
@@ -212,12 +273,12 @@ def _device(v):
         return f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}"
     if v in ("auto", "cpu"):
         return None
-    if v == "cuda" or (v.startswith("cuda:") and v[5:].isdigit()):
+    if re.fullmatch(r"cuda(:(0|[1-9][0-9]*))?", v):  # as torch.device spells them: ASCII digits, no leading zero
         import torch
 
         if not torch.cuda.is_available():
             return f"{v!r} was asked for but CUDA is not available on this machine (use 'cpu' or 'auto')"
-        if ":" in v and int(v[5:]) >= torch.cuda.device_count():
+        if ":" in v and (len(v) > 24 or int(v[5:]) >= torch.cuda.device_count()):  # int() of 4300+ digits raises
             return f"{v!r}: this machine has {torch.cuda.device_count()} CUDA device(s)"
         return None
     return f"expected 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}"
@@ -260,7 +321,7 @@ CHECKS = {
     "memory_budget_mb": _int(1),
     "noise_sigmas": _sigmas,
     "device": _device,
-    "seed": _int(0, 2**63 - 1),
+    "seed": _int(0),
 }
 
 

@@ -7,6 +7,7 @@ cached as safetensors, so the second call is instant.
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,16 @@ def default_cache_dir() -> Path:
 def mnist1d(cache_dir: str | os.PathLike | None = None, num_samples: int = 5000, seed: int = 42) -> TensorData:
     """MNIST-1D: 40-long signals, 10 classes, 80/20 split; x is (N, 1, 40)."""
     cache = Path(cache_dir or default_cache_dir()) / f"mnist1d_n{num_samples}_s{seed}.safetensors"
+    t = None
     if cache.is_file():
-        t, _ = load_tensors(cache)
-    else:
+        try:
+            t, _ = load_tensors(cache)
+            if set(t) != {"x_train", "y_train", "x_test", "y_test"}:
+                raise ValueError(f"{cache}: not an MNIST-1D cache file (tensors {sorted(t)})")
+        except ValueError as exc:  # a damaged or foreign cache file: made again below
+            warnings.warn(f"remaking the MNIST-1D cache ({exc})", stacklevel=2)
+            t = None
+    if t is None:
         from mnist1d.data import get_dataset_args, make_dataset  # the generator, not the download
 
         args = get_dataset_args()
@@ -64,7 +72,10 @@ def mnist1d(cache_dir: str | os.PathLike | None = None, num_samples: int = 5000,
             "x_test": torch.tensor(d["x_test"], dtype=torch.float32).unsqueeze(1),
             "y_test": torch.tensor(d["y_test"], dtype=torch.int64),
         }
-        save_tensors(cache, t, {"dataset": "mnist1d", "num_samples": num_samples, "seed": seed})
+        try:
+            save_tensors(cache, t, {"dataset": "mnist1d", "num_samples": num_samples, "seed": seed})
+        except OSError as exc:  # a cache that cannot be written (read-only home, full disk) only costs time
+            warnings.warn(f"MNIST-1D made but not cached ({exc})", stacklevel=2)
     return TensorData("mnist1d", t["x_train"], t["y_train"], t["x_test"], t["y_test"], 10)
 
 

@@ -185,6 +185,10 @@ def format_table(report: dict) -> str:
                  "interpolation": "interpolation of two originals", "weight mean": "mean of the originals' weights",
                  "ensemble": "output ensemble of the originals"}.get(name, name)
         lines.append(row(label, b))
+    dropped = report.get("generated_nonfinite", 0)
+    if dropped:
+        lines += ["", f"{dropped} of {g['n'] + dropped} generated models have NaN or Inf parameters: they are left "
+                      "out of every figure here (n counts the others)."]
     lines += [
         "",
         "| IoU of wrong predictions | value |",

@@ -50,7 +50,7 @@ class FitStep(PDiffParts):
                                 {"preset": ae.preset, "in_dim": pop.spec.dim, "padded_dim": ae.padded_dim,
                                  "losses": losses}, inputs)
             self.path("autoencoder_ckpt").unlink(missing_ok=True)
-            self._update_config_json("autoencoder")
+            self._bookkeeping("autoencoder")
             return digest
         return ae, distributed.broadcast_json(distributed.on_main(write))  # the digest, on every rank
 
@@ -73,6 +73,6 @@ class FitStep(PDiffParts):
                        {"denoiser": c.denoiser, "channels": self.denoiser_channels(),
                         "latent_shape": list(latents.shape[1:]), "losses": losses}, inputs)
             self.path("diffusion_ckpt").unlink(missing_ok=True)
-            self._update_config_json("diffusion")
+            self._bookkeeping("diffusion")
         distributed.on_main(write)
         return model

@@ -67,7 +67,7 @@ class PDiffParts(RunDirectory):
         return build_model(self.config.model, self.data.input_shape, self.data.num_classes, **self.config.model_kwargs)
 
     def _population(self) -> tuple[Population, str | None]:
-        pop = Population.load(self.path("population"))
+        pop = self._read("population", Population.load)
         self._check_settings("population", pop.meta)
         return pop, read_digest(self.path("population"))
 
@@ -87,12 +87,18 @@ class PDiffParts(RunDirectory):
         c = self.config
         return build_autoencoder(c.autoencoder, in_dim, c.input_noise, c.latent_noise)
 
+    def subset_dim(self) -> int | None:
+        """D, the subset's size, from the population file's header (None without a readable one)."""
+        try:
+            meta = read_meta(self.path("population"))
+            return None if meta is None or "spec" not in meta[0] else ParamSpec.from_dict(meta[0]["spec"]).dim
+        except (ValueError, TypeError, KeyError):
+            return None
+
     def autoencoder_preset(self) -> str:
         """The preset the config's `autoencoder` stands for at this run's D (read from the population)."""
-        meta = read_meta(self.path("population"))
-        if meta is None or "spec" not in meta[0]:
-            return self.config.autoencoder
-        return choose_preset(self.config.autoencoder, ParamSpec.from_dict(meta[0]["spec"]).dim)
+        dim = self.subset_dim()
+        return self.config.autoencoder if dim is None else choose_preset(self.config.autoencoder, dim)
 
     def denoiser_channels(self) -> list[int]:
         if self.config.denoiser_channels is not None:

@@ -19,12 +19,14 @@ import torch
 from .. import distributed
 from ..diffusion.sample import generate
 from ..evaluation.judge import evaluate, format_table
-from ..io import load_json, read_digest, save_json, save_text
+from ..io import load_json, save_json, save_text
 from ..params import ParamSpec
+from .capacity import check_fits
 from .collect import RECIPES, Population
 from .fit import FitStep
 from .parts import PDiffParts, pick_device  # noqa: F401
-from .run_dir import MADE_BY, STEP_COUNT, STEP_FIELDS, RunDirectory, StaleArtifact, prepare_run_dir  # noqa: F401
+from .run_dir import (MADE_BY, STEP_COUNT, STEP_FIELDS, RunDirectory, StaleArtifact, check_report_inputs,  # noqa: F401
+                      prepare_run_dir, read_remade_by)
 
 
 class PDiff(FitStep):
@@ -40,6 +42,8 @@ class PDiff(FitStep):
         torch.manual_seed(c.seed)
         model = self.new_model()
         spec = ParamSpec.from_model(model, c.subset)
+        check_fits(f"collect: k={c.k} checkpoints", c.k, spec.dim, self.run_dir, copies=2)
+        check_fits(f"sample: {c.num_samples} models", c.num_samples, spec.dim, self.run_dir, copies=3)  # not hours later
         with torch.random.fork_rng(devices=[]):  # leaves the RNG as collection expects it
             ae = self.build_autoencoder(spec.dim)  # a subset it cannot take fails now, not after collection
         padded = f", its input zero padded to {ae.padded_dim} values" if ae.padded_dim != spec.dim else ""
@@ -55,13 +59,16 @@ class PDiff(FitStep):
 
         def write() -> None:
             pop.save(self.path("population"))
-            self._update_config_json("population")
+            self._bookkeeping("population")
         distributed.on_main(write)
         return pop
 
     def sample(self, n: int | None = None) -> torch.Tensor:
         c = self.config
         n = n or c.num_samples
+        dim = self.subset_dim()
+        if dim is not None:  # else load_models names what is missing
+            check_fits(f"sample: {n} models", n, dim, self.run_dir, copies=3, device=self.device)
         digests: dict = {}
         ae, model, std = self.load_models(digests)
         flat = self._timed("sample", lambda: generate(
@@ -73,7 +80,7 @@ class PDiff(FitStep):
 
         def write():
             self._save("generated", {"params": flat}, {"n": n, "sampler": c.sampler}, digests, num_samples=n)
-            self._update_config_json("generated")
+            self._bookkeeping("generated")
         distributed.on_main(write)
         return flat
 
@@ -93,24 +100,28 @@ class PDiff(FitStep):
         report["inputs"] = {"population": pop_digest, "generated": gen_digest}
         report["settings"] = {"population": pop.meta.get("config"), "generated": gen_meta.get("config"),
                               "evaluate": {"noise_sigmas": c.noise_sigmas, "seed": c.seed}}
-        distributed.on_main(lambda: (save_json(self.path("report"), report),
-                                     save_text(self.path("table"), format_table(report) + "\n")))
+        def write() -> None:
+            save_json(self.path("report"), report)
+            save_text(self.path("table"), format_table(report) + "\n")
+            self._bookkeeping("report", config=False)
+        distributed.on_main(write)
         return report
 
     def report(self) -> str:
         from .report import plot_report
 
-        report = load_json(self.path("report"))
+        path = self.path("report")
+        report = read_remade_by(lambda: load_json(path), "pdiff-fast evaluate")
         if not isinstance(report, dict) or "per_model" not in report:
-            raise ValueError(f"{self.path('report')}: not a pdiff_fast report (rerun `pdiff-fast evaluate`)")
-        if not self.allow_stale:
-            for name, recorded in report.get("inputs", {}).items():
-                now = read_digest(self.path(name))
-                if now is not None and recorded != now:
-                    raise StaleArtifact(f"{self.path('report').name} is stale: {self.path(name).name} changed since "
-                                        "it was evaluated; rerun `pdiff-fast evaluate` (or pass --allow-stale)")
-        distributed.on_main(lambda: plot_report(report, self.run_dir))
-        return format_table(report)
+            raise ValueError(f"{path}: not a pdiff_fast report (rerun `pdiff-fast evaluate`)")
+        check_report_inputs(self, report, "pdiff-fast evaluate")
+        try:
+            table = format_table(report)
+            distributed.on_main(lambda: plot_report(report, self.run_dir))
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a hand-edited or foreign report
+            raise ValueError(f"{path}: not a report this version can read ({type(exc).__name__}: {exc}); "
+                             "rerun `pdiff-fast evaluate`") from None
+        return table
 
     def run(self) -> dict:
         self.collect()

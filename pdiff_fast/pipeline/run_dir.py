@@ -5,8 +5,12 @@ What a run directory guarantees:
   and the digests of the artifacts it was made from (`inputs`). A step checks that the files it
   reads belong together and were made with the settings it is given, and refuses otherwise,
   naming the stale file and the step to rerun (`allow_stale=True` / `--allow-stale` overrides).
+- Integrity. Every tensor file is checked against its digest when it is read (pdiff_fast.io);
+  a damaged one is refused, naming the step that remakes it.
 - config.json describes what is on disk: `collect` writes it, `train` and `sample` update their
-  own fields after their artifacts are saved; `evaluate` and `report` never change it.
+  own fields after their artifacts are saved; `evaluate` and `report` never change it. This
+  bookkeeping (config.json, timings.json) comes after the artifact is saved: if it fails, the
+  step warns and the artifact stays.
 - Checkpoints. Training saves resumable state (`autoencoder.ckpt.safetensors`,
   `diffusion.ckpt.safetensors`) every `checkpoint_every` steps; `fit()` resumes from a
   checkpoint made from the same inputs and settings, to the same result as an uninterrupted
@@ -23,8 +27,8 @@ from pathlib import Path
 
 from .. import distributed
 from ..config import ConfigError, read_config_file
-from ..io import (clean_stale_temporaries, load_artifact, load_checkpoint, load_json, read_meta, save_json,
-                 save_tensors)
+from ..io import (DamagedFile, clean_stale_temporaries, load_artifact, load_checkpoint, load_json, read_meta,
+                 save_json, save_tensors)
 
 # The config fields each artifact depends on (besides the seed, which every step takes).
 STEP_FIELDS = {
@@ -43,6 +47,35 @@ STEP_COUNT = {"autoencoder": "ae_steps", "diffusion": "diffusion_steps"}  # may 
 
 class StaleArtifact(ValueError):
     """Files in the run directory that do not belong together."""
+
+
+def read_remade_by(read, remake: str):
+    """read(); a damaged, corrupt or foreign file's error (a ValueError) also names the command that remakes it."""
+    try:
+        return read()
+    except StaleArtifact:
+        raise
+    except DamagedFile as exc:
+        raise DamagedFile(exc.path, exc.recorded, exc.found, remake=remake) from None
+    except ValueError as exc:
+        raise ValueError(f"{' '.join(str(exc).split())}; rerun `{remake}` to remake it") from None
+
+
+def check_report_inputs(run, report: dict, evaluate: str) -> None:
+    """The tensor files a report was made from (its `inputs`) are read whole, their digests recomputed (a
+    damaged one is refused), and must be the files it was made from (unless run.allow_stale); a file
+    that is gone is skipped (the report is all that is left of it). `run`: a RunDirectory or TaskParts."""
+    path = run.path("report")
+    inputs = report.get("inputs", {})
+    if not isinstance(inputs, dict):
+        raise ValueError(f"{path}: not a report of this package (its inputs are not an object); rerun `{evaluate}`")
+    for name, recorded in inputs.items():
+        if name not in run.FILES or name == "report" or not run.path(name).is_file():
+            continue
+        now = run._read(name, load_artifact)[2]
+        if recorded != now and not run.allow_stale:
+            raise StaleArtifact(f"{path.name} is stale: {run.path(name).name} changed since it was evaluated; "
+                                f"rerun `{evaluate}` (or pass --allow-stale)")
 
 
 def prepare_run_dir(run_dir: Path) -> Path:
@@ -109,9 +142,13 @@ class RunDirectory:
                     f"one in {self.run_dir}; rerun `pdiff-fast {MADE_BY[artifact]}` (or pass --allow-stale)")
 
     def _load(self, artifact: str, digests: dict[str, str | None]) -> tuple[dict, dict, str | None]:
-        tensors, meta, digest = load_artifact(self.path(artifact))
+        tensors, meta, digest = self._read(artifact, load_artifact)
         self._check_inputs(artifact, meta, digests)
         return tensors, meta, digest
+
+    def _read(self, artifact: str, read):
+        """read(path) of an artifact; a damaged or unreadable file's error names the step that remakes it."""
+        return read_remade_by(lambda: read(self.path(artifact)), f"pdiff-fast {MADE_BY[artifact]}")
 
     def _save(self, artifact: str, tensors: dict, meta: dict, inputs: dict[str, str], **actual) -> str:
         return save_tensors(self.path(artifact), tensors, {**meta, **self._record(artifact, inputs, **actual)})
@@ -131,18 +168,27 @@ class RunDirectory:
         save_json(path, {**cfg, **on_disk})
 
     def _timed(self, name, fn):
+        """fn(), its time kept in self.timings (written to timings.json by _bookkeeping, after the artifact)."""
         start = time.perf_counter()
         out = fn()
         self.timings[name] = time.perf_counter() - start
-        if not distributed.is_main():
-            return out
-        path = self.path("timings")
-        try:
-            old = load_json(path) if path.is_file() else {}
-        except ValueError:
-            old = {}
-        save_json(path, {**old, **self.timings})
         return out
+
+    def _bookkeeping(self, artifact: str, config: bool = True) -> None:
+        """After `artifact` is saved: its fields into config.json (config=True) and this run's timings into
+        timings.json. A failure here (a full disk, a damaged file) warns and keeps the saved artifact."""
+        try:
+            if config:
+                self._update_config_json(artifact)
+            path = self.path("timings")
+            try:
+                old = load_json(path) if path.exists() else {}
+            except (ValueError, OSError):  # damaged or unreadable: replaced (a directory there fails the save)
+                old = {}
+            save_json(path, {**(old if isinstance(old, dict) else {}), **self.timings})
+        except (OSError, ValueError) as exc:
+            self.log(f"warning: {self.path(artifact).name} is saved, but config.json / timings.json could not be "
+                     f"updated ({' '.join(str(exc).split())})")
 
     def _checkpoint_state(self, artifact: str, inputs: dict, restart: bool):
         """A compatible checkpoint's (tensors, meta), or None (and why, in the log)."""

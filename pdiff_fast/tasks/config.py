@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import SAMPLER_NAMES, ConfigFields, _channels, _choice, _device, _int, _num, _type
+from ..config import SAMPLER_NAMES, ConfigFields, _channels, _choice, _denoiser_widths, _device, _int, _num, _type
 from .conditional import MODES
 
 
@@ -38,6 +38,7 @@ class TaskConfig(ConfigFields):
     diffusion_lr: float = 1e-3
     diffusion_batch_size: int = 256
     ema_decay: float = 0.995
+    checkpoint_every: int = 500  # diffusion steps between resumable checkpoints (0: none; as Config's)
     # sampling
     guidance: float = 4.0  # 0: unconditional, 1: conditional, > 1: guided; 4 fit the seen tasks best of 1, 2, 4
     sampler: str = "ddim"  # DDIM 20 steps at eta 1: chosen from the sampler frontier, as Config's
@@ -72,7 +73,7 @@ CHECKS = {
     "denoiser_channels": _channels, "conditioning": _choice(*MODES), "encoder_width": _int(4),
     "embed_dim": _int(1), "support": _int(1),
     "cond_drop": _num(0, 1, hi_open=True), "diffusion_steps": _int(1), "diffusion_lr": _num(0, lo_open=True),
-    "diffusion_batch_size": _int(1), "ema_decay": _num(0, 1, hi_open=True), "guidance": _num(0),
+    "diffusion_batch_size": _int(1), "ema_decay": _num(0, 1, hi_open=True), "checkpoint_every": _int(0), "guidance": _num(0),
     "sampler": _choice(*SAMPLER_NAMES), "sample_steps": _int(1, 1000), "eta": _num(0), "samples_per_task": _int(1),
     "finetune_models": _int(1), "finetune_steps": _int(1), "finetune_lr": _num(0, lo_open=True),
     "memory_budget_mb": _int(1), "device": _device, "seed": _int(0, 2**62),
@@ -85,9 +86,11 @@ def _problems(d: dict, source: str) -> list[str]:
         problem = CHECKS[name](value) if name in CHECKS else None
         if problem:
             out.append(f"{source}: field {name!r}: {problem}")
-    if isinstance(d.get("encoder_width"), int) and d["encoder_width"] % 4:
+    if "encoder_width" in d and CHECKS["encoder_width"](d["encoder_width"]) is None and d["encoder_width"] % 4:
         out.append(f"{source}: field 'encoder_width': must be a multiple of 4 (the set encoder's attention heads)")
-    return out
+    # the generator's denoiser is always AE_CNN_bottleneck (pdiff_fast.tasks.generator)
+    return out + _denoiser_widths("AE_CNN_bottleneck", d.get("denoiser_channels"), source,
+                                  "the generator's AE_CNN_bottleneck denoiser")
 
 
 # The config fields each artifact depends on, and the command that makes it.

@@ -8,7 +8,7 @@ import time
 
 import torch
 
-from ..io import load_json, save_json, save_text
+from ..io import save_json, save_text
 from . import report as task_report
 from .conditional import ConditionedDenoiser
 from .generator import GeneratorStep
@@ -40,7 +40,7 @@ class EvaluateStep(GeneratorStep):
         c = self.config
         loaded = self.load_generator()
         zoo, _, model, _, gen_digest = loaded
-        t, _, _ = self._load("generated", {"generator": gen_digest})
+        t, _, generated_digest = self._load("generated", {"generator": gen_digest})
         tasks = self.seen + self.held_out
         nearest = self.nearest_seen(model, tasks)
         randoms = self.random_inits(max(c.samples_per_task, c.finetune_models))
@@ -64,19 +64,22 @@ class EvaluateStep(GeneratorStep):
         sweep = self._timed("guidance_sweep", lambda: self._guidance_sweep(t, loaded))
         record, curves = self._timed("finetune", lambda: self._finetune(t, randoms, zoo, nearest[len(self.seen):]))
         zero_shot, finetune = task_report.summarize_zero_shot(per_task), task_report.summarize_finetune(record, curves)
-        timings = {**(load_json(self.path("timings")) if self.path("timings").is_file() else {}),
-                   **self.timings}
+        timings = {**self.saved_timings(), **self.timings}
         report = {"config": c.to_dict(), "device": str(self.device),
                   "tasks": {"seen": [x.name for x in self.seen], "held out": [x.name for x in self.held_out]},
-                  "zoo": {"models": len(zoo.params), "models_per_second": zoo.meta.get("models_per_second"),
-                          "loop_models_per_second": zoo.meta.get("loop_models_per_second"),
+                  "zoo": {"models": len(zoo.params),
+                          "models_per_second": timings.get("zoo_models_per_second", zoo.meta.get("models_per_second")),
+                          "loop_models_per_second": timings.get("zoo_loop_models_per_second",
+                                                                zoo.meta.get("loop_models_per_second")),
                           "median_accuracy": float(zoo.accuracy.median())},
                   "zero_shot": zero_shot, "guidance_sweep": sweep, "finetune": finetune, "finetune_record": record,
                   "finetune_curves": curves, "finetune_steps": c.finetune_steps, "finetune_lr": c.finetune_lr,
                   "batch_size": c.batch_size, "targets": task_report.targets(zero_shot, finetune),
-                  "per_task": per_task, "timings": timings}
+                  "per_task": per_task, "timings": timings,
+                  "inputs": {"generator": gen_digest, "generated": generated_digest}}
         save_json(self.path("report"), report)
         save_text(self.path("table"), task_report.format_report(report))
+        self._bookkeeping("report", config=False)
         task_report.plot_report(report, self.run_dir)
         return report
 

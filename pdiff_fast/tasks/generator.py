@@ -18,7 +18,6 @@ from .parts import TaskParts
 from .zoo import Zoo
 
 CHECKPOINT = "generator.ckpt.safetensors"
-CHECKPOINT_EVERY = 500  # diffusion steps between resumable checkpoints
 
 
 class GeneratorStep(TaskParts):
@@ -32,7 +31,7 @@ class GeneratorStep(TaskParts):
 
     def train(self, restart: bool = False) -> None:
         """The parameter autoencoder on the zoo, then the conditioned denoiser and set encoder on its latents.
-        Resumable: every CHECKPOINT_EVERY steps of the diffusion phase the whole state (the autoencoder too)
+        Resumable: every checkpoint_every steps of the diffusion phase the whole state (the autoencoder too)
         goes to generator.ckpt.safetensors; a later `train` with the same zoo and settings continues from it
         (restart=True: from scratch). The checkpoint is removed once the generator is saved."""
         c = self.config
@@ -66,7 +65,7 @@ class GeneratorStep(TaskParts):
         losses = self._timed("train_diffusion", lambda: fit_conditional(
             model, latents, zoo.task.to(self.device), draw_sets, make_scheduler("ddpm"), c.diffusion_steps,
             c.diffusion_lr, batch_size=c.diffusion_batch_size, drop=c.cond_drop, seed=c.seed,
-            progress=self.progress, checkpoint=checkpoint, checkpoint_every=CHECKPOINT_EVERY, resume=resume))
+            progress=self.progress, checkpoint=checkpoint, checkpoint_every=c.checkpoint_every, resume=resume))
         tensors = {f"ae.{k}": v for k, v in ae.state_dict().items()}
         tensors.update({f"denoiser.{k}": v for k, v in model.state_dict().items()})
         if std is not None:

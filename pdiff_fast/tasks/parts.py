@@ -12,11 +12,11 @@ import torch
 from ..config import read_config_file
 from ..diffusion.sample import model_seed
 from ..evaluation.population import evaluate_population, warm_allocator
-from ..io import load_artifact, load_json, read_digest, save_json, save_tensors
+from ..io import load_artifact, load_json, save_json, save_tensors
 from ..nn.models import MLP
 from ..params import ParamSpec
 from ..pipeline.parts import pick_device
-from ..pipeline.run_dir import StaleArtifact, prepare_run_dir
+from ..pipeline.run_dir import StaleArtifact, prepare_run_dir, read_remade_by
 from .config import MADE_BY, STEP_FIELDS, TaskConfig
 from .family import TaskFamily, digit_pair_tasks, fixed_support, split_tasks
 from .zoo import Zoo
@@ -55,13 +55,19 @@ class TaskParts:
     def _save(self, artifact: str, tensors: dict, meta: dict, inputs: dict) -> str:
         digest = save_tensors(self.path(artifact), tensors, {**meta, "config": self._fields(artifact),
                                                              "inputs": inputs})
-        self._save_config(artifact)
+        self._bookkeeping(artifact)
         return digest
 
     def _load(self, artifact: str, inputs: dict[str, str | None]) -> tuple[dict, dict, str | None]:
-        tensors, meta, digest = load_artifact(self._existing(artifact))
+        tensors, meta, digest = self._read(artifact, load_artifact)
         self._check(artifact, meta, inputs)
         return tensors, meta, digest
+
+    def _read(self, artifact: str, read):
+        """read(path) of an artifact that must exist; a damaged or unreadable file's error names the step that
+        remakes it."""
+        path = self._existing(artifact)
+        return read_remade_by(lambda: read(path), f"pdiff-fast tasks {MADE_BY[artifact]}")
 
     def _existing(self, artifact: str) -> Path:
         path = self.path(artifact)
@@ -86,12 +92,30 @@ class TaskParts:
                                     f"`pdiff-fast tasks {MADE_BY[artifact]}` (or pass --allow-stale)")
 
     def _timed(self, name: str, fn):
+        """fn(), its time kept in self.timings (written by _bookkeeping, after the step's artifact)."""
         start = time.perf_counter()
         out = fn()
         self.timings[name] = time.perf_counter() - start
-        old = load_json(self.path("timings")) if self.path("timings").is_file() else {}
-        save_json(self.path("timings"), {**old, **self.timings})
         return out
+
+    def saved_timings(self) -> dict:
+        """timings.json as a dict ({} when missing or unreadable: timings are bookkeeping, never a reason to stop)."""
+        try:
+            old = load_json(self.path("timings")) if self.path("timings").exists() else {}
+        except (ValueError, OSError):
+            return {}
+        return old if isinstance(old, dict) else {}
+
+    def _bookkeeping(self, artifact: str, config: bool = True) -> None:
+        """After `artifact` is saved: its fields into config.json and the timings into timings.json; a failure
+        warns and keeps the artifact."""
+        try:
+            if config:
+                self._save_config(artifact)
+            save_json(self.path("timings"), {**self.saved_timings(), **self.timings})
+        except (OSError, ValueError) as exc:
+            self.log(f"warning: {self.FILES[artifact]} is saved, but config.json / timings.json could not be "
+                     f"updated ({' '.join(str(exc).split())})")
 
     # --- pieces -------------------------------------------------------------------------
     def new_model(self, seed: int | None = None) -> torch.nn.Module:
@@ -127,15 +151,16 @@ class TaskParts:
         x, y, counts = self.stacked(tasks)
         return fixed_support(x, y, counts, self.config.support, self.task_seeds(tasks), self.family.num_classes)
     def _save_config(self, artifact: str) -> None:
-        on_disk = read_config_file(self.path("config")) if self.path("config").is_file() else {}
+        try:
+            on_disk = read_config_file(self.path("config")) if self.path("config").exists() else {}
+        except ValueError:  # a damaged config.json is rewritten from this run's config
+            on_disk = {}
         cfg = self.config.to_dict()
         save_json(self.path("config"), {**cfg, **on_disk, **{f: cfg[f] for f in STEP_FIELDS[artifact]}})
 
     def load_zoo(self) -> tuple[Zoo, str | None]:
-        path = self._existing("zoo")
-        zoo = Zoo.load(path)
+        zoo, digest = self._read("zoo", Zoo.load_with_digest)
         self._check("zoo", zoo.meta, {})
-        digest = read_digest(path)
         if zoo.tasks != [t.name for t in self.seen]:
             raise StaleArtifact(f"{self.FILES['zoo']} holds other tasks than this config's seen tasks; rerun "
                                 "`pdiff-fast tasks zoo`")

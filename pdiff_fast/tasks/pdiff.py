@@ -25,6 +25,8 @@ import time
 import torch
 
 from ..io import save_tensors
+from ..pipeline.capacity import check_fits
+from ..pipeline.run_dir import check_report_inputs, read_remade_by
 from . import report as task_report
 from .config import TaskConfig  # noqa: F401
 from .evaluate import EvaluateStep
@@ -44,6 +46,11 @@ class TaskPDiff(EvaluateStep):
         c = self.config
         model, spec = self.base_model(), self.spec()
         init = spec.flatten([model])[0]
+        check_fits(f"tasks zoo: {c.zoo_runs} runs x {len(self.seen)} tasks", c.zoo_runs * len(self.seen), spec.dim,
+                   self.run_dir, copies=4, device=self.device)  # parameters, momentum, gradients, the result
+        n_tasks = len(self.seen) + len(self.held_out)
+        check_fits(f"tasks sample: {c.samples_per_task} models x {n_tasks} tasks", c.samples_per_task * n_tasks,
+                   spec.dim, self.run_dir, copies=3)  # what `sample` will make, checked before the zoo trains
         x, y, counts = self.stacked(self.seen)
         task = torch.arange(len(self.seen)).repeat_interleave(c.zoo_runs)
         run = torch.arange(c.zoo_runs).repeat(len(self.seen))
@@ -57,17 +64,28 @@ class TaskPDiff(EvaluateStep):
         for i, t in enumerate(self.seen):
             rows = task == i
             accuracy[rows] = self.accuracy(t, params[rows.to(params.device)])
+        # speeds go to timings.json, not into the zoo: the same config and seed give the same zoo file, byte for byte
+        self.timings["zoo_models_per_second"] = len(task) / self.timings["zoo_train"]
+        self.timings["zoo_loop_models_per_second"] = loop_rate
         zoo = Zoo(params.cpu(), task, run, accuracy, init.cpu(), spec, [t.name for t in self.seen],
                   {"family": "digit-pairs", "held_out": [t.name for t in self.held_out],
-                   "models_per_second": len(task) / self.timings["zoo_train"],
-                   "loop_models_per_second": loop_rate, "loop_max_abs_difference": loop_gap})
+                   "loop_max_abs_difference": loop_gap})
         zoo.meta["config"], zoo.meta["inputs"] = self._fields("zoo"), {}
         zoo.save(self.path("zoo"))
-        self._save_config("zoo")
+        self._bookkeeping("zoo")
         self.log(f"zoo: {len(task)} models in {self.timings['zoo_train']:.1f} s "
-                 f"({zoo.meta['models_per_second']:.1f} models/s; a loop of one model at a time: {loop_rate:.1f} "
-                 f"models/s); test accuracy median {accuracy.median():.2f}")
+                 f"({self.timings['zoo_models_per_second']:.1f} models/s; a loop of one model at a time: "
+                 f"{loop_rate:.1f} models/s); test accuracy median {accuracy.median():.2f}")
         return zoo
+
+    def current_zoo(self) -> Zoo | None:
+        """The zoo on disk when it is intact and made with this config's zoo fields (else None): `run`
+        after an interruption keeps it instead of training it again."""
+        try:
+            zoo, _ = self.load_zoo()
+        except (ValueError, OSError):
+            return None
+        return zoo if zoo.meta.get("config") == self._fields("zoo") else None
 
     def _loop_rate(self, model, spec, starts, x, y, counts, task, params, rows: int = LOOP_ROWS):
         """Models per second of the one-at-a-time loop (zoo.train_one) on the first `rows` zoo rows, and the
@@ -84,8 +102,10 @@ class TaskPDiff(EvaluateStep):
         """samples_per_task models for every task (seen and held out) at the config's guidance, and as many
         from the same generator without conditioning (guidance 0)."""
         c = self.config
-        loaded = self.load_generator()
         tasks = self.seen + self.held_out
+        check_fits(f"tasks sample: {c.samples_per_task} models x {len(tasks)} tasks", c.samples_per_task * len(tasks),
+                   self.spec().dim, self.run_dir, copies=3, device=self.device)
+        loaded = self.load_generator()
         flat = self._timed("sample", lambda: self.generate(tasks, loaded=loaded))
         uncond = self.generate(tasks[:1], guidance=0.0, loaded=loaded)  # the null condition ignores the task
         index = torch.tensor([self.family.tasks.index(t) for t in tasks]).repeat_interleave(c.samples_per_task)
@@ -100,12 +120,28 @@ class TaskPDiff(EvaluateStep):
             raise FileNotFoundError(f"{path}: missing; run `pdiff-fast tasks evaluate` first")
         from ..io import load_json
 
-        report = load_json(path)
-        task_report.plot_report(report, self.run_dir)
-        return task_report.format_report(report)
+        report = read_remade_by(lambda: load_json(path), "pdiff-fast tasks evaluate")
+        if not isinstance(report, dict):
+            raise ValueError(f"{path}: not a report of this package; rerun `pdiff-fast tasks evaluate`")
+        check_report_inputs(self, report, "pdiff-fast tasks evaluate")
+        try:
+            table = task_report.format_report(report)
+            task_report.plot_report(report, self.run_dir)
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # hand-edited or foreign
+            raise ValueError(f"{path}: not a report this version can read ({type(exc).__name__}: {exc}); "
+                             "rerun `pdiff-fast tasks evaluate`") from None
+        return table
+
+    def zoo_unless_current(self) -> Zoo:
+        """`run`'s first step: the zoo on disk when it is current, else a new one."""
+        zoo = self.current_zoo()
+        if zoo is None:
+            return self.zoo()
+        self.log(f"keeping the zoo in {self.path('zoo')} (made with this config)")
+        return zoo
 
     def run(self) -> dict:
-        self.zoo()
+        self.zoo_unless_current()
         self.train()
         self.sample()
         return self.evaluate()

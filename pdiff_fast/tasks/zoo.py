@@ -40,7 +40,7 @@ from torch import nn
 from torch.func import functional_call, vmap
 
 from ..evaluation.finetuning import CPU_TILE_BYTES, MEMORY_SAFETY, _bytes_per_sample, _rows_of
-from ..io import load_tensors, save_tensors
+from ..io import load_artifact, save_tensors
 from ..params import ParamSpec, _set_norm_eval, _sgd, _subset_params
 from ..evaluation.population import warm_allocator
 from ..diffusion.sample import model_seed
@@ -343,8 +343,17 @@ class Zoo:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Zoo":
-        """Read a file written by Zoo.save; ValueError if the file is not a zoo."""
-        tensors, meta = load_tensors(path)
+        """Read a file written by Zoo.save; ValueError if the file is not a zoo (or is damaged)."""
+        return cls.load_with_digest(path)[0]
+
+    @classmethod
+    def load_with_digest(cls, path: str | os.PathLike) -> tuple["Zoo", str | None]:
+        """(the zoo, its file's digest), the digest checked against the data read."""
+        tensors, meta, digest = load_artifact(path)
+        return cls._from_file(path, tensors, meta), digest
+
+    @classmethod
+    def _from_file(cls, path, tensors: dict, meta: dict) -> "Zoo":
         if meta.get("kind") != "zoo":
             raise ValueError(f"{path}: not a model zoo (no 'kind': 'zoo' in its metadata)")
         if meta.get("format") != ZOO_FORMAT:

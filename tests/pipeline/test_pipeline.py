@@ -32,7 +32,9 @@ def test_run_writes_every_artifact(run_dir):
                  "generated.safetensors", "report.json", "report.md", "timings.json",
                  "accuracy_distribution.png", "iou_vs_accuracy.png", "distance_vs_accuracy.png"]:
         assert (run_dir / name).is_file(), name
-    assert not [p for p in run_dir.iterdir() if p.name.startswith(".")]  # no temporaries left
+    hidden = [p.name for p in run_dir.iterdir() if p.name.startswith(".")]
+    assert hidden == [".pdiff_fast.lock"]  # no temporaries left; the lock stays, empty: no holder
+    assert (run_dir / ".pdiff_fast.lock").read_bytes() == b""
 
 
 def test_report_has_the_paper_figures(run_dir):

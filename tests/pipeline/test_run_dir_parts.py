@@ -84,14 +84,40 @@ def test_config_json_takes_a_steps_fields_over_what_is_on_disk(rd):
     assert load_json(rd.path("config")) == newer.config.to_dict()
 
 
-def test_timings_are_merged_into_the_file(rd):
+def test_timings_are_merged_into_the_file_after_the_artifact(rd):
     save_json(rd.path("timings"), {"collect": 1.5})
     assert rd._timed("train", lambda: 42) == 42
+    assert load_json(rd.path("timings")) == {"collect": 1.5}  # not before the step's artifact is saved
+    rd._bookkeeping("population", config=False)
     got = load_json(rd.path("timings"))
     assert got["collect"] == 1.5 and got["train"] == rd.timings["train"] >= 0
     rd.path("timings").write_text("[broken")
     rd._timed("sample", lambda: None)
+    rd._bookkeeping("generated", config=False)
     assert set(load_json(rd.path("timings"))) == {"train", "sample"}
+    assert not rd.path("config").exists()
+
+
+def test_bookkeeping_that_fails_warns_and_keeps_the_artifact(rd, monkeypatch):
+    """A full disk after the artifact is saved: one warning naming the artifact, no exception."""
+    import errno
+
+    from pdiff_fast.pipeline import run_dir
+
+    def full(path, obj):
+        raise OSError(errno.ENOSPC, "could not write it: No space left on device", str(path))
+    monkeypatch.setattr(run_dir, "save_json", full)
+    rd.timings["sample"] = 1.0
+    rd._bookkeeping("generated")
+    assert len(rd.logs) == 1 and rd.logs[0].startswith("warning: generated.safetensors is saved, but")
+    assert "No space left on device" in rd.logs[0]
+
+
+def test_deeply_nested_timings_are_replaced(rd):
+    rd.path("timings").write_text("[" * 100_000)
+    rd.timings["x"] = 2.0
+    rd._bookkeeping("generated", config=False)
+    assert load_json(rd.path("timings")) == {"x": 2.0}
 
 
 def checkpoint(rd, artifact, inputs, step=5, **changes):
@@ -191,6 +217,7 @@ def test_prepare_twice_and_an_unwritable_directory(tmp_path, monkeypatch):
 def test_timings_start_a_file_and_measure_seconds(rd):
     assert not rd.path("timings").exists()
     rd._timed("collect", lambda: time.sleep(0.01))
+    rd._bookkeeping("population", config=False)
     assert 0.01 <= load_json(rd.path("timings"))["collect"] < 10
 
 

@@ -27,6 +27,7 @@ EXEMPT = {
         "finetune_models": "fine-tuning runs inside `evaluate`, which writes its report whole each time",
         "finetune_steps": "as finetune_models",
         "finetune_lr": "as finetune_models",
+        "checkpoint_every": "when a resumable training checkpoint is written, not what is trained",
     },
 }
 TABLES = {Config: run_dir.STEP_FIELDS, TaskConfig: task_config.STEP_FIELDS}
