@@ -172,6 +172,11 @@ def test_report_equals_the_whole_matrix_analysis():
     assert set(report) == {"original", "generated", "generated_nonfinite", "iou", "per_model", "noise_baselines",
                            "baselines", "novelty", "verdict"}
     assert list(report["noise_baselines"]) == ["0.01", "0.05", "0.1"]
+    from pdiff_fast.evaluation.judge import format_table
+
+    assert ("\n1 of 23 generated models have NaN or Inf parameters: they are left out of every figure here "
+            "(n counts the others).\n") in format_table(report)
+    assert "NaN or Inf" not in format_table({**report, "generated_nonfinite": 0})
     again = evaluate(base, spec, original, generated, x, y)  # default budget: one block
     assert json.dumps(again, sort_keys=True) == json.dumps(report, sort_keys=True)
 

@@ -107,6 +107,8 @@ def test_killed_at_random_points_then_run_again(seed, baseline, config, tmp_path
     done = subprocess.run(_cmd("run", d, config), env=ENV, cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert final(d) == final(base_dir)
+    for name in TENSOR_FILES:  # byte for byte, resumed training included
+        assert (d / f"{name}.safetensors").read_bytes() == (base_dir / f"{name}.safetensors").read_bytes(), name
     assert leftovers(d) == [] or all(time.time() - (d / n).stat().st_mtime < 60 for n in leftovers(d))
 
 

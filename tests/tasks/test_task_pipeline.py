@@ -158,3 +158,24 @@ def test_interrupted_training_resumes_to_the_same_generator(run, tmp_path, monke
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def test_run_keeps_a_current_zoo_and_retrains_a_changed_one(run, monkeypatch):
+    """`tasks run` after an interruption does not train a zoo that is current again."""
+    import pdiff_fast.tasks.pdiff as task_pdiff
+
+    run_dir, _ = run
+    p = TaskPDiff(TaskConfig.from_dict(TINY), run_dir, progress=False, log=None)
+    zoo = p.current_zoo()
+    assert zoo is not None and zoo.tasks == [t.name for t in p.seen]
+
+    def no_training(*a, **k):
+        raise AssertionError("the current zoo was trained again")
+    monkeypatch.setattr(task_pdiff, "train_models", no_training)
+    kept = p.zoo_unless_current()
+    assert torch.equal(kept.params, zoo.params)
+    changed = TaskPDiff(TaskConfig.from_dict({**TINY, "zoo_steps": TINY["zoo_steps"] + 1}), run_dir, progress=False,
+                        log=None)
+    assert changed.current_zoo() is None
+    with pytest.raises(AssertionError, match="trained again"):
+        changed.zoo_unless_current()
