@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pdiff_fast import distributed
+from pdiff_fast.pipeline.lock import LOCK_NAME
 from pdiff_fast.nn.autoencoder import small
 from pdiff_fast.cli import main
 from pdiff_fast.nn.denoiser import EMA, AE_CNN_bottleneck
@@ -271,7 +272,8 @@ def test_a_failing_rank_ends_the_job_naming_it_and_leaves_the_run_consistent(tmp
     (tmp_path / "cfg.json").write_text(json.dumps(TINY))
     run = tmp_path / "run"
     assert main(["run", "--run-dir", str(run), "--config", str(tmp_path / "cfg.json"), "--quiet"]) == 0
-    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    files = lambda: {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_NAME}  # noqa: E731
+    before = files()
     (tmp_path / "failing.py").write_text(FAILING_RANK)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={WORLD}",
@@ -281,9 +283,10 @@ def test_a_failing_rank_ends_the_job_naming_it_and_leaves_the_run_consistent(tmp
     summary = proc.stderr[proc.stderr.rindex("Root Cause (first observed failure)"):]  # torchrun's verdict
     failed = summary[summary.index("rank      : 1"):]
     assert ("Signal 9 (SIGKILL)" if how == "kill" else "RuntimeError: rank 1 broke down") in failed, summary
-    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
-    assert after == before  # nothing half-written, nothing lost, no temporaries
-    assert main(["sample", "--run-dir", str(run), "--quiet", "--seed", "5"]) == 0  # the step reruns
+    assert files() == before  # nothing half-written, nothing lost, no temporaries
+    left = (run / LOCK_NAME).read_text()  # rank 0 held the lock; stopped holding it, it names rank 0
+    assert left == "" or json.loads(left)["step"] == "sample"
+    assert main(["sample", "--run-dir", str(run), "--quiet", "--seed", "5"]) == 0  # the step reruns, taking it over
 
 
 def test_two_process_workers_exit_cleanly_many_times(tmp_path):

@@ -36,6 +36,9 @@ TENSOR_FILES = ["population", "autoencoder", "diffusion", "generated"]
 READ_BY = {"population": "train", "autoencoder": "sample", "diffusion": "sample", "generated": "evaluate"}
 ORDER = ["collect", "train", "sample", "evaluate"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+# One thread everywhere: another thread count rounds training differently, so reports compare only
+# between runs made alike (subprocesses with OMP_NUM_THREADS=1, in-process runs under set_num_threads(1)).
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cmd(step: str, run_dir: Path, config: Path | None = None) -> list[str]:
@@ -86,9 +89,23 @@ def baseline(tmp_path_factory, config):
 
 
 @pytest.fixture(scope="module")
+def in_process(tmp_path_factory, config):
+    """An uninterrupted run in this process, one thread: what the in-process faults' runs compare with."""
+    import torch
+
+    d, threads = tmp_path_factory.mktemp("in_process"), torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert cli.main(["run", "--run-dir", str(d), "--config", str(config), "--quiet"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return d
+
+
+@pytest.fixture(scope="module")
 def other_seed(tmp_path_factory, config):
     d = tmp_path_factory.mktemp("seed1")
-    assert cli.main(["run", "--run-dir", str(d), "--config", str(config), "--seed", "1", "--quiet"]) == 0
+    subprocess.run(_cmd("run", d, config) + ["--seed", "1"], check=True, env=ENV, cwd=ROOT, capture_output=True)
     return d
 
 
@@ -124,7 +141,7 @@ def _in_process(step: str, d: Path, config: Path) -> int:
     return cli.main([step, "--run-dir", str(d), "--config", str(config), "--quiet"])
 
 
-def test_a_full_disk_at_every_write(baseline, config, tmp_path, monkeypatch, capsys):
+def test_a_full_disk_at_every_write(in_process, config, tmp_path, monkeypatch, capsys):
     """Each write of a whole run fails in turn, as a full disk fails it (safetensors' own error for tensor
     files, ENOSPC for the rest). A failed artifact stops the run with one line naming the file; failed
     bookkeeping (config.json, timings.json) warns and the run goes on. Then `run` again finishes."""
@@ -157,7 +174,7 @@ def test_a_full_disk_at_every_write(baseline, config, tmp_path, monkeypatch, cap
             assert f"{d / name}: could not write it: No space left on device" in line, (i, name, line)
         assert _in_process("run", d, config) == 0
         capsys.readouterr()
-        assert final(d) == final(baseline[0]), (i, name)
+        assert final(d) == final(in_process), (i, name)
 
 
 def files(d: Path) -> dict[str, bytes]:
@@ -187,9 +204,9 @@ def _follow(line: str, d: Path, config: Path, capsys) -> None:
 
 @pytest.mark.parametrize("artifact", TENSOR_FILES)
 @pytest.mark.parametrize("damage", ["truncate", "flip", "swap"])
-def test_every_damaged_artifact_stops_its_reader_with_one_line(artifact, damage, baseline, other_seed, config,
+def test_every_damaged_artifact_stops_its_reader_with_one_line(artifact, damage, in_process, other_seed, config,
                                                                 tmp_path, capsys):
-    d = _copy(baseline[0], tmp_path / "run")
+    d = _copy(in_process, tmp_path / "run")
     path = d / f"{artifact}.safetensors"
     if damage == "truncate":
         path.write_bytes(path.read_bytes()[: path.stat().st_size * 2 // 3])
@@ -207,14 +224,14 @@ def test_every_damaged_artifact_stops_its_reader_with_one_line(artifact, damage,
         assert _in_process("report", d, config) == 2 or artifact not in ("population", "generated")
         capsys.readouterr()
         _follow(line, d, config, capsys)
-        assert final(d) == final(baseline[0])
+        assert final(d) == final(in_process)
 
 
 @pytest.mark.parametrize("name", ["config.json", "report.json", "timings.json"])
 @pytest.mark.parametrize("damage", ["nested", "bloated", "fifo", "directory"])
-def test_every_damaged_json_file_stops_with_one_line_or_is_replaced(name, damage, baseline, config, tmp_path,
+def test_every_damaged_json_file_stops_with_one_line_or_is_replaced(name, damage, in_process, config, tmp_path,
                                                                       capsys, monkeypatch):
-    d = _copy(baseline[0], tmp_path / "run")
+    d = _copy(in_process, tmp_path / "run")
     path = d / name
     path.unlink()
     if damage == "nested":
@@ -244,7 +261,7 @@ def test_every_damaged_json_file_stops_with_one_line_or_is_replaced(name, damage
     if name == "report.json" and damage != "directory":  # a directory there is the user's to move
         monkeypatch.undo()
         _follow(line, d, config, capsys)
-        assert final(d) == final(baseline[0])
+        assert final(d) == final(in_process)
 
 
 @pytest.mark.parametrize("wait", [False, True])
@@ -263,3 +280,11 @@ def test_two_writers_at_once(wait, baseline, config, tmp_path):
         err = next(err for rc, err in results if rc == 2)
         assert re.fullmatch(rf"pdiff-fast run: error: {re.escape(str(d))}: in use by pid \d+ .*\n", err), err
     assert final(d) == final(baseline[0])
+
+
+def test_runs_made_alike_agree_byte_for_byte(baseline, in_process):
+    """A subprocess run and an in-process one (both one thread): the same report and the same tensor files,
+    so either can stand for an uninterrupted run."""
+    assert final(in_process) == final(baseline[0])
+    for name in TENSOR_FILES:
+        assert (in_process / f"{name}.safetensors").read_bytes() == (baseline[0] / f"{name}.safetensors").read_bytes()
