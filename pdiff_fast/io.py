@@ -117,7 +117,7 @@ def save_tensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], m
     clean = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     meta = json.loads(json.dumps(meta or {}, sort_keys=True))  # as it reads back: the digest a load recomputes
     digest = digest_tensors(clean, meta)
-    header = {HEADER_KEY: json.dumps({"digest": digest, "meta": meta}, sort_keys=True)}
+    header = {HEADER_KEY: json.dumps({"digest": digest, "meta": meta})}  # meta's keys are sorted above
     _write_atomic(path, lambda tmp: save_file(clean, tmp, metadata=header))
     return digest
 

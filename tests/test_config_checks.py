@@ -236,3 +236,9 @@ def test_a_config_file_larger_than_a_config_can_be_is_not_read(tmp_path, monkeyp
     with pytest.raises(config_lib.ConfigError) as exc:
         config_lib.read_config_file(p)
     assert exc.value.problems == [f"{p}: 9 bytes, more than a config file can be (8 bytes)"]
+
+
+def test_a_config_name_with_a_nul_byte_is_one_problem():
+    with pytest.raises(ConfigError) as exc:
+        c.read_config_file("bad\0name.json")
+    assert exc.value.problems == ["bad\0name.json: cannot read the config file (embedded null byte)"]

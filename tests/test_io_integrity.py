@@ -172,3 +172,75 @@ def test_nested_metadata_in_a_tensor_file_is_a_corrupt_file(tmp_path):
         load_artifact(p)
     with pytest.raises(ValueError, match="corrupt or truncated"):
         read_meta(p)
+
+
+def test_the_same_metadata_in_another_key_order_gives_the_same_bytes(tmp_path):
+    t = {"a": torch.arange(3.0)}
+    save_tensors(tmp_path / "1.safetensors", t, {"b": 1, "a": {"y": 2, "x": 3}})
+    save_tensors(tmp_path / "2.safetensors", t, {"a": {"x": 3, "y": 2}, "b": 1})
+    assert (tmp_path / "1.safetensors").read_bytes() == (tmp_path / "2.safetensors").read_bytes()
+
+
+@pytest.mark.parametrize("entry, ok", [('{"digest": null}', True), ("[1]", False), ('{"meta": [1]}', False),
+                                       ('"text"', False)])
+def test_a_header_entry_that_is_not_an_object_with_a_meta_object_is_corrupt(tmp_path, entry, ok):
+    p = tmp_path / "x.safetensors"
+    save_file({"a": torch.ones(1)}, str(p), metadata={io.HEADER_KEY: entry})
+    if ok:
+        assert read_meta(p) == ({}, None)
+        return
+    with pytest.raises(ValueError) as exc:
+        read_meta(p)
+    assert str(exc.value) == (f"{p}: corrupt or truncated safetensors file (its {io.HEADER_KEY} entry is not an "
+                              "object with a meta object)")
+
+
+def test_the_damage_message_in_full(tmp_path):
+    p = tmp_path / "x.safetensors"
+    digest = save_tensors(p, {"a": torch.arange(8.0)}, {"m": 1})
+    _flip(p)
+    found = io.digest_tensors(load_artifact(p, verify=False)[0], {"m": 1})
+    with pytest.raises(DamagedFile) as exc:
+        load_artifact(p)
+    head = (f"{p}: damaged: its contents do not match the digest written with them (recorded {digest}, found "
+            f"{found}: bit rot, a partial copy or an edit)")
+    assert str(exc.value) == head and (exc.value.path, exc.value.recorded, exc.value.found) == (p, digest, found)
+    again = DamagedFile(p, digest, found, remake="pdiff-fast train")
+    assert str(again) == head + "; rerun `pdiff-fast train` to remake it"
+
+
+def _flip(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[_payload_offset(path)] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_tensors_go_to_the_device_asked_for(tmp_path):
+    p = tmp_path / "x.safetensors"
+    save_tensors(p, {"a": torch.ones(2)})
+    assert load_artifact(p, device="meta")[0]["a"].device.type == "meta"
+    assert load_artifact(p, device=torch.device("cpu"))[0]["a"].device.type == "cpu"
+
+
+def test_an_oserror_without_strerror_keeps_its_text(tmp_path, monkeypatch):
+    def broken(tensors, path, metadata=None):
+        raise OSError("plain words")
+    monkeypatch.setattr(io, "save_file", broken)
+    with pytest.raises(OSError) as exc:
+        save_tensors(tmp_path / "y.safetensors", {"a": torch.zeros(1)})
+    assert exc.value.strerror == "could not write it: plain words" and exc.value.errno is None
+
+
+def test_a_folder_that_cannot_be_made_keeps_the_reason(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OSError) as exc:
+        save_tensors(blocker / "x.safetensors", {"a": torch.zeros(1)})
+    assert exc.value.errno == errno.EEXIST and exc.value.strerror == "could not write it: File exists"  # mkdir of it
+
+
+def test_a_json_file_at_the_size_limit_is_read(tmp_path, monkeypatch):
+    p = tmp_path / "c.json"
+    p.write_text('{"a": 1}')
+    monkeypatch.setattr(io, "MAX_JSON_BYTES", 8)
+    assert load_json(p) == {"a": 1}

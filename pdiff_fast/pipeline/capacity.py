@@ -8,6 +8,9 @@ import shutil
 from pathlib import Path
 
 
+MEMINFO = "/proc/meminfo"
+
+
 class DoesNotFit(ValueError):
     """A step's result is larger than the memory or the disk it needs."""
 
@@ -24,7 +27,7 @@ def human(nbytes: float) -> str:
 def available_memory() -> int | None:
     """Bytes of memory a new allocation can get (Linux MemAvailable), or None where it is unknown."""
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
+        with open(MEMINFO, encoding="ascii") as f:
             for line in f:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024

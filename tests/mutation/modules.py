@@ -17,7 +17,7 @@ MODULES: dict[str, list[str]] = {
         "tests/evaluation/test_novelty.py", "tests/evaluation/test_novelty_parts.py",
         "tests/evaluation/test_verdict_boundaries.py"],
     "pdiff_fast/data.py": ["tests/test_data.py"],
-    "pdiff_fast/io.py": ["tests/test_io.py", "tests/test_atomic_writes.py"],
+    "pdiff_fast/io.py": ["tests/test_io.py", "tests/test_atomic_writes.py", "tests/test_io_integrity.py"],
     "pdiff_fast/evaluation/population_plan.py": [
         "tests/evaluation/test_population.py", "tests/evaluation/test_population_plan.py"],
     "pdiff_fast/config.py": ["tests/test_config.py", "tests/test_config_checks.py", "tests/pipeline/test_stale_fields.py"],
@@ -26,6 +26,8 @@ MODULES: dict[str, list[str]] = {
         "tests/evaluation/test_population_plan.py"],
     # the unit tests only: test_run_dir.py's real runs (kill -9, torchrun, resumes) take minutes per mutant
     "pdiff_fast/pipeline/run_dir.py": ["tests/pipeline/test_run_dir_parts.py", "tests/pipeline/test_stale_fields.py"],
+    "pdiff_fast/pipeline/lock.py": ["tests/pipeline/test_lock.py"],
+    "pdiff_fast/pipeline/capacity.py": ["tests/pipeline/test_capacity.py"],
 }
 
 # Reasons shared by several modules.
@@ -184,11 +186,35 @@ EQUIVALENT: list = [
     ("pdiff_fast/evaluation/novelty.py", r'=> return "above" if a >= b else',
      "a == b is level (the band test above returns first), so >= and > never differ here"),
     ("pdiff_fast/evaluation/novelty.py", r"batch_size: int = 102[45]\)", BLOCKING),
+    ("pdiff_fast/pipeline/lock.py", r"=> said = None$", "the waiting flag starts false: None is as false"),
+    ("pdiff_fast/pipeline/lock.py", r"os\.pread\(fd, 4097, 0\)",
+     "a holder's line is about 100 bytes: a read of 4096 or 4097 bytes reads it whole"),
+    ("pdiff_fast/pipeline/lock.py", r'or "XX\{\}XX"\)$',
+     'an empty lock file: "{}" gives {}, and "XX{}XX" is not JSON, which the except turns into {} too'),
+    ("pdiff_fast/pipeline/capacity.py", r'open\(MEMINFO, (encoding=("ASCII"|None))?\s*\) as f:$',
+     "/proc/meminfo is ASCII: every codec reads it the same"),
+    ("pdiff_fast/pipeline/capacity.py", r'if (\(unit != "B"\) or True|unit != "(XXBXX|b)") else',
+     "a whole number of bytes below 1000 prints the same with .3g as with int(): the B branch is for clarity"),
+    ("pdiff_fast/pipeline/capacity.py", r'raise AssertionError\(',
+     "unreachable: the loop returns at TB at the latest"),
+    ("pdiff_fast/io.py", r'load_file\(str\(path\), device=None\)$',
+     "safetensors' load_file reads to the CPU when the device is None, its default"),
+    ("pdiff_fast/pipeline/run_dir.py", r"=> old = None$|old = load_json\(path\) if \(path\.exists\(\)\) or True",
+     "timings.json unreadable or missing: None and {} both merge as nothing (isinstance guard), and reading a "
+     "missing file raises FileNotFoundError, which the except turns into {}"),
+    ("pdiff_fast/io.py", r'if torch\.device\(device\)\.type != "(XXcpuXX|CPU)":$',
+     "the tensors are read to the CPU: moving them to the CPU as well changes nothing"),
+    ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
+     "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
+     "test gives the same message as the length test"),
 ]
 
 
 # Survivors that are not equivalent and not killed yet: counted as alive, listed with why.
 KNOWN_SURVIVORS: list = [
+    ("pdiff_fast/config.py", r"cannot read the config file \(\{exc\.strerror (or|and) exc\}\)|raise ConfigError\(None\) from None$",
+     "a read that fails after the file was found and is a regular file (EIO, or EACCES, which root, the CI "
+     "user, never meets): not reproducible here"),
     ("pdiff_fast/evaluation/population.py", r"same = |delta = torch\.where\(same, 1\.0|ref\.abs\(\), 1\.0\)",
      "the calibration's handling of reference logits that are themselves NaN or infinite: no test model "
      "produces such logits from finite parameters"),

@@ -71,3 +71,70 @@ def test_collect_checks_the_samples_to_come(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("pdiff-fast run: error: sample: 1000000000000 models: 1000000000000 x ")
     assert not (tmp_path / "r" / "population.safetensors").exists()
+
+
+def test_memory_is_memavailable_from_meminfo(tmp_path, monkeypatch):
+    fake = tmp_path / "meminfo"
+    fake.write_text("MemTotal:       1000 kB\nMemFree:         300 kB\nMemAvailable:    12345 kB\nBuffers: 1 kB\n")
+    monkeypatch.setattr(capacity, "MEMINFO", str(fake))
+    assert capacity.available_memory() == 12345 * 1024
+
+
+def test_memory_without_meminfo_is_free_pages_times_page_size(tmp_path, monkeypatch):
+    monkeypatch.setattr(capacity, "MEMINFO", str(tmp_path / "missing"))
+    pages = {"SC_AVPHYS_PAGES": 7, "SC_PAGE_SIZE": 4096}
+    monkeypatch.setattr(capacity.os, "sysconf", lambda name: pages[name] if name in pages else
+                        (_ for _ in ()).throw(ValueError(f"unknown {name}")))
+    assert capacity.available_memory() == 7 * 4096
+    monkeypatch.setattr(capacity.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert capacity.available_memory() is None
+
+
+def test_the_real_meminfo_is_read(monkeypatch):
+    """With sysconf broken, only /proc/meminfo can give a number."""
+    monkeypatch.setattr(capacity.os, "sysconf", lambda name: (_ for _ in ()).throw(ValueError(name)))
+    assert capacity.MEMINFO == "/proc/meminfo" and capacity.available_memory() > 0
+
+
+def test_free_disk_is_asked_of_the_nearest_existing_folder(tmp_path, monkeypatch):
+    asked = []
+    monkeypatch.setattr(capacity.shutil, "disk_usage", lambda p: (asked.append(p), type("U", (), {"free": 5}))[1])
+    assert capacity.free_disk(tmp_path / "a" / "b") == 5
+    assert asked == [tmp_path]
+
+
+def test_gpu_memory_is_the_free_memory_of_cuda_devices_only(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (100, 1000))  # (free, total)
+    assert capacity.available_device_memory(torch.device("cuda:0")) == 100
+    assert capacity.available_device_memory("cuda") == 100
+    assert capacity.available_device_memory(torch.device("cpu")) is None
+    assert capacity.available_device_memory("cpu") is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert capacity.available_device_memory(torch.device("cuda")) is None
+
+
+def test_the_limits_are_inclusive_and_two_copies_by_default(tmp_path, monkeypatch):
+    monkeypatch.setattr(capacity, "available_memory", lambda: 800)
+    monkeypatch.setattr(capacity, "free_disk", lambda folder: 400)
+    monkeypatch.setattr(capacity, "available_device_memory", lambda device: 400)
+    assert check_fits("x", 10, 10, tmp_path) == 400  # 800 B in memory, 400 B on the GPU and the disk: all fit
+    with pytest.raises(DoesNotFit, match="1.2 KB in memory"):
+        check_fits("x", 10, 10, tmp_path, copies=3)
+    monkeypatch.setattr(capacity, "available_memory", lambda: 10**9)
+    monkeypatch.setattr(capacity, "available_device_memory", lambda device: 399)
+    with pytest.raises(DoesNotFit) as exc:
+        check_fits("x", 10, 10, tmp_path, device="cuda:1")
+    assert str(exc.value) == "x: 10 x 10 values are 400 B, but cuda:1 has 399 B free; ask for fewer"
+    monkeypatch.setattr(capacity, "available_device_memory", lambda device: None)
+    monkeypatch.setattr(capacity, "free_disk", lambda folder: 399)
+    with pytest.raises(DoesNotFit) as exc:
+        check_fits("x", 10, 10, tmp_path)
+    assert str(exc.value) == f"x: 10 x 10 values are 400 B on disk, but {tmp_path} has 399 B free; ask for fewer or " \
+                             "free some space"
+
+
+def test_every_unit():
+    assert [human(x) for x in (5e3, 5e6, 5e9, 5e12)] == ["5 KB", "5 MB", "5 GB", "5 TB"]

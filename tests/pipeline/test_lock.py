@@ -135,3 +135,52 @@ def test_a_run_directory_that_is_a_file_is_named(tmp_path):
     with pytest.raises(NotADirectoryError, match="the run directory is a file"):
         with run_dir_lock(f, "train", main=True):
             pass
+
+
+def test_the_holder_is_described_from_its_file():
+    import datetime
+
+    when = 1_800_000_000.0
+    stamp = datetime.datetime.fromtimestamp(when).strftime("%Y-%m-%d %H:%M:%S")
+    assert lock_lib.describe({"pid": 12, "host": "node7", "step": "tasks train", "since": when}) == \
+        f"pid 12 on node7 (`pdiff-fast tasks train`, since {stamp})"
+    epoch = datetime.datetime.fromtimestamp(0).strftime("%Y-%m-%d %H:%M:%S")
+    assert lock_lib.describe({"pid": 3}) == f"pid 3 on ? (`pdiff-fast ?`, since {epoch})"
+    assert lock_lib.describe({"host": "h"}) == f"pid ? on h (`pdiff-fast ?`, since {epoch})"
+    assert lock_lib.describe({}) == "another process"
+
+
+@pytest.mark.parametrize("content", [b"[1, 2]", b"not json", b"\xff\xfe", b'"text"'])
+def test_a_lock_file_that_names_no_holder_says_another_process(tmp_path, content):
+    proc = _holder(tmp_path, 60)
+    try:
+        (tmp_path / LOCK_NAME).write_bytes(content)  # the holder's lock is on the file, not on what it says
+        with pytest.raises(RunDirectoryBusy) as exc:
+            with run_dir_lock(tmp_path, "sample", main=True):
+                pass
+        assert str(exc.value) == (f"{tmp_path}: in use by another process; wait for it to finish, pass --wait to "
+                                  "queue behind it, or use another --run-dir")
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_without_locks_nothing_is_written_to_the_lock_file(tmp_path, monkeypatch):
+    def no_locks(fd, op):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    monkeypatch.setattr(lock_lib.fcntl, "flock", no_locks)
+    said = []
+    with run_dir_lock(tmp_path, "train", log=said.append, main=True):
+        assert (tmp_path / LOCK_NAME).read_bytes() == b""  # no holder to name: it holds nothing
+    assert said == [f"warning: {tmp_path}: this filesystem has no file locks (Operation not supported); running "
+                    "without the run directory's lock, so keep to one writer"]
+
+
+def test_another_flock_error_is_raised(tmp_path, monkeypatch):
+    def broken(fd, op):
+        raise OSError(errno.EBADF, "Bad file descriptor")
+    monkeypatch.setattr(lock_lib.fcntl, "flock", broken)
+    with pytest.raises(OSError) as exc:
+        with run_dir_lock(tmp_path, "train", main=True):
+            pass
+    assert exc.value.errno == errno.EBADF

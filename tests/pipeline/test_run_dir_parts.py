@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pdiff_fast import Config
-from pdiff_fast.io import load_json, read_digest, save_json, save_tensors
+from pdiff_fast.io import load_artifact, load_json, read_digest, save_json, save_tensors
 from pdiff_fast.pipeline.run_dir import STEP_FIELDS, RunDirectory, StaleArtifact, prepare_run_dir
 
 
@@ -240,3 +240,94 @@ def test_damaged_or_foreign_checkpoints_are_not_resumed(rd):
     plant_trained_autoencoder(rd)
     save_tensors(rd.path("diffusion_ckpt"), {"w": torch.ones(1)}, {})  # a checkpoint that records no inputs
     assert rd._autoencoder_is_current("pop") is False
+
+
+def test_bookkeeping_updates_config_json_by_default(rd):
+    rd._bookkeeping("population")  # the population writes the whole config
+    rd.config = rd.config.replace(num_samples=7)
+    rd._bookkeeping("generated")
+    assert load_json(rd.path("config"))["num_samples"] == 7
+
+
+def test_timings_that_are_not_an_object_are_replaced(rd):
+    rd.path("timings").write_text("[1, 2]")
+    rd.timings["sample"] = 3.0
+    rd._bookkeeping("generated", config=False)
+    assert load_json(rd.path("timings")) == {"sample": 3.0} and rd.logs == []
+
+
+def test_read_remade_by_names_the_step_that_remakes_a_file(rd):
+    from pdiff_fast.io import DamagedFile
+    from pdiff_fast.pipeline.run_dir import read_remade_by
+
+    def damaged():
+        raise DamagedFile(rd.path("generated"), "a" * 32, "b" * 32)
+    with pytest.raises(DamagedFile) as exc:
+        read_remade_by(damaged, "pdiff-fast sample")
+    assert (exc.value.path, exc.value.recorded, exc.value.found) == (rd.path("generated"), "a" * 32, "b" * 32)
+    assert str(exc.value).endswith(f"(recorded {'a' * 32}, found {'b' * 32}: bit rot, a partial copy or an edit); "
+                                   "rerun `pdiff-fast sample` to remake it")
+
+    def corrupt():
+        raise ValueError("x.safetensors: corrupt\n  or truncated")
+    with pytest.raises(ValueError) as exc:
+        read_remade_by(corrupt, "pdiff-fast collect")
+    assert str(exc.value) == "x.safetensors: corrupt or truncated; rerun `pdiff-fast collect` to remake it"
+
+    def stale():
+        raise StaleArtifact("stale as it is")
+    with pytest.raises(StaleArtifact, match="^stale as it is$"):
+        read_remade_by(stale, "pdiff-fast train")
+    assert read_remade_by(lambda: 5, "x") == 5
+
+
+def test_a_missing_artifact_names_its_step_when_read(rd):
+    torch.manual_seed(0)
+    save_tensors(rd.path("generated"), {"params": torch.ones(2)}, {})
+    raw = bytearray(rd.path("generated").read_bytes())
+    raw[-1] ^= 1
+    rd.path("generated").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"rerun `pdiff-fast sample` to remake it$"):
+        rd._read("generated", lambda p: load_artifact(p))
+
+
+def _report_with(rd, **inputs):
+    digests = {name: save_tensors(rd.path(name), {"params": torch.full((2,), float(i))}, {})
+               for i, name in enumerate(("population", "generated"))}
+    return digests, {"per_model": {}, "inputs": {**digests, **inputs}}
+
+
+def test_check_report_inputs_reads_and_compares_each_input(rd):
+    from pdiff_fast.pipeline.run_dir import check_report_inputs
+
+    digests, report = _report_with(rd)
+    check_report_inputs(rd, report, "pdiff-fast evaluate")  # both current: nothing raised
+    save_tensors(rd.path("generated"), {"params": torch.zeros(3)}, {})
+    with pytest.raises(StaleArtifact) as exc:
+        check_report_inputs(rd, report, "pdiff-fast evaluate")
+    assert str(exc.value) == ("report.json is stale: generated.safetensors changed since it was evaluated; rerun "
+                              "`pdiff-fast evaluate` (or pass --allow-stale)")
+    with pytest.raises(StaleArtifact):  # a skipped name first does not end the check
+        check_report_inputs(rd, {"inputs": {"other": "o" * 32, "generated": digests["generated"]}}, "x")
+    rd.allow_stale = True
+    check_report_inputs(rd, report, "pdiff-fast evaluate")
+    rd.allow_stale = False
+    raw = bytearray(rd.path("population").read_bytes())
+    raw[-1] ^= 1
+    rd.path("population").write_bytes(bytes(raw))
+    with pytest.raises(ValueError, match=r"population\.safetensors: damaged: .*rerun `pdiff-fast collect` to remake"):
+        check_report_inputs(rd, {"inputs": {"population": digests["population"]}}, "pdiff-fast evaluate")
+
+
+def test_check_report_inputs_skips_what_it_cannot_read(rd):
+    from pdiff_fast.pipeline.run_dir import check_report_inputs
+
+    _, report = _report_with(rd, report="r" * 32, unknown="u" * 32)
+    save_json(rd.path("report"), report)  # the report itself is never one of its inputs
+    rd.path("population").unlink()  # gone: the report is all that is left of it
+    check_report_inputs(rd, {**report, "inputs": {**report["inputs"], "population": "p" * 32}}, "x")
+    check_report_inputs(rd, {"per_model": {}}, "x")  # no inputs recorded
+    with pytest.raises(ValueError) as exc:
+        check_report_inputs(rd, {"inputs": [1]}, "pdiff-fast evaluate")
+    assert str(exc.value) == (f"{rd.path('report')}: not a report of this package (its inputs are not an object); "
+                              "rerun `pdiff-fast evaluate`")
