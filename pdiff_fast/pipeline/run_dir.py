@@ -61,6 +61,29 @@ def read_remade_by(read, remake: str):
         raise ValueError(f"{' '.join(str(exc).split())}; rerun `{remake}` to remake it") from None
 
 
+def read_timings(path: Path) -> dict:
+    """timings.json as a dict; {} when missing or unreadable (timings are bookkeeping, never a reason to stop,
+    and a damaged file is replaced; a directory there fails the save instead)."""
+    try:
+        old = load_json(path) if path.exists() else {}
+    except (ValueError, OSError):
+        return {}
+    return old if isinstance(old, dict) else {}
+
+
+def after_save(run, name: str, update_config) -> None:
+    """The bookkeeping after artifact `name` is saved: update_config() (unless None), then run.timings merged
+    into timings.json. A failure here (a full disk, a damaged file) warns and keeps the saved artifact.
+    `run`: a RunDirectory or TaskParts."""
+    try:
+        if update_config is not None:
+            update_config()
+        save_json(run.path("timings"), {**read_timings(run.path("timings")), **run.timings})
+    except (OSError, ValueError) as exc:
+        run.log(f"warning: {name} is saved, but config.json / timings.json could not be updated "
+                f"({' '.join(str(exc).split())})")
+
+
 def check_report_inputs(run, report: dict, evaluate: str) -> None:
     """The tensor files a report was made from (its `inputs`) are read whole, their digests recomputed (a
     damaged one is refused), and must be the files it was made from (unless run.allow_stale); a file
@@ -176,19 +199,8 @@ class RunDirectory:
 
     def _bookkeeping(self, artifact: str, config: bool = True) -> None:
         """After `artifact` is saved: its fields into config.json (config=True) and this run's timings into
-        timings.json. A failure here (a full disk, a damaged file) warns and keeps the saved artifact."""
-        try:
-            if config:
-                self._update_config_json(artifact)
-            path = self.path("timings")
-            try:
-                old = load_json(path) if path.exists() else {}
-            except (ValueError, OSError):  # damaged or unreadable: replaced (a directory there fails the save)
-                old = {}
-            save_json(path, {**(old if isinstance(old, dict) else {}), **self.timings})
-        except (OSError, ValueError) as exc:
-            self.log(f"warning: {self.path(artifact).name} is saved, but config.json / timings.json could not be "
-                     f"updated ({' '.join(str(exc).split())})")
+        timings.json (a failure warns and keeps the artifact: after_save)."""
+        after_save(self, self.path(artifact).name, (lambda: self._update_config_json(artifact)) if config else None)
 
     def _checkpoint_state(self, artifact: str, inputs: dict, restart: bool):
         """A compatible checkpoint's (tensors, meta), or None (and why, in the log)."""

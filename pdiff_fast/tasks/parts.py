@@ -12,11 +12,11 @@ import torch
 from ..config import read_config_file
 from ..diffusion.sample import model_seed
 from ..evaluation.population import evaluate_population, warm_allocator
-from ..io import load_artifact, load_json, save_json, save_tensors
+from ..io import load_artifact, save_json, save_tensors
 from ..nn.models import MLP
 from ..params import ParamSpec
 from ..pipeline.parts import pick_device
-from ..pipeline.run_dir import StaleArtifact, prepare_run_dir, read_remade_by
+from ..pipeline.run_dir import StaleArtifact, after_save, prepare_run_dir, read_remade_by, read_timings
 from .config import MADE_BY, STEP_FIELDS, TaskConfig
 from .family import TaskFamily, digit_pair_tasks, fixed_support, split_tasks
 from .zoo import Zoo
@@ -99,23 +99,11 @@ class TaskParts:
         return out
 
     def saved_timings(self) -> dict:
-        """timings.json as a dict ({} when missing or unreadable: timings are bookkeeping, never a reason to stop)."""
-        try:
-            old = load_json(self.path("timings")) if self.path("timings").exists() else {}
-        except (ValueError, OSError):
-            return {}
-        return old if isinstance(old, dict) else {}
+        return read_timings(self.path("timings"))
 
     def _bookkeeping(self, artifact: str, config: bool = True) -> None:
-        """After `artifact` is saved: its fields into config.json and the timings into timings.json; a failure
-        warns and keeps the artifact."""
-        try:
-            if config:
-                self._save_config(artifact)
-            save_json(self.path("timings"), {**self.saved_timings(), **self.timings})
-        except (OSError, ValueError) as exc:
-            self.log(f"warning: {self.FILES[artifact]} is saved, but config.json / timings.json could not be "
-                     f"updated ({' '.join(str(exc).split())})")
+        """After `artifact` is saved: its fields into config.json and the timings into timings.json (after_save)."""
+        after_save(self, self.FILES[artifact], (lambda: self._save_config(artifact)) if config else None)
 
     # --- pieces -------------------------------------------------------------------------
     def new_model(self, seed: int | None = None) -> torch.nn.Module:
