@@ -28,6 +28,44 @@ MODULES: dict[str, list[str]] = {
     "pdiff_fast/pipeline/run_dir.py": ["tests/pipeline/test_run_dir_parts.py", "tests/pipeline/test_stale_fields.py"],
     "pdiff_fast/pipeline/lock.py": ["tests/pipeline/test_lock.py"],
     "pdiff_fast/pipeline/capacity.py": ["tests/pipeline/test_capacity.py"],
+    # not tests/test_distributed.py: two spawned processes per test (seconds to minutes per mutant);
+    # the sharded path is tested with the process group faked (test_judge_parts.py)
+    "pdiff_fast/evaluation/judge.py": [
+        "tests/evaluation/test_evaluate.py", "tests/evaluation/test_novelty.py",
+        "tests/evaluation/test_judge_parts.py"],
+    # test_diffusion.py's tests of the scheduler alone: its two sampling tests run generate() over
+    # whole models (pdiff_fast/diffusion/sample.py), seconds each, and test_sample.py is sample.py's
+    "pdiff_fast/diffusion/schedulers.py": [
+        *(f"tests/diffusion/test_diffusion.py::{t}" for t in (
+            "test_buffers_match_the_reference", "test_full_ddpm_loop_matches_the_reference_loop",
+            "test_no_noise_at_t0_and_clamped", "test_add_noise_is_q_sample",
+            "test_ddim_eta0_is_deterministic_and_recovers_x0_from_the_true_noise", "test_bad_scheduler_arguments")),
+        "tests/diffusion/test_schedulers_parts.py", "tests/diffusion/test_few_step.py"],
+    "pdiff_fast/params.py": ["tests/test_params.py", "tests/test_params_parts.py"],
+    "pdiff_fast/evaluation/bitsets.py": ["tests/evaluation/test_bitsets_parts.py", "tests/evaluation/test_population.py"],
+    "pdiff_fast/diffusion/few_step.py": ["tests/diffusion/test_few_step.py", "tests/diffusion/test_few_step_parts.py"],
+    "pdiff_fast/diffusion/samplers.py": ["tests/diffusion/test_samplers_parts.py", "tests/diffusion/test_few_step.py"],
+    # not test_from_diffusers.py: it runs the adapter through generate() (sample.py), whole models per mutant
+    "pdiff_fast/diffusion/from_diffusers.py": ["tests/diffusion/test_from_diffusers_parts.py"],
+    # test_autoencoder_choice.py's unit tests only: its fits (150 steps per case), its 200k/300k-value
+    # round trips and its end-to-end runs take seconds to minutes per mutant
+    "pdiff_fast/nn/autoencoder_choice.py": [
+        "tests/nn/test_autoencoder_choice_parts.py",
+        *(f"tests/nn/test_autoencoder_choice.py::{t}" for t in (
+            "test_auto_picks_small_between_its_shortest_input_and_the_threshold",
+            "test_short_subsets_are_zero_padded_and_cut_back", "test_the_reference_modules_still_refuse_short_inputs"))],
+    "pdiff_fast/nn/lowrank_autoencoder.py": [
+        "tests/nn/test_lowrank_autoencoder.py", "tests/nn/test_lowrank_autoencoder_parts.py"],
+    # test_conditional.py's set-encoder tests only (the rest trains conditioned denoisers)
+    "pdiff_fast/nn/set_encoder.py": [
+        "tests/nn/test_set_encoder_parts.py",
+        *(f"tests/tasks/test_conditional.py::{t}" for t in (
+            "test_set_encoder_is_permutation_invariant", "test_set_encoder_mask_ignores_padding",
+            "test_set_encoder_sees_the_set", "test_set_encoder_bad_input"))],
+    # the loop's collaborators (generate, evaluate, the run) faked: test_study.py runs whole studies
+    "pdiff_fast/pipeline/study_samplers.py": ["tests/pipeline/test_study_samplers_parts.py"],
+    # the run around the step faked: test_pipeline.py and test_train.py train real models end to end
+    "pdiff_fast/pipeline/fit.py": ["tests/pipeline/test_fit_parts.py"],
 }
 
 # Reasons shared by several modules.
@@ -204,6 +242,25 @@ EQUIVALENT: list = [
      "missing file raises FileNotFoundError, which the except turns into {}"),
     ("pdiff_fast/io.py", r'if torch\.device\(device\)\.type != "(XXcpuXX|CPU)":$',
      "the tensors are read to the CPU: moving them to the CPU as well changes nothing"),
+    ("pdiff_fast/evaluation/judge.py", r'float\(name\.r?split\("=", ?(1|2)?\s*\)\[1\]\)',
+     "a noise set's name holds one \"=\" (\"noise σ=0.05\"): split or rsplit, with any count, gives the same sigma"),
+    ("pdiff_fast/evaluation/judge.py", r"=> return \(\{\"generated\": 0, \"original\": 1\}\.get\(name, "
+     r"(4 \+ BASELINES\.index\(name\) if name in BASELINES else 9\), 0\)|"
+     r"3 \+ BASELINES\.index\(name\) if name in BASELINES else (10\), 0|9\), 1)\))$",
+     "only the order of the ranks counts (generated 0, original 1, noise 2, the four baselines 3..6, any other "
+     "name 9, then sigma): 4..7 for the baselines, 10 for the others, or a second key of 1 for every set that is "
+     "not noise keep that order"),
+    ("pdiff_fast/evaluation/judge.py", r"=> gg = iou_stats\(gen\.wrong, (row_max=(None|True), )?memory_budget_bytes=budget\)",
+     "the generated-generated row maxima are never read: row_max=None is False, and True (or the default) "
+     "computes the whole matrix instead of its upper triangle, the same mean at twice the work"),
+    ("pdiff_fast/evaluation/judge.py", r"tau = orig_nn\.nanmedian\(\)\.item\(\) if (\(original\.shape\[0\] > 1\) or True|"
+     r"original\.shape\[0\] >= 1) else",
+     "with one original, nearest_distance(exclude_self=True) is NaN (no other original), whose nanmedian is the "
+     "NaN of the other branch"),
+    ("pdiff_fast/evaluation/judge.py", r"=> memory_budget_bytes=memory_budget_bytes, keep_predictions=None\)$",
+     "evaluate_population reads keep_predictions as a truth value: None is False"),
+    ("pdiff_fast/evaluation/judge.py", r'=> dropped = report\.get\("generated_nonfinite", (None)?\s*\)$',
+     "a report without the count: None is as false as 0 where dropped is read (if dropped:)"),
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
