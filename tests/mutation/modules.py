@@ -261,6 +261,12 @@ EQUIVALENT: list = [
      "evaluate_population reads keep_predictions as a truth value: None is False"),
     ("pdiff_fast/evaluation/judge.py", r'=> dropped = report\.get\("generated_nonfinite", (None)?\s*\)$',
      "a report without the count: None is as false as 0 where dropped is read (if dropped:)"),
+    ("pdiff_fast/diffusion/schedulers.py", r"if i \+ 1 < len\(self\._timesteps\) else -2$",
+     "only t_prev >= 0 is read of the step past the last (then a_prev = 1.0): -1 and -2 are the same"),
+    ("pdiff_fast/diffusion/schedulers.py", r"ac_prev = torch\.cat\(\[torch\.ones\(1, (dtype=None)?\s*\), ac\[:-1\]\]\)$",
+     "torch.cat promotes a float32 one to the float64 of ac: the same 1.0"),
+    ("*", r"=> return torch\.randint\(self\.num_train_timesteps, \(batch,\)",
+     "torch.randint(high, size) is randint(0, high, size): low defaults to 0"),
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
