@@ -66,6 +66,18 @@ MODULES: dict[str, list[str]] = {
     "pdiff_fast/pipeline/study_samplers.py": ["tests/pipeline/test_study_samplers_parts.py"],
     # the run around the step faked: test_pipeline.py and test_train.py train real models end to end
     "pdiff_fast/pipeline/fit.py": ["tests/pipeline/test_fit_parts.py"],
+    "pdiff_fast/evaluation/finetuning.py": [
+        "tests/evaluation/test_finetuning_parts.py", "tests/evaluation/test_finetune.py"],
+    # not test_backend.py's torch.compile test: mutmut's trampolines are not traceable with fullgraph
+    "pdiff_fast/backend.py": [
+        "tests/test_backend_parts.py",
+        *(f"tests/test_backend.py::{t}" for t in (
+            "test_auto_never_runs_the_triton_interpreter", "test_explicit_backend_the_op_has_is_used",
+            "test_explicit_backend_the_op_lacks_runs_torch", "test_explicit_backend_that_cannot_run_raises",
+            "test_auto_false_leaves_the_call_to_torch_but_an_explicit_backend_still_applies",
+            "test_environment_variable_and_context_order", "test_act_norm_conv1d_trains_on_torch_under_auto",
+            "test_unregistered_op_is_a_clear_error", "test_every_dispatching_op_is_registered",
+            "test_imports_are_done_once_and_failures_name_the_error"))],
 }
 
 # Reasons shared by several modules.
@@ -267,6 +279,33 @@ EQUIVALENT: list = [
      "torch.cat promotes a float32 one to the float64 of ac: the same 1.0"),
     ("*", r"=> return torch\.randint\(self\.num_train_timesteps, \(batch,\)",
      "torch.randint(high, size) is randint(0, high, size): low defaults to 0"),
+    ("pdiff_fast/params.py", r"any\(True for _ in m\.parameters\(recurse=(None|True)\)\)\]$",
+     "torch's norm layers have no child modules, so their parameters with recursion are their own; None is "
+     "as false as False"),
+    ("pdiff_fast/params.py", r"=> (mean|std) = torch\.empty\(spec\.dim, (dtype=None)?\s*\)$",
+     "the float64 mean and std are rounded to float32 once either way: on assignment into a float32 buffer, or "
+     "by the .float() of the return"),
+    ("pdiff_fast/params.py", r"\.to\(targets\[0\]\[1\]\.device\)",
+     ONE_DEVICE + " (another tensor of the same model, on the same device)"),
+    ("pdiff_fast/evaluation/bitsets.py", r"step = max\(", BLOCKING + " (rows of the popcount; "
+     "test_bitsets_parts.py counts at budgets from one row to all)"),
+    ("pdiff_fast/evaluation/bitsets.py", r'float\("NAN"\)', 'float() reads "NAN" as "nan"'),
+    ("pdiff_fast/evaluation/bitsets.py", r"=> if lo == 0 and n / 8 == 0:",
+     "the whole-byte overwrite is a fast path: for whole bytes the masked path writes the same bytes"),
+    ("pdiff_fast/evaluation/bitsets.py", r"= torch\.zeros\((mask\.shape\[0\]|1), \(w1 - w0\) \* 8, (dtype=None, )?device=bits\.device\)$",
+     "pack_bits packs nonzero values: float zeros and ones pack as bool ones"),
+    ("pdiff_fast/diffusion/few_step.py", r'=> self\._x0_prev = ""$',
+     "the value the first step resets the previous x0 to is never read: step 0 is first order (c1 = 0, so "
+     "nothing is handed) and the step's own x0 replaces it before the next step"),
+    ("pdiff_fast/diffusion/from_diffusers.py", r'=> self\._sample = ""$',
+     "the kept sample is read only after the loop's first step has set it (step 0 sets it before the step)"),
+    ("pdiff_fast/diffusion/from_diffusers.py", r"seed_offset: int = 1,$",
+     "DiffusersScheduler.step takes seed_offset for the samplers' common signature and does not read it"),
+    ("pdiff_fast/diffusion/from_diffusers.py",
+     r"=> return SchedulerOutput\(self\.inner\.scale_model_input\(self\._sample, (None|self\.inner\.timesteps\[i - 1\])\), x0\)$",
+     "with diffusers 0.42, scale_model_input reads its timestep only to find the step index before the first "
+     "step; after a step the sigma-space schedulers (Euler, Euler ancestral, Heun, LMS, ...) use their own "
+     "step_index and the others (DDIM, DPM-Solver) return the sample as it is"),
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
