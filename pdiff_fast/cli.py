@@ -38,7 +38,8 @@ HELP = {
 }
 FLAG_FIELDS = ["device", "seed", "dataset", "model", "subset", "recipe", "epochs", "k", "trajectories",
                "autoencoder", "ae_steps",
-               "diffusion_steps", "num_samples", "sampler", "sample_steps", "eta"]
+               "diffusion_steps", "num_samples", "sampler", "sample_steps", "eta", "prompt_accuracy", "guidance",
+               "prompt_extrapolate"]
 
 
 def _step_flags(s, run_dir: str, config_help: str) -> None:
@@ -65,7 +66,7 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--dataset", choices=["mnist1d", "digits"])
             s.add_argument("--model", choices=["cnn1d", "resnet", "vit", "mlp"])
             s.add_argument("--subset", help="'last-K-norm-layers', 'all', or a glob pattern of parameter names")
-            s.add_argument("--recipe", choices=["v1", "v2"])
+            s.add_argument("--recipe", choices=["v1", "v2", "span"])
             s.add_argument("--epochs", type=int, help="base training epochs")
             s.add_argument("-k", "--k", type=int, help="number of checkpoints")
             s.add_argument("--trajectories", type=int, help="subset-training runs sharing the k checkpoints")
@@ -82,6 +83,11 @@ def _parser() -> argparse.ArgumentParser:
             s.add_argument("--sampler", choices=SAMPLER_NAMES)
             s.add_argument("--sample-steps", type=int, help="denoiser evaluations of the few-step samplers (DDPM: 1000)")
             s.add_argument("--eta", type=float, help="DDIM's noise: 0 deterministic, 1 ancestral")
+            s.add_argument("--prompt-accuracy", type=float, nargs="+", metavar="ACC",
+                           help="prompted runs: the validation accuracies (%%) to ask for, the models split over them")
+            s.add_argument("--guidance", type=float, help="prompted runs: classifier-free guidance scale (0: unprompted)")
+            s.add_argument("--extrapolate", dest="prompt_extrapolate", action="store_const", const=True,
+                           help="prompted runs: allow prompts outside the population's validation accuracies")
     s = sub.add_parser("study", help="the paper's ablation, the sampler trade-off and fine-tuning from generated "
                                      "parameters (pdiff_fast/pipeline/study.py)",
                        description="Run the ablation variants, the sampler trade-off and the fine-tuning comparison; "
@@ -248,8 +254,10 @@ def _study(args) -> None:
 def _pipeline(args) -> None:
     from . import distributed
     from .pipeline.pdiff import PDiff
+    from .prompted import PromptedPDiff
 
-    p = PDiff(_config(args), args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
+    cfg = _config(args)
+    p = (PromptedPDiff if cfg.prompted else PDiff)(cfg, args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale,
               log=lambda msg: print(msg, file=sys.stderr))
     _steps(p, args)
     distributed.shutdown()  # under torchrun: every rank done, the group left cleanly

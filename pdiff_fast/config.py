@@ -56,7 +56,11 @@ class Config(ConfigFields):
     model_kwargs: dict = field(default_factory=dict)
     subset: str | list = "last-2-norm-layers"  # the paper's default subset
     # checkpoint collection
-    recipe: str = "v2"  # v2: K checkpoints within one epoch of subset fine-tuning (fast); "v1": one per epoch
+    recipe: str = "v2"  # v2: K checkpoints within one epoch of subset fine-tuning (fast); "v1": one per epoch;
+    # "span": checkpoints spanning accuracy, labelled on a validation split (accuracy prompting: pdiff_fast.prompted)
+    val_fraction: float = 0.1  # span: the share of the training data held out to label checkpoints (never trained on)
+    span_noise: float = 1.0  # span: each run starts from the base subset plus noise of this many times each
+    # tensor's RMS (about 40% validation accuracy on MNIST-1D's default subset), then climbs back by SGD
     epochs: int = 10  # base training epochs; MNIST-1D's CNN reaches ~97% test accuracy in this many
     k: int = 200  # checkpoints, as the paper
     trajectories: int = 1  # independent subset-training runs from the base model (seeds seed+1, seed+2, ...),
@@ -82,6 +86,8 @@ class Config(ConfigFields):
     diffusion_weight_decay: float = 2e-6
     diffusion_batch_size: int | None = None  # None: full batch (K = 200), as the reference
     ema_decay: float = 0.995  # reference 0.9999 over 30k steps; scaled to the shorter schedule
+    prompted: bool = False  # condition the denoiser on the checkpoints' validation accuracy (recipe "span")
+    cond_drop: float = 0.1  # prompted: share of training rows given the null prompt (classifier-free guidance)
     checkpoint_every: int = 500  # training steps between resumable checkpoints (0: only at the end of a phase)
     # sampling
     # DDIM at eta 1 (ancestral sampling on 20 of the 1000 steps, x_t clamped as the reference's DDPM):
@@ -93,6 +99,10 @@ class Config(ConfigFields):
     sample_steps: int = 20  # denoiser evaluations of every sampler but ddpm (always 1000)
     eta: float = 1.0  # DDIM's noise: 0 deterministic, 1 ancestral
     num_samples: int = 200  # generated models, as the paper
+    prompt_accuracy: list | None = None  # prompted: the validation accuracies asked for (%), the models split
+    # evenly over them; None: a sweep over the population's range and 2 points above it (the calibration)
+    guidance: float = 1.0  # prompted: 0 unprompted, 1 conditional, > 1 guided (classifier-free guidance)
+    prompt_extrapolate: bool = False  # prompted: allow prompts outside the population's validation accuracies
     cuda_graph: bool | str = "auto"  # replay the sampling loop as one CUDA graph: "auto" on CUDA with the
     # Triton DDPM step (same models as uncaptured), true forces it (CUDA + Triton step), false never
     sample_grain: int | None = None  # rows per denoiser call (None: 256 on CPU, 1024 on CUDA); part of the
@@ -106,8 +116,8 @@ class Config(ConfigFields):
 
     @classmethod
     def problems(cls, d: dict, source: str) -> list[str]:
-        return check_fields(d, source) + _denoiser_widths(d.get("denoiser", cls.denoiser),
-                                                          d.get("denoiser_channels"), source)
+        return (check_fields(d, source) + _denoiser_widths(d.get("denoiser", cls.denoiser), d.get("denoiser_channels"),
+                                                           source) + _prompting(d, source))
 
 
 # the samplers' names (pdiff_fast.diffusion.samplers.SAMPLERS describes them; a test keeps the two equal)
@@ -258,10 +268,33 @@ def _denoiser_widths(denoiser, channels, source: str, what: str = "the AE_CNN_bo
     return [f"{source}: field 'denoiser_channels': {what} takes exactly 4 widths, got {len(channels)}: {channels!r}"]
 
 
+def _prompting(d: dict, source: str) -> list[str]:
+    """Prompting needs checkpoints labelled with a validation accuracy (recipe "span") and the
+    AE_CNN_bottleneck denoiser (the conditioned denoiser adds the prompt to its time embedding)."""
+    if d.get("prompted") is not True:
+        return [f"{source}: field {name!r}: asks for prompts, but the config has no prompting (set prompted: true, "
+                "recipe \"span\")" for name in ("prompt_accuracy", "prompt_extrapolate")
+                if d.get(name) not in (None, False)]
+    problems = []
+    if d.get("recipe", Config.recipe) != "span":
+        problems.append(f"{source}: field 'prompted': needs recipe \"span\" (checkpoints labelled with a "
+                        f"validation accuracy), got recipe {d.get('recipe', Config.recipe)!r}")
+    if d.get("denoiser", Config.denoiser) != "AE_CNN_bottleneck":
+        problems.append(f"{source}: field 'prompted': needs the AE_CNN_bottleneck denoiser, got "
+                        f"{d.get('denoiser')!r}")
+    return problems
+
+
 def _sigmas(v):
     if isinstance(v, list) and all(_is_num(s) and s >= 0 for s in v):
         return None
     return f"expected a list of non-negative numbers, got {v!r}"
+
+
+def _prompts(v):
+    if v is None or (isinstance(v, list) and v and all(_is_num(p) and 0 <= p <= 100 for p in v)):
+        return None
+    return f"expected null or a non-empty list of accuracies in [0, 100] (%), got {v!r}"
 
 
 def _cuda_graph(v):
@@ -289,7 +322,9 @@ CHECKS = {
     "model": _type(str, "a model name"),
     "model_kwargs": _type(dict, "a JSON object"),
     "subset": _subset,
-    "recipe": _choice("v1", "v2"),
+    "recipe": _choice("v1", "v2", "span"),
+    "val_fraction": _num(0, 1, lo_open=True, hi_open=True),
+    "span_noise": _num(0),
     "epochs": _int(1),
     "k": _int(1),
     "trajectories": _int(1),
@@ -312,6 +347,11 @@ CHECKS = {
     "diffusion_batch_size": _int(1, none_ok=True),
     "ema_decay": _num(0, 1, hi_open=True),
     "checkpoint_every": _int(0),
+    "prompted": _type(bool, "true or false"),
+    "cond_drop": _num(0, 1, hi_open=True),
+    "prompt_accuracy": _prompts,
+    "guidance": _num(0),
+    "prompt_extrapolate": _type(bool, "true or false"),
     "sampler": _choice(*SAMPLER_NAMES),
     "sample_steps": _int(1, 1000),
     "eta": _num(0),

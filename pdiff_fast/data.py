@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -90,6 +90,24 @@ def digits(test_fraction: float = 0.2, seed: int = 0) -> TensorData:
     n_test = int(len(y) * test_fraction)
     te, tr = perm[:n_test], perm[n_test:]
     return TensorData("digits", x[tr], y[tr], x[te], y[te], 10)
+
+
+def carve_validation(data: TensorData, fraction: float, seed: int) -> tuple[TensorData, torch.Tensor, torch.Tensor]:
+    """A validation split carved out of the training data, to label checkpoints with an accuracy (recipe
+    "span", accuracy prompting) so the test set never labels, selects or prompts; it only scores.
+    Returns (data with the training split minus the validation rows, x_val, y_val): a seeded random
+    `fraction` of the training samples (at least one, and at least one left to train on)."""
+    n = len(data.y_train)
+    if not 0 < fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {fraction!r}")
+    n_val = max(1, round(n * fraction))
+    if n_val >= n:
+        raise ValueError(f"dataset {data.name!r}: {n} training samples cannot give a validation split of "
+                         f"{fraction:g} and keep one to train on")
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    val, train = perm[:n_val].sort().values, perm[n_val:].sort().values
+    rest = replace(data, x_train=data.x_train[train], y_train=data.y_train[train])
+    return rest, data.x_train[val], data.y_train[val]
 
 
 def _to_tensors(source) -> tuple[torch.Tensor, torch.Tensor]:

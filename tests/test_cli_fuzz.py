@@ -405,6 +405,7 @@ PIPELINE_FLAGS = {  # flag: (its values, the step that takes it without starting
     "--ae-steps": (as_text(INTS), "train"), "--diffusion-steps": (as_text(INTS), "train"),
     "--num-samples": (as_text(INTS), "sample"), "--sample-steps": (as_text(INTS), "sample"),
     "--eta": (as_text(FLOATS), "sample"), "--sampler": (as_text([*SAMPLER_NAMES, "euler"]), "sample"),
+    "--prompt-accuracy": (as_text(FLOATS), "sample"), "--guidance": (as_text(FLOATS), "sample"),
 }
 TASK_FLAGS = {
     "--seed": (as_text(INTS), "report"), "--device": (as_text(DEVICES), "report"),

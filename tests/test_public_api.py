@@ -13,7 +13,8 @@ import pdiff_fast
 PUBLIC = ["ODEncoder2Decoder", "small", "medium", "AE_CNN_bottleneck", "ODUnet", "EMA", "DDPMScheduler",
           "DDIMScheduler", "ParamSpec", "Standardizer", "Population", "collect_v1", "collect_v2", "Config", "PDiff",
           "TensorData", "mnist1d", "digits", "from_torch", "build_model", "generate", "use_backend", "TaskConfig",
-          "TaskPDiff", "DPMSolverScheduler", "EulerAncestralScheduler", "make_scheduler"]
+          "TaskPDiff", "DPMSolverScheduler", "EulerAncestralScheduler", "make_scheduler",
+          "PromptedPDiff"]
 
 # old path -> (names it held, the module or subpackage that holds them now)
 OLD = {

@@ -86,6 +86,9 @@ class Population:
     # that run (v1: epoch, v2: subset-training step). None: one run, checkpoints 0..K-1.
     trajectory: torch.Tensor | None = None
     step: torch.Tensor | None = None
+    # (K,) accuracy in percent on the validation split carved out of the training data (recipe "span",
+    # pdiff_fast.prompted); None: not labelled
+    val_accuracy: torch.Tensor | None = None
 
     def __post_init__(self):
         if self.params.dim() != 2 or self.params.shape[1] != self.spec.dim:
@@ -102,12 +105,16 @@ class Population:
             if t.shape != (n,) or t.dtype != torch.int64:
                 raise ValueError(f"population: {name} must be int64 of shape ({n},), "
                                  f"got {t.dtype} {tuple(t.shape)}")
+        if self.val_accuracy is not None and self.val_accuracy.shape != (n,):
+            raise ValueError("population: one validation accuracy per checkpoint is needed")
 
     def save(self, path) -> None:
         from ..io import save_tensors
 
         tensors = {"params": self.params, "accuracy": self.accuracy,
                    "trajectory": self.trajectory, "step": self.step}
+        if self.val_accuracy is not None:
+            tensors["val_accuracy"] = self.val_accuracy
         tensors.update({f"base.{k}": v for k, v in self.base_state.items()})
         save_tensors(path, tensors, {"spec": self.spec.to_dict(), **self.meta})
 
@@ -123,7 +130,8 @@ class Population:
         # Files written before provenance was recorded hold one run: __post_init__ fills
         # trajectory = 0 and step = arange(K) (exact for v1; for v2 the checkpoint's index, not
         # the subset-training step it was taken at).
-        return cls(t["params"], t["accuracy"], spec, base, meta, t.get("trajectory"), t.get("step"))
+        return cls(t["params"], t["accuracy"], spec, base, meta, t.get("trajectory"), t.get("step"),
+                   t.get("val_accuracy"))
 
 
 @torch.no_grad()
@@ -209,14 +217,15 @@ def _train_base_state(model, data, spec, epochs, lr, batch_size, seed, progress)
 
 
 def _collect(model: nn.Module, data: TensorData, spec: ParamSpec, shares: list[int], run, lr: float,
-             subset_lr: float | None, seed: int, desc: str, progress: bool):
+             subset_lr: float | None, seed: int, desc: str, progress: bool, val=None):
     """This rank's trajectories (distributed.shard), each from a fresh copy of the base `model`
     with a fresh optimizer and generator seed + 1 + j; `run(model, opt, gen, n, save)` trains one
-    and calls save(step) n times. Returns (params, accuracy, trajectory, step), gathered in
-    trajectory order on every rank."""
+    and calls save(step) n times. Returns (params, accuracy, trajectory, step, val accuracy), gathered
+    in trajectory order on every rank; val: (x, y) of a validation split to label each checkpoint
+    with (else the last is None)."""
     start, stop = distributed.shard(len(shares))
     device = next(iter(model.parameters())).device
-    rows, accs, traj, steps = [], [], [], []
+    rows, accs, traj, steps, val_accs = [], [], [], [], []
     bar = tqdm(total=sum(shares[start:stop]), desc=desc, disable=not _progress(progress))
     for j in range(start, stop):
         run_model = copy.deepcopy(model)
@@ -226,6 +235,8 @@ def _collect(model: nn.Module, data: TensorData, spec: ParamSpec, shares: list[i
         def save(step, j=j, run_model=run_model):
             rows.append(spec.flatten([run_model])[0])
             accs.append(accuracy(run_model, data.x_test, data.y_test))
+            if val is not None:
+                val_accs.append(accuracy(run_model, *val))
             traj.append(j)
             steps.append(step)
             bar.update(1)
@@ -234,10 +245,12 @@ def _collect(model: nn.Module, data: TensorData, spec: ParamSpec, shares: list[i
         del run_model, opt
     bar.close()
     params = torch.stack(rows) if rows else torch.empty(0, spec.dim, dtype=torch.float32, device=device)
-    acc = torch.tensor(accs) if accs else torch.empty(0, dtype=torch.float32)
+    acc = torch.tensor(accs, dtype=torch.float32)
+    val_acc = torch.tensor(val_accs, dtype=torch.float32)
     provenance = torch.tensor([traj, steps], dtype=torch.int64).reshape(2, -1).T.contiguous()
-    params, acc, provenance = (distributed.gather_rows(t) for t in (params, acc, provenance))
-    return params, acc, provenance[:, 0].contiguous(), provenance[:, 1].contiguous()
+    params, acc, val_acc, provenance = (distributed.gather_rows(t) for t in (params, acc, val_acc, provenance))
+    return (params, acc, provenance[:, 0].contiguous(), provenance[:, 1].contiguous(),
+            val_acc if val is not None else None)
 
 
 def collect_v1(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: int = 30, k: int = 200,
@@ -253,8 +266,8 @@ def collect_v1(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: i
             _epoch(run_model, opt, data, batch_size, gen, freeze_norm=True)
             save(epoch)
 
-    params, acc, traj, step = _collect(model, data, spec, shares, run, lr, subset_lr, seed,
-                                       "collect v1 checkpoints", progress)
+    params, acc, traj, step, _ = _collect(model, data, spec, shares, run, lr, subset_lr, seed,
+                                          "collect v1 checkpoints", progress)
     meta = {"recipe": "v1", "epochs": epochs, "k": k, "lr": lr, "batch_size": batch_size, "seed": seed,
             "trajectories": trajectories}
     return Population(params, acc, spec, base_state, meta, traj, step)
@@ -306,14 +319,20 @@ def collect_v2(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: i
 
         _epoch(run_model, opt, data, bs, gen, on_step=on_step, freeze_norm=True)
 
-    params, acc, traj, step = _collect(model, data, spec, shares, run, lr, run_lr, seed,
-                                       "collect v2 checkpoints", progress)
+    params, acc, traj, step, _ = _collect(model, data, spec, shares, run, lr, run_lr, seed,
+                                          "collect v2 checkpoints", progress)
     meta = {"recipe": "v2", "epochs": epochs, "k": k, "lr": lr, "batch_size": bs, "seed": seed,
             "trajectories": trajectories, "subset_lr": run_lr if run_lr is not None else lr * 0.1}
     return Population(params, acc, spec, base_state, meta, traj, step)
 
 
-RECIPES = {"v1": collect_v1, "v2": collect_v2}
+def _span(*args, **kwargs) -> Population:
+    from .span import collect_span  # span.py builds on this module's pieces
+
+    return collect_span(*args, **kwargs)
+
+
+RECIPES = {"v1": collect_v1, "v2": collect_v2, "span": _span}
 
 
 def rebuild_base(model: nn.Module, population: Population) -> nn.Module:

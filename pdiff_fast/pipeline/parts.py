@@ -31,11 +31,16 @@ def pick_device(name: str) -> torch.device:
 
 class PDiffParts(RunDirectory):
     """What the steps share; the steps themselves are PDiff's (pdiff_fast.pipeline.pdiff)."""
+    PROMPTED = False  # a config with prompted=true needs pdiff_fast.prompted.PromptedPDiff
 
     def __init__(self, config: Config | None = None, run_dir: str | Path = "runs/default",
                  model: nn.Module | None = None, data: data_lib.TensorData | None = None, progress: bool = True,
                  allow_stale: bool = False, log=print):
         self.config = (config or Config()).validate()
+        if self.config.prompted != self.PROMPTED:
+            raise ValueError(f"config prompted={str(self.config.prompted).lower()} needs "
+                             f"{'pdiff_fast.prompted.PromptedPDiff' if self.config.prompted else 'pdiff_fast.PDiff'}, "
+                             f"not {type(self).__name__}")
         self.device = distributed.init(pick_device(self.config.device))  # under torchrun: join its group
         self.run_dir = prepare_run_dir(Path(run_dir))
         main = distributed.is_main()  # progress and logs from rank 0 only
@@ -136,6 +141,10 @@ class PDiffParts(RunDirectory):
                              f"({str(exc).splitlines()[0]})") from exc
         return ae.to(self.device).eval(), std, digest
 
+    def denoiser_for(self, meta: dict) -> dn_lib.EMA:
+        """A fresh denoiser of the shape a diffusion file's metadata records, to load its weights into."""
+        return self.build_denoiser(int(torch.Size(meta["latent_shape"]).numel()), meta.get("channels"))
+
     def load_models(self, _digests: dict | None = None):
         pop, pop_digest = self._population()
         ae, std, ae_digest = self._load_autoencoder(pop, pop_digest)
@@ -143,7 +152,7 @@ class PDiffParts(RunDirectory):
         self._check_settings("diffusion", dm_meta)
         if "latent_shape" not in dm_meta:
             raise ValueError(f"{self.path('diffusion')}: not a diffusion model file (no latent_shape in its metadata)")
-        model = self.build_denoiser(int(torch.Size(dm_meta["latent_shape"]).numel()), dm_meta.get("channels"))
+        model = self.denoiser_for(dm_meta)
         try:
             model.load_state_dict(dm_sd, strict=True)
         except RuntimeError as exc:

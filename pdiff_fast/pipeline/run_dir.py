@@ -33,12 +33,12 @@ from ..io import (DamagedFile, clean_stale_temporaries, load_artifact, load_chec
 # The config fields each artifact depends on (besides the seed, which every step takes).
 STEP_FIELDS = {
     "population": ("dataset", "model", "model_kwargs", "subset", "recipe", "epochs", "k", "trajectories", "lr",
-                   "subset_lr", "batch_size"),
+                   "subset_lr", "batch_size", "val_fraction", "span_noise"),
     "autoencoder": ("standardize", "autoencoder", "input_noise", "latent_noise", "ae_steps", "ae_lr",
                     "ae_weight_decay"),
     "diffusion": ("denoiser", "denoiser_channels", "shared_timestep", "diffusion_steps", "diffusion_lr",
-                  "diffusion_weight_decay", "diffusion_batch_size", "ema_decay"),
-    "generated": ("sampler", "sample_steps", "eta", "num_samples", "sample_grain"),
+                  "diffusion_weight_decay", "diffusion_batch_size", "ema_decay", "prompted", "cond_drop"),
+    "generated": ("sampler", "sample_steps", "eta", "num_samples", "sample_grain", "prompt_accuracy", "guidance"),
 }
 MADE_BY = {"population": "collect", "autoencoder": "train", "diffusion": "train", "generated": "sample",
            "report": "evaluate"}

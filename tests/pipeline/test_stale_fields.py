@@ -21,6 +21,7 @@ EXEMPT = {
         "checkpoint_every": "when a resumable training checkpoint is written, not what is trained",
         "cuda_graph": "the captured loop gives the same models as the uncaptured one (tests/diffusion/test_sample.py)",
         "noise_sigmas": "shapes only the report, which `evaluate` writes whole each time with the value used",
+        "prompt_extrapolate": "decides only whether a prompt is allowed, not what a prompt generates",
     },
     TaskConfig: {
         **SHARED,
