@@ -224,8 +224,8 @@ def _steps(p, args) -> None:
         p.evaluate()
     if args.command in ("report", "evaluate", "run"):
         say(p.report())
-        say(f"\nartifacts in {p.run_dir}/ (report.json, report.md, accuracy_distribution.png, iou_vs_accuracy.png, "
-            "distance_vs_accuracy.png)")
+        plots = ("calibration.png, " if p.PROMPTED else "") + "accuracy_distribution.png, iou_vs_accuracy.png, "
+        say(f"\nartifacts in {p.run_dir}/ (report.json, report.md, {plots}distance_vs_accuracy.png)")
 
 
 def _where() -> str:

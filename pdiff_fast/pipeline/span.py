@@ -14,7 +14,7 @@ climbs to it from far away:
    of the K checkpoints chosen evenly in validation accuracy (`even_in_accuracy`). Accuracy climbs
    fastest at first, so checkpoints taken evenly in steps would crowd the top of the range and
    leave a prompt for 60% few examples. Measured (MNIST-1D, CNN1d, subset last-2-norm-layers,
-   D = 384, span_noise 1, batch 18, base model 94.5% on validation): at lr 0.01 validation goes
+   D = 384, span_noise 1, batch 18, base model 94.5% on validation in that experiment): at lr 0.01 validation goes
    38 -> 67 in 4 steps and 91 by step 32, so even a choice even in accuracy found few candidates
    below 80% (population median 82%, the generator answered every prompt below 72% with ~69%);
    at lr 0.001, 26 -> 58 (step 20) -> 74 (40) -> 80 (70) -> 87 (190): candidates all the way up.
