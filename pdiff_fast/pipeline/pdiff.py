@@ -95,14 +95,21 @@ class PDiff(FitStep):
         report = self._timed("evaluate", lambda: evaluate(
             base, pop.spec, pop.params.to(self.device), gen_t["params"].to(self.device), d.x_test, d.y_test,
             noise_sigmas=c.noise_sigmas, seed=c.seed, memory_budget_bytes=c.memory_budget_mb << 20, shard=True))
+        return self._write_report(report, format_table(report), pop, pop_digest, gen_meta, gen_digest)
+
+    def _write_report(self, report: dict, table: str, pop: Population, pop_digest, gen_meta: dict, gen_digest) -> dict:
+        """The report with its provenance (device, timings, input digests, settings), written as report.json
+        and `table` as report.md (rank 0)."""
+        c = self.config
         report["device"] = str(self.device)
         report["timings"] = dict(self.timings)
         report["inputs"] = {"population": pop_digest, "generated": gen_digest}
         report["settings"] = {"population": pop.meta.get("config"), "generated": gen_meta.get("config"),
                               "evaluate": {"noise_sigmas": c.noise_sigmas, "seed": c.seed}}
+
         def write() -> None:
             save_json(self.path("report"), report)
-            save_text(self.path("table"), format_table(report) + "\n")
+            save_text(self.path("table"), table + "\n")
             self._bookkeeping("report", config=False)
         distributed.on_main(write)
         return report

@@ -29,7 +29,6 @@ from ..data import carve_validation
 from ..diffusion.sample import generate
 from ..diffusion.schedulers import DDPMScheduler
 from ..evaluation.judge import format_table
-from ..io import save_json, save_text
 from ..nn import denoiser as dn_lib
 from ..pipeline.capacity import check_fits
 from ..pipeline.pdiff import PDiff
@@ -143,18 +142,8 @@ class PromptedPDiff(PDiff):
             self.base_model(), pop, gen_t["params"].to(self.device), gen_t["prompt"], x_val.to(self.device),
             y_val.to(self.device), d.x_test, d.y_test, noise_sigmas=c.noise_sigmas, seed=c.seed,
             memory_budget_bytes=c.memory_budget_mb << 20))
-        report["device"] = str(self.device)
-        report["timings"] = dict(self.timings)
-        report["inputs"] = {"population": pop_digest, "generated": gen_digest}
-        report["settings"] = {"population": pop.meta.get("config"), "generated": gen_meta.get("config"),
-                              "evaluate": {"noise_sigmas": c.noise_sigmas, "seed": c.seed}}
-
-        def write() -> None:
-            save_json(self.path("report"), report)
-            save_text(self.path("table"), format_calibration(report) + "\n\n" + format_table(report) + "\n")
-            self._bookkeeping("report", config=False)
-        distributed.on_main(write)
-        return report
+        table = format_calibration(report) + "\n\n" + format_table(report)
+        return self._write_report(report, table, pop, pop_digest, gen_meta, gen_digest)
 
     def report(self) -> str:
         from .calibration import plot_calibration
