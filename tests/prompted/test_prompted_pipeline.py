@@ -221,3 +221,43 @@ def test_prompts_without_prompting_are_refused(tmp_path, capsys):
         Config.from_dict({"prompt_extrapolate": True})
     assert main(["sample", "--run-dir", str(tmp_path), "--prompt-accuracy", "90"]) == 2
     assert "asks for prompts" in capsys.readouterr().err
+
+
+def test_interrupted_prompted_training_resumes_to_the_same_denoiser(run, tmp_path, monkeypatch):
+    import pdiff_fast.pipeline.run_dir as rd
+
+    p, data, _ = run
+    cfg = p.config.replace(diffusion_steps=24, checkpoint_every=8)
+    dirs = {}
+    for name in ("whole", "interrupted"):
+        d = dirs[name] = tmp_path / name
+        d.mkdir()
+        for f in ("population.safetensors", "autoencoder.safetensors"):
+            (d / f).write_bytes((p.run_dir / f).read_bytes())
+    PromptedPDiff(cfg, dirs["whole"], model=recording_model(), data=data, progress=False, log=None).fit(only="diffusion")
+
+    saved, real_save = [], rd.save_tensors
+
+    def save_then_stop(path, tensors, meta=None):
+        out = real_save(path, tensors, meta)
+        if path.name == "diffusion.ckpt.safetensors":
+            saved.append(meta.get("step"))
+            if meta.get("step") == 16:
+                raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(rd, "save_tensors", save_then_stop)
+    q = PromptedPDiff(cfg, dirs["interrupted"], model=recording_model(), data=data, progress=False, log=None)
+    with pytest.raises(KeyboardInterrupt):
+        q.fit(only="diffusion")
+    monkeypatch.setattr(rd, "save_tensors", real_save)
+    assert saved == [8, 16] and not (dirs["interrupted"] / "diffusion.safetensors").exists()
+    logs = []
+    PromptedPDiff(cfg, dirs["interrupted"], model=recording_model(), data=data, progress=False,
+                  log=logs.append).fit(only="diffusion")
+    assert any("resuming diffusion training from step 16" in line for line in logs)  # not trained again from 0
+    a, meta_a = load_tensors(dirs["whole"] / "diffusion.safetensors")
+    b, meta_b = load_tensors(dirs["interrupted"] / "diffusion.safetensors")
+    assert a.keys() == b.keys() and meta_a["prompt_range"] == meta_b["prompt_range"]
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
