@@ -51,9 +51,10 @@ class PDiff(FitStep):
         for split in ("train", "test"):
             if not torch.isfinite(getattr(self.data, f"x_{split}")).all():
                 raise ValueError(f"dataset {self.data.name!r}: the {split} inputs contain NaN or Inf")
+        span = {"val_fraction": c.val_fraction, "span_noise": c.span_noise} if c.recipe == "span" else {}
         pop = self._timed("collect", lambda: RECIPES[c.recipe](
             model, self.data, spec, epochs=c.epochs, k=c.k, lr=c.lr, subset_lr=c.subset_lr,
-            batch_size=c.batch_size, seed=c.seed, progress=self.progress, trajectories=c.trajectories))
+            batch_size=c.batch_size, seed=c.seed, progress=self.progress, trajectories=c.trajectories, **span))
         pop.meta.update({"dataset": self.data.name, "model": c.model, "model_kwargs": c.model_kwargs,
                          **self._record("population", {})})
 

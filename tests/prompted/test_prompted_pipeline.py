@@ -94,6 +94,17 @@ def test_labels_are_the_checkpoints_validation_accuracy(run):
     assert pop.meta["recipe"] == "span" and pop.meta["n_val"] == len(y_val)
 
 
+def test_the_span_fields_of_the_config_shape_the_population(tmp_path):
+    cfg = Config.from_dict({**TINY, "k": 4, "val_fraction": 0.25, "span_noise": 0.0})
+    p = PromptedPDiff(cfg, tmp_path, model=recording_model(), data=id_data(), progress=False, log=None)
+    pop = p.collect()
+    assert pop.meta["val_fraction"] == 0.25 and pop.meta["span_noise"] == 0.0
+    assert pop.meta["n_val"] == round(len(p.data.y_train) * 0.25)
+    q = PromptedPDiff(cfg.replace(span_noise=1.0), tmp_path / "noisy", model=recording_model(), data=id_data(),
+                      progress=False, log=None)
+    assert pop.val_accuracy.min() > q.collect().val_accuracy.min()  # no noise: the runs start at the base model
+
+
 def test_report_calibration_is_what_the_models_give(run):
     p, _, _ = run
     r = load_json(p.path("report"))
