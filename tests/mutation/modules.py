@@ -349,6 +349,9 @@ EQUIVALENT: list = [
      "(population.py's rule): neither changes a value"),
     ("pdiff_fast/evaluation/finetuning.py", r"memory_budget_bytes=memory_budget_bytes, keep_predictions=None\)$",
      "evaluate_population reads keep_predictions as a truth value: None is False"),
+    ("pdiff_fast/evaluation/finetuning.py", r"=> (color=None, alpha=0\.2|alpha=0\.2)\)$",
+     "matplotlib's default fill colour comes from a cycle that advances with the line colours here (one line and "
+     "one band per start), so the band gets its line's colour either way"),
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
