@@ -1,5 +1,5 @@
 """The package's folders are its architecture: data flows one way, from the shared base at the top
-level through nn / diffusion / evaluation to pipeline, then tasks, then the front door (cli and
+level through nn / diffusion / evaluation to pipeline, then tasks, then prompted, then the front door (cli and
 pdiff_fast/__init__.py). Every import in pdiff_fast/, at module level or inside a function, is read
 from the source and checked: none runs back up a layer or across to a sibling, and no chain of
 imports comes back to where it started."""
@@ -10,7 +10,8 @@ import pdiff_fast
 
 PKG = Path(pdiff_fast.__file__).parent
 BASE = {"config", "io", "data", "params", "distributed", "backend", "ops", "kernels", "_C"}
-LAYER = {"nn": 1, "diffusion": 1, "evaluation": 1, "pipeline": 2, "tasks": 3}
+LAYER = {"nn": 1, "diffusion": 1, "evaluation": 1, "pipeline": 2, "tasks": 3, "prompted": 4}
+FRONT_RANK = 5
 FRONT = {"cli", "__main__", "__init__", "_aliases"}
 
 
@@ -48,10 +49,10 @@ def _imports(name: str, path: Path) -> set[str]:
 def _layer(name: str) -> tuple[int, str]:
     parts = name.split(".")
     if len(parts) == 1:
-        return 4, "front"
+        return FRONT_RANK, "front"
     top = parts[1]
     if top in FRONT:
-        return 4, "front"
+        return FRONT_RANK, "front"
     if top in BASE:
         return 0, "base"
     assert top in LAYER, f"{name}: a top-level module that is neither the shared base nor the front"
@@ -81,9 +82,9 @@ def test_no_import_runs_back_up_or_across():
         (rank, group) = _layer(name)
         for t in targets:
             (t_rank, t_group) = _layer(t)
-            if t_group == group or (t_rank < rank and not (rank == 4 and t_rank == 4)):
+            if t_group == group or t_rank < rank:
                 continue
-            if rank == 4:  # the front may import anything
+            if rank == FRONT_RANK:  # the front may import anything
                 continue
             wrong.append(f"{name} ({group}) imports {t} ({t_group})")
     assert not wrong, "\n".join(sorted(wrong))
@@ -93,7 +94,7 @@ def test_no_import_cycle():
     graph = _graph()
     # a package's __init__ importing its own modules, which import their siblings, is not a cycle
     edges = {n: {t for t in ts if not n.startswith(t + ".") and not (t == "pdiff_fast")} for n, ts in graph.items()}
-    edges = {n: ts for n, ts in edges.items() if _layer(n)[0] < 4 and not n.endswith("__init__")}
+    edges = {n: ts for n, ts in edges.items() if _layer(n)[0] < FRONT_RANK and not n.endswith("__init__")}
     state: dict[str, int] = {}
     cycles = []
 

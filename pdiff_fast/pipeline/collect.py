@@ -326,13 +326,7 @@ def collect_v2(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs: i
     return Population(params, acc, spec, base_state, meta, traj, step)
 
 
-def _span(*args, **kwargs) -> Population:
-    from .span import collect_span  # span.py builds on this module's pieces
-
-    return collect_span(*args, **kwargs)
-
-
-RECIPES = {"v1": collect_v1, "v2": collect_v2, "span": _span}
+RECIPES = {"v1": collect_v1, "v2": collect_v2}  # with "span" (built on this module): pipeline.span.RECIPES
 
 
 def rebuild_base(model: nn.Module, population: Population) -> nn.Module:

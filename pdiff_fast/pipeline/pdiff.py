@@ -22,11 +22,12 @@ from ..evaluation.judge import evaluate, format_table
 from ..io import load_json, save_json, save_text
 from ..params import ParamSpec
 from .capacity import check_fits
-from .collect import RECIPES, Population
+from .collect import Population
 from .fit import FitStep
 from .parts import PDiffParts, pick_device  # noqa: F401
 from .run_dir import (MADE_BY, STEP_COUNT, STEP_FIELDS, RunDirectory, StaleArtifact, check_report_inputs,  # noqa: F401
                       prepare_run_dir, read_remade_by)
+from .span import RECIPES
 
 
 class PDiff(FitStep):

@@ -33,6 +33,7 @@ from torch import nn
 
 from ..data import TensorData, carve_validation
 from ..params import ParamSpec, _set_norm_eval, _subset_params
+from .collect import RECIPES as _RECIPES
 from .collect import (Population, _collect, _epoch, _progress, _shares, _train_base_state, accuracy,
                       v2_subset_lr)
 
@@ -106,3 +107,6 @@ def collect_span(model: nn.Module, data: TensorData, spec: ParamSpec, *, epochs:
             "trajectories": trajectories, "subset_lr": run_lr, "subset_epochs": SPAN_EPOCHS,
             "span_noise": span_noise, "val_fraction": val_fraction, "n_val": len(y_val), "n_train": n_train}
     return Population(params, acc, spec, base_state, meta, traj, step, val_acc)
+
+
+RECIPES = {**_RECIPES, "span": collect_span}  # every collection recipe, by the name a config gives
