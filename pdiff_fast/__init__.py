@@ -12,7 +12,7 @@ The package, in the order data flows (a layer imports only the layers before it)
 - evaluation/: measuring populations of models (evaluator, novelty, the judgement, fine-tuning);
 - pipeline/: the p-diff steps (collect, train, sample, evaluate, report) in a run directory, PDiff;
 - tasks/: dataset-conditioned generation, TaskPDiff;
-- prompted/: accuracy-prompted generation (on tasks/' conditioned denoiser), PromptedPDiff;
+- prompted/: accuracy-prompted generation (on tasks/' conditioned denoiser), PromptedPDiff, PromptedTaskPDiff;
 - cli (the `pdiff-fast` command) and this file, the front door.
 The old flat module paths (pdiff_fast.autoencoder, pdiff_fast.sample, ...) still import: _aliases.py.
 """
@@ -25,7 +25,7 @@ from .diffusion import (DDIMScheduler, DDPMScheduler, DPMSolverScheduler, EulerA
 from .nn import EMA, AE_CNN_bottleneck, ODEncoder2Decoder, ODUnet, build_model, medium, small
 from .params import ParamSpec, Standardizer
 from .pipeline import PDiff, Population, collect_v1, collect_v2
-from .prompted import PromptedPDiff
+from .prompted import PromptedPDiff, PromptedTaskPDiff
 from .tasks import TaskConfig, TaskPDiff
 
 _aliases.register(__name__)
@@ -36,7 +36,7 @@ __all__ = [
     "DDPMScheduler", "DDIMScheduler", "DPMSolverScheduler", "EulerAncestralScheduler", "make_scheduler",
     "ParamSpec", "Standardizer", "Population", "collect_v1", "collect_v2",
     "Config", "PDiff", "TensorData", "mnist1d", "digits", "from_torch", "build_model", "generate", "use_backend",
-    "TaskConfig", "TaskPDiff", "PromptedPDiff",
+    "TaskConfig", "TaskPDiff", "PromptedPDiff", "PromptedTaskPDiff",
 ]
 
 

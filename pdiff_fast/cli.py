@@ -119,7 +119,7 @@ TASK_STEPS = {
     "run": "all of the above with one config",
 }
 TASK_FLAGS = ["device", "seed", "zoo_runs", "zoo_steps", "ae_steps", "diffusion_steps", "samples_per_task",
-              "guidance", "sampler", "sample_steps", "eta"]
+              "guidance", "sampler", "sample_steps", "eta", "prompt_accuracy", "prompt_extrapolate"]
 
 
 def _tasks_parser(sub) -> None:
@@ -145,6 +145,10 @@ def _tasks_parser(sub) -> None:
             s.add_argument("--sampler", choices=SAMPLER_NAMES)
             s.add_argument("--sample-steps", type=int, help="denoiser evaluations of the few-step samplers (DDPM: 1000)")
             s.add_argument("--eta", type=float, help="DDIM's noise: 0 deterministic, 1 ancestral")
+            s.add_argument("--prompt-accuracy", dest="prompt_accuracy", type=float, nargs="+", metavar="ACC",
+                           help="prompted runs: the validation accuracies (%%) to ask for, each task's models split over them")
+            s.add_argument("--extrapolate", dest="prompt_extrapolate", action="store_const", const=True,
+                           help="prompted runs: allow prompts outside the zoo's validation accuracies")
         if name == "sample":
             s.add_argument("--task", action="append", help="a task to sample for, e.g. 3-8 (digit 3 is label 0, "
                                                            "8 label 1; repeatable); default: every task")
@@ -176,11 +180,12 @@ def _read_configs(args, cls, flags: dict):
 
 
 def _tasks(args) -> None:
+    from .prompted import PromptedTaskPDiff
     from .tasks import TaskConfig, TaskPDiff, sample_tasks
 
     cfg = _read_configs(args, TaskConfig, {n: getattr(args, n, None) for n in TASK_FLAGS})
     say = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    p = TaskPDiff(cfg, args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale, log=say)
+    p = (PromptedTaskPDiff if cfg.prompted else TaskPDiff)(cfg, args.run_dir, progress=not args.quiet, allow_stale=args.allow_stale, log=say)
     step = args.task_command
     if step == "sample" and args.task:
         for name, acc in sample_tasks(p, args.task).items():
@@ -199,7 +204,8 @@ def _tasks(args) -> None:
         p.evaluate()
     if step in ("evaluate", "report", "run"):
         print(p.report())
-        print(f"artifacts in {p.run_dir}/ (report.json, report.md, zero_shot.png, finetune.png)")
+        plots = "calibration.png" if p.PROMPTED else "zero_shot.png, finetune.png"
+        print(f"artifacts in {p.run_dir}/ (report.json, report.md, {plots})")
 
 
 def _config(args) -> Config:

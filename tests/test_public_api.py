@@ -14,7 +14,7 @@ PUBLIC = ["ODEncoder2Decoder", "small", "medium", "AE_CNN_bottleneck", "ODUnet",
           "DDIMScheduler", "ParamSpec", "Standardizer", "Population", "collect_v1", "collect_v2", "Config", "PDiff",
           "TensorData", "mnist1d", "digits", "from_torch", "build_model", "generate", "use_backend", "TaskConfig",
           "TaskPDiff", "DPMSolverScheduler", "EulerAncestralScheduler", "make_scheduler",
-          "PromptedPDiff"]
+          "PromptedPDiff", "PromptedTaskPDiff"]
 
 # old path -> (names it held, the module or subpackage that holds them now)
 OLD = {

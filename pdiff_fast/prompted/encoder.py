@@ -32,3 +32,26 @@ class AccuracyEncoder(nn.Module):
             raise ValueError("AccuracyEncoder: a prompt is one value; it takes no mask")
         angles = a.float() * self.freqs
         return self.mlp(torch.cat([a.float(), angles.sin(), angles.cos()], 1))
+
+
+class TaskAndAccuracy(nn.Module):
+    """A task and an accuracy asked for -> one embedding (prompted dataset-conditioned generation,
+    pdiff_fast.prompted.tasks): the set encoder's embedding of the task's support set plus the
+    AccuracyEncoder's of the prompt, so the conditioned denoiser reads both through its one condition
+    input. The null embedding of classifier-free guidance stands for both at once."""
+
+    def __init__(self, sets: nn.Module, accuracy: AccuracyEncoder):
+        super().__init__()
+        if sets.out_dim != accuracy.out_dim:
+            raise ValueError(f"TaskAndAccuracy: the set encoder gives {sets.out_dim} values, the accuracy encoder "
+                             f"{accuracy.out_dim}; they must match to be added")
+        self.sets, self.accuracy, self.out_dim = sets, accuracy, sets.out_dim
+
+    def forward(self, cond: tuple[torch.Tensor, torch.Tensor], mask: torch.Tensor | None = None) -> torch.Tensor:
+        """cond: ((B, n, F) support sets, (B, 1) normalised accuracies) -> (B, out_dim)."""
+        if not isinstance(cond, (tuple, list)) or len(cond) != 2:
+            raise ValueError("TaskAndAccuracy expects (support sets, normalised accuracies)")
+        sets, a = cond
+        if a.shape[0] != sets.shape[0]:
+            raise ValueError(f"TaskAndAccuracy: {sets.shape[0]} support sets but {a.shape[0]} accuracies")
+        return self.sets(sets, mask) + self.accuracy(a)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from ..config import SAMPLER_NAMES, ConfigFields, _channels, _choice, _denoiser_widths, _device, _int, _num, _type
+from ..config import (SAMPLER_NAMES, ConfigFields, _channels, _choice, _denoiser_widths, _device, _int, _num,
+                      _prompts, _type)
 from .conditional import MODES
 
 
@@ -52,6 +53,12 @@ class TaskConfig(ConfigFields):
     memory_budget_mb: int = 1024
     device: str = "auto"
     seed: int = 0
+    # accuracy prompting (pdiff_fast.prompted.tasks): a task and the validation accuracy asked for
+    prompted: bool = False
+    val_fraction: float = 0.2  # of the digits' training images, carved out to label the zoo (prompted only)
+    span_keep: int = 8  # zoo checkpoints kept per run, chosen evenly in validation accuracy (prompted only)
+    prompt_accuracy: list | None = None  # None: the calibration sweep (pdiff_fast.prompted.prompts)
+    prompt_extrapolate: bool = False  # allow prompts outside the zoo's validation accuracies
 
     @classmethod
     def problems(cls, d: dict, source: str) -> list[str]:
@@ -77,6 +84,8 @@ CHECKS = {
     "sampler": _choice(*SAMPLER_NAMES), "sample_steps": _int(1, 1000), "eta": _num(0), "samples_per_task": _int(1),
     "finetune_models": _int(1), "finetune_steps": _int(1), "finetune_lr": _num(0, lo_open=True),
     "memory_budget_mb": _int(1), "device": _device, "seed": _int(0, 2**62),
+    "prompted": _type(bool, "true or false"), "val_fraction": _num(0, 1, lo_open=True, hi_open=True),
+    "span_keep": _int(2), "prompt_accuracy": _prompts, "prompt_extrapolate": _type(bool, "true or false"),
 }
 
 
@@ -88,6 +97,8 @@ def _problems(d: dict, source: str) -> list[str]:
             out.append(f"{source}: field {name!r}: {problem}")
     if "encoder_width" in d and CHECKS["encoder_width"](d["encoder_width"]) is None and d["encoder_width"] % 4:
         out.append(f"{source}: field 'encoder_width': must be a multiple of 4 (the set encoder's attention heads)")
+    if d.get("prompt_accuracy") is not None and d.get("prompted") is not True:
+        out.append(f"{source}: field 'prompt_accuracy': prompts need prompted: true")
     # the generator's denoiser is always AE_CNN_bottleneck (pdiff_fast.tasks.generator)
     return out + _denoiser_widths("AE_CNN_bottleneck", d.get("denoiser_channels"), source,
                                   "the generator's AE_CNN_bottleneck denoiser")
@@ -95,10 +106,11 @@ def _problems(d: dict, source: str) -> list[str]:
 
 # The config fields each artifact depends on, and the command that makes it.
 STEP_FIELDS = {
-    "zoo": ("held_out_pairs", "split_seed", "hidden", "zoo_runs", "zoo_steps", "zoo_lr", "batch_size", "seed"),
+    "zoo": ("held_out_pairs", "split_seed", "hidden", "zoo_runs", "zoo_steps", "zoo_lr", "batch_size", "seed",
+            "prompted", "val_fraction", "span_keep"),
     "generator": ("standardize", "rank", "ae_steps", "ae_lr", "input_noise", "latent_noise", "denoiser_channels",
                   "conditioning", "encoder_width", "embed_dim", "support", "cond_drop", "diffusion_steps",
-                  "diffusion_lr", "diffusion_batch_size", "ema_decay", "seed"),
-    "generated": ("guidance", "sampler", "sample_steps", "eta", "samples_per_task", "seed"),
+                  "diffusion_lr", "diffusion_batch_size", "ema_decay", "seed", "prompted"),
+    "generated": ("guidance", "sampler", "sample_steps", "eta", "samples_per_task", "seed", "prompt_accuracy"),
 }
 MADE_BY = {"zoo": "zoo", "generator": "train", "generated": "sample"}

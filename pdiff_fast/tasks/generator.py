@@ -26,8 +26,22 @@ class GeneratorStep(TaskParts):
         ae = LowRankAutoencoder(zoo.spec.dim, c.rank, c.input_noise, c.latent_noise).to(self.device)
         features = int(torch.Size(self.family.input_shape).numel()) + self.family.num_classes
         net = ConditionedDenoiser(dn_lib.AE_CNN_bottleneck(c.rank, 1, channel_list=self.denoiser_channels()),
-                                  SetEncoder(features, c.encoder_width, c.embed_dim), c.conditioning)
+                                  self._condition_encoder(features), c.conditioning)
         return ae, dn_lib.EMA(net, c.ema_decay).to(self.device)
+
+    def _condition_encoder(self, features: int) -> torch.nn.Module:
+        """What turns a row's condition into the denoiser's embedding: the set encoder of a task's samples."""
+        return SetEncoder(features, self.config.encoder_width, self.config.embed_dim)
+
+    def _conditions(self, zoo: Zoo):
+        """(key of each zoo row (R,), draw(keys of a batch, generator) -> the batch's conditions) for
+        fit_conditional: here the key is the row's task and the condition a fresh support set of it."""
+        c = self.config
+        sx, sy, counts = self.stacked(self.seen)  # seen tasks only: the zoo's
+
+        def draw_sets(rows, gen):
+            return support(sx, sy, counts, rows, c.support, gen, self.family.num_classes)
+        return zoo.task.to(self.device), draw_sets
 
     def train(self, restart: bool = False) -> None:
         """The parameter autoencoder on the zoo, then the conditioned denoiser and set encoder on its latents.
@@ -51,10 +65,7 @@ class GeneratorStep(TaskParts):
             self.log(f"resuming the conditioned generator's training at step {meta['step']}")
         with torch.no_grad():
             latents = ae.encode(x)
-        sx, sy, counts = self.stacked(self.seen)  # seen tasks only: the zoo's
-
-        def draw_sets(rows, gen):
-            return support(sx, sy, counts, rows, c.support, gen, self.family.num_classes)
+        keys, draw = self._conditions(zoo)
 
         def checkpoint(tensors, meta):
             ae_state = {f"ae.{k}": v for k, v in ae.state_dict().items()}
@@ -63,7 +74,7 @@ class GeneratorStep(TaskParts):
                           "device": self.device.type})
 
         losses = self._timed("train_diffusion", lambda: fit_conditional(
-            model, latents, zoo.task.to(self.device), draw_sets, make_scheduler("ddpm"), c.diffusion_steps,
+            model, latents, keys, draw, make_scheduler("ddpm"), c.diffusion_steps,
             c.diffusion_lr, batch_size=c.diffusion_batch_size, drop=c.cond_drop, seed=c.seed,
             progress=self.progress, checkpoint=checkpoint, checkpoint_every=c.checkpoint_every, resume=resume))
         tensors = {f"ae.{k}": v for k, v in ae.state_dict().items()}

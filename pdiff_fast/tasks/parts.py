@@ -23,6 +23,7 @@ from .zoo import Zoo
 
 
 class TaskParts:
+    PROMPTED = False  # a config with prompted=true needs pdiff_fast.prompted.PromptedTaskPDiff
     FILES = {"config": "config.json", "zoo": "zoo.safetensors", "generator": "generator.safetensors",
              "generated": "generated.safetensors", "report": "report.json", "table": "report.md",
              "timings": "timings.json"}
@@ -30,6 +31,10 @@ class TaskParts:
     def __init__(self, config: TaskConfig | None = None, run_dir: str | Path = "runs/tasks", progress: bool = True,
                  allow_stale: bool = False, log=print):
         self.config = (config or TaskConfig()).validate()
+        if self.config.prompted != self.PROMPTED:
+            raise ValueError(f"config prompted={str(self.config.prompted).lower()} needs "
+                             f"{'pdiff_fast.prompted.PromptedTaskPDiff' if self.config.prompted else 'pdiff_fast.tasks.TaskPDiff'}"
+                             f", not {type(self).__name__}")
         self.device = pick_device(self.config.device)
         self.run_dir = prepare_run_dir(Path(run_dir))
         self.progress, self.allow_stale = progress, allow_stale

@@ -48,6 +48,7 @@ from ..diffusion.sample import model_seed
 INDEX_BLOCK_BYTES = 16 << 20  # batch indices drawn ahead, per chunk of rows: steps are drawn in blocks this size
 ZOO_FORMAT = 1
 _KEYS = ("params", "task", "run", "accuracy", "init")
+_OPTIONAL = {"val_accuracy": torch.float32, "step": torch.int64}  # a prompted zoo's (Zoo)
 
 
 # --- batches ---------------------------------------------------------------------------------
@@ -291,6 +292,9 @@ class Zoo:
     spec: ParamSpec
     tasks: list[str]          # task names
     meta: dict = field(default_factory=dict)  # JSON-able: recipe (steps, lr, batch_size, seed), model ...
+    # a prompted zoo (pdiff_fast.prompted.tasks) also records, per row:
+    val_accuracy: torch.Tensor | None = None  # (R,) float32 accuracy on the task's validation split, percent
+    step: torch.Tensor | None = None  # (R,) int64 the SGD step of its run the row was taken at
 
     def __post_init__(self):
         if not isinstance(self.spec, ParamSpec):
@@ -311,6 +315,11 @@ class Zoo:
             if tuple(getattr(self, name).shape) != (r,):
                 raise ValueError(f"Zoo: {name} must be ({r},), one entry per row of params, "
                                  f"got {tuple(getattr(self, name).shape)}")
+        for name, dtype in _OPTIONAL.items():
+            t = getattr(self, name)
+            if t is not None and (not isinstance(t, torch.Tensor) or t.dtype != dtype or tuple(t.shape) != (r,)):
+                got = f"{t.dtype} {tuple(t.shape)}" if isinstance(t, torch.Tensor) else type(t).__name__
+                raise ValueError(f"Zoo: {name} must be None or a {dtype} ({r},) tensor, one entry per row, got {got}")
         if tuple(self.init.shape) != (d,):
             raise ValueError(f"Zoo: init must be ({d},) (D = spec.dim), got {tuple(self.init.shape)}")
         if not isinstance(self.tasks, (list, tuple)) or not self.tasks or \
@@ -336,7 +345,7 @@ class Zoo:
 
     def save(self, path: str | os.PathLike) -> str:
         """Write the zoo to a .safetensors file atomically (pdiff_fast.io.save_tensors); returns its digest."""
-        tensors = {f"zoo.{k}": getattr(self, k) for k in _KEYS}
+        tensors = {f"zoo.{k}": getattr(self, k) for k in (*_KEYS, *_OPTIONAL) if getattr(self, k) is not None}
         meta = {"kind": "zoo", "format": ZOO_FORMAT, "spec": self.spec.to_dict(), "tasks": self.tasks,
                 "meta": self.meta}
         return save_tensors(path, tensors, meta)
@@ -363,7 +372,8 @@ class Zoo:
             raise ValueError(f"{path}: not a complete model zoo (missing tensors {missing} or metadata)")
         try:
             return cls(**{k: tensors[f"zoo.{k}"] for k in _KEYS}, spec=ParamSpec.from_dict(meta["spec"]),
-                       tasks=meta["tasks"], meta=meta["meta"])
+                       tasks=meta["tasks"], meta=meta["meta"],
+                       **{k: tensors.get(f"zoo.{k}") for k in _OPTIONAL})
         except ValueError as exc:
             raise ValueError(f"{path}: not a valid model zoo ({exc})") from exc
 

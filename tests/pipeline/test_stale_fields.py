@@ -29,6 +29,7 @@ EXEMPT = {
         "finetune_steps": "as finetune_models",
         "finetune_lr": "as finetune_models",
         "checkpoint_every": "when a resumable training checkpoint is written, not what is trained",
+        "prompt_extrapolate": "decides only whether a prompt is allowed, not what a prompt generates",
     },
 }
 TABLES = {Config: run_dir.STEP_FIELDS, TaskConfig: task_config.STEP_FIELDS}
