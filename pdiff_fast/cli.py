@@ -94,8 +94,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "tables in <run-dir>/study.md, numbers in study.json.")
     s.add_argument("--run-dir", default="runs/study", help="directory of the study (each variant in variants/)")
     s.add_argument("--config", help="the base config: a JSON file or a shipped name (default: the defaults)")
-    s.add_argument("--only", action="append", choices=["ablation", "sampler", "finetune"],
-                   help="run this part only (repeatable; default: all three)")
+    s.add_argument("--only", action="append", choices=["ablation", "sampler", "finetune", "prompted"],
+                   help="run this part only (repeatable; default: all four, or 'prompted' for a prompted config)")
     s.add_argument("--variant", action="append", help="ablation variant to run (repeatable; default: all of "
                                                        "pdiff_fast.pipeline.study.VARIANTS)")
     s.add_argument("--jobs", type=int, help="ablation variants run at a time, each in its own process "
@@ -252,7 +252,7 @@ def _study(args) -> None:
     if args.finetune_models < 1:
         raise ValueError(f"--finetune-models must be at least 1, got {args.finetune_models}")
     log = (lambda msg: None) if args.quiet else (lambda msg: print(msg, file=sys.stderr))
-    run_study(cfg, args.run_dir, parts=tuple(args.only or PARTS), jobs=args.jobs, fresh=args.fresh,
+    run_study(cfg, args.run_dir, parts=tuple(args.only or (("prompted",) if cfg.prompted else PARTS)), jobs=args.jobs, fresh=args.fresh,
               finetune_models=args.finetune_models, variants=args.variant, log=log)
     print((Path(args.run_dir) / "study.md").read_text())
 

@@ -139,3 +139,15 @@ class PDiff(FitStep):
         report = self.evaluate()
         self.report()
         return report
+
+
+# The pipeline class for a config, by its `prompted` field. A higher layer registers its own
+# (pdiff_fast.prompted adds PromptedPDiff when the package is imported): the study runs whichever
+# a config needs without importing upwards.
+PIPELINES: dict[bool, type[PDiff]] = {False: PDiff}
+
+
+def pipeline_for(config) -> type[PDiff]:
+    if config.prompted not in PIPELINES:
+        raise ValueError("a prompted config needs pdiff_fast.prompted.PromptedPDiff: import pdiff_fast.prompted")
+    return PIPELINES[config.prompted]

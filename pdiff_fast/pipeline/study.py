@@ -14,6 +14,11 @@ parameters, in one command, each table computed from the runs it makes.
   the fewest denoiser evaluations that keep DDPM 1000's quality.
 - finetune: test accuracy after 0, 1 and 5 epochs of training the subset from generated, from
   original and from random parameters (pdiff_fast.evaluation.finetuning).
+- prompted: one accuracy-prompted run (pdiff_fast.prompted) of the base config with recipe "span" and
+  prompting on (a base config that is prompted already runs as it is), in <run-dir>/variants/prompted:
+  its calibration (accuracy asked for against accuracy given), the highest prompt honoured, and
+  that prompt's models against the checkpoints that reach it, with the verdict. A prompted base
+  config runs this part only: the other parts are p-diff's.
 
 Everything lands in <run-dir>/study.json and study.md (rewritten after each part, so an
 interrupted study keeps what it finished) and three plots whose titles state the numbers.
@@ -44,7 +49,8 @@ VARIANTS = {  # name -> the fields it changes in the base config
     "last norm layer only": {"subset": "last-1-norm-layers"},
 }
 FINETUNE_EPOCHS = (0, 1, 5)
-PARTS = ("ablation", "sampler", "finetune")
+PROMPTED = {"recipe": "span", "prompted": True}  # the prompted part's changes to an unprompted base config
+PARTS = ("ablation", "sampler", "finetune", "prompted")
 
 
 def slug(name: str) -> str:
@@ -75,11 +81,12 @@ def _current_report(run_dir: Path, config: Config) -> dict | None:
 
 def _run_variant(config: dict, run_dir: str, threads: int | None) -> None:
     """One whole pipeline run (in a worker process: its own threads, no progress bars)."""
-    from .pdiff import PDiff
+    from .pdiff import pipeline_for
 
     if threads:
         torch.set_num_threads(threads)
-    PDiff(Config.from_dict(config), run_dir, progress=False, log=None).run()
+    cfg = Config.from_dict(config)
+    pipeline_for(cfg)(cfg, run_dir, progress=False, log=None).run()
 
 
 def _spec_dim(run_dir: Path) -> int:
@@ -178,6 +185,33 @@ def run_finetune(p, n_models: int = 20, epochs=FINETUNE_EPOCHS, log=print) -> di
     return result
 
 
+def prompted_config(base: Config) -> Config:
+    return base if base.prompted else base.replace(**PROMPTED).validate("study part 'prompted'")
+
+
+def run_prompted(base: Config, study_dir: Path, fresh: bool = False, log=print) -> dict:
+    """The prompted part: its run (reused when current) and what the study keeps of its report."""
+    cfg, run_dir = prompted_config(base), study_dir / "variants" / "prompted"
+    report = None if fresh else _current_report(run_dir, cfg)
+    if report is None:
+        t0 = time.perf_counter()
+        _run_variant(cfg.to_dict(), str(run_dir), None)
+        log(f"study: prompted run done in {time.perf_counter() - t0:.0f} s")
+        report = _current_report(run_dir, cfg)
+        if report is None:
+            raise RuntimeError(f"study: the prompted run left no current report in {run_dir}")
+    else:
+        log(f"study: prompted: reusing {run_dir}")
+    pr = report["prompted"]
+    keep = ("prompt", "n", "miss", "honoured", "extrapolation")
+    return {"run_dir": str(run_dir), "changes": {} if base.prompted else PROMPTED, "prompt_range": pr["prompt_range"],
+            "calibration": [{**{k: r[k] for k in keep}, "val_median": r["val"]["median"],
+                             "test_median": r["test"]["median"]} for r in pr["calibration"]],
+            "highest_honoured": pr["highest_honoured"], "judged_prompt": pr["judged_prompt"],
+            "judged_originals": pr["judged_originals"], "original": report["original"], **generated_fields(report),
+            "baselines": {name: b["median"] for name, b in report["baselines"].items()}}
+
+
 # --- reading: sentences computed from the tables -------------------------------------------
 
 def _delta(a: float, b: float) -> str:
@@ -208,6 +242,25 @@ def read_finetune(result: dict) -> list[str]:
     parts = [f"{name}: {s['summary'][first]['median']:.2f} -> {s['summary'][last]['median']:.2f}"
              for name, s in result["starts"].items()]
     return [f"Median test accuracy after {first} -> {last} epochs: " + "; ".join(parts) + "."]
+
+
+def read_prompted(pr: dict, ablation: list[dict] | None = None) -> list[str]:
+    inside = [r for r in pr["calibration"] if not r["extrapolation"]]
+    honoured = [r["prompt"] for r in pr["calibration"] if r["honoured"]]
+    out = [f"{len(honoured)} of {len(pr['calibration'])} prompts honoured"
+           + (f" ({', '.join(f'{p:.2f}' for p in honoured)})" if honoured else "")
+           + f"; mean absolute miss over the {len(inside)} prompts in the checkpoints' range "
+           f"{sum(abs(r['miss']) for r in inside) / max(1, len(inside)):.2f} points."]
+    g, o = pr["generated"], pr["original"]
+    above = [n for n, v in pr["baselines"].items() if g["median"] > v]
+    out.append(f"At prompt {pr['judged_prompt']:.2f}: generated median {g['median']:.2f} against {o['median']:.2f} for "
+               f"the {pr['judged_originals']} checkpoints that reach it; above {len(above)} of "
+               f"{len(pr['baselines'])} baselines' medians; verdict {pr['verdict']['label']}.")
+    default = next((r for r in ablation or [] if r["variant"] == "default"), None)
+    if default:
+        out.append(f"The unprompted default run's generated median: {default['generated']['median']:.2f} "
+                   f"(its originals {default['original']['median']:.2f}).")
+    return out
 
 
 # --- tables and plots ------------------------------------------------------------------------
@@ -245,6 +298,17 @@ def format_study(study: dict) -> str:
 
         lines += ["## Fine-tuning from generated parameters", "", format_finetune_table(ft), ""]
         lines += [f"- {s}" for s in read_finetune(ft)] + [""]
+    pr = study.get("prompted")
+    if pr:
+        changes = ", ".join(f"{k} {v}" for k, v in pr["changes"].items()) or "none: the base config is prompted"
+        lines += ["## Prompted generation", "", f"The base config with {changes}; checkpoints' validation accuracy "
+                  f"{pr['prompt_range'][0]:.2f}..{pr['prompt_range'][1]:.2f}.", "",
+                  "| prompt (val %) | models | val median | test median | miss | honoured |", "|---:|---:|---:|---:|---:|---|"]
+        for r in pr["calibration"]:
+            tag = ("yes" if r["honoured"] else "no") + (" (above every checkpoint)" if r["extrapolation"] else "")
+            lines.append(f"| {r['prompt']:.2f} | {r['n']} | {r['val_median']:.2f} | {r['test_median']:.2f} | "
+                         f"{r['miss']:+.2f} | {tag} |")
+        lines += [""] + [f"- {s}" for s in read_prompted(pr, study.get("ablation"))] + [""]
     if study.get("seconds"):
         lines.append("Wall time of the parts run by this call: " +
                      ", ".join(f"{k} {v:.0f} s" for k, v in study["seconds"].items()) + ".")
@@ -300,6 +364,9 @@ def run_study(base: Config, study_dir, *, parts=PARTS, jobs: int | None = None, 
     if unknown:
         raise ValueError(f"study: unknown variant(s) {sorted(unknown)}; choose from {list(VARIANTS)}")
     base = base.validate()
+    if base.prompted and set(parts) - {"prompted"}:
+        raise ValueError(f"study: a prompted config runs the part 'prompted' only (asked for {', '.join(parts)}): "
+                         "the other parts are p-diff's; give an unprompted config, whose prompted part is made from it")
     study_dir = prepare_run_dir(Path(study_dir))
     path = study_dir / "study.json"
     study = {}
@@ -321,6 +388,8 @@ def run_study(base: Config, study_dir, *, parts=PARTS, jobs: int | None = None, 
         t0 = time.perf_counter()
         if part == "ablation":
             study["ablation"] = run_ablation(base, study_dir, names=variants, jobs=jobs, fresh=fresh, log=log)
+        elif part == "prompted":
+            study["prompted"] = run_prompted(base, study_dir, fresh, log)
         else:
             p = _default_run(base, study_dir, fresh and "ablation" not in parts, log)
             if part == "sampler":

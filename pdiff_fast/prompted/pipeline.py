@@ -31,7 +31,7 @@ from ..diffusion.schedulers import DDPMScheduler
 from ..evaluation.judge import format_table
 from ..nn import denoiser as dn_lib
 from ..pipeline.capacity import check_fits
-from ..pipeline.pdiff import PDiff
+from ..pipeline.pdiff import PIPELINES, PDiff
 from ..tasks.conditional import ConditionedDenoiser, Guided, fit_conditional
 from .calibration import calibrate, format_calibration
 from .encoder import AccuracyEncoder
@@ -159,3 +159,6 @@ class PromptedPDiff(PDiff):
             raise ValueError(f"{self.path('report')}: not a prompted report this version can read "
                              f"({type(exc).__name__}: {exc}); rerun `pdiff-fast evaluate`") from None
         return text + "\n\n" + table
+
+
+PIPELINES[True] = PromptedPDiff  # what pipeline.pdiff.pipeline_for gives a prompted config (the study's runs)

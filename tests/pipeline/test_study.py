@@ -120,3 +120,37 @@ def test_cli_study_and_bad_input(ablation, tmp_path, capsys):
     assert "unknown variant(s) ['K=2']" in capsys.readouterr().err
     with pytest.raises(ValueError, match="unknown part"):
         study_lib.run_study(Config.from_dict(TINY), d, parts=("ablation", "plots"))
+
+
+def test_prompted_part_runs_the_prompted_variant_and_reads_its_report(ablation, capsys):
+    d, rows = ablation
+    cfg = Config.from_dict({**TINY, "trajectories": 2, "k": 16, "num_samples": 16})
+    study = study_lib.run_study(cfg, d / "p", parts=("prompted",), log=lambda m: None)
+    pr = study["prompted"]
+    run_dir = d / "p" / "variants" / "prompted"
+    report = load_json(run_dir / "report.json")
+    assert load_json(run_dir / "config.json") == cfg.replace(**study_lib.PROMPTED).to_dict()
+    assert [r["val_median"] for r in pr["calibration"]] == [r["val"]["median"] for r in report["prompted"]["calibration"]]
+    assert pr["judged_prompt"] == report["prompted"]["judged_prompt"] and pr["generated"] == report["generated"]
+    md = (d / "p" / "study.md").read_text()
+    assert "## Prompted generation" in md and f"verdict {report['verdict']['label']}" in md
+    # a current prompted run is reused; a prompted base config runs as it is, and the p-diff parts refuse it
+    log = []
+    study_lib.run_study(cfg, d / "p", parts=("prompted",), log=log.append)
+    assert any("reusing" in m for m in log)
+    prompted = cfg.replace(**study_lib.PROMPTED)
+    assert study_lib.prompted_config(prompted) is prompted
+    with pytest.raises(ValueError, match="runs the part 'prompted' only"):
+        study_lib.run_study(prompted, d / "q", parts=("ablation", "prompted"))
+
+
+def test_read_prompted_is_computed_from_the_numbers():
+    pr = {"calibration": [{"prompt": 50.0, "miss": 0.5, "honoured": True, "extrapolation": False},
+                          {"prompt": 70.0, "miss": -3.5, "honoured": False, "extrapolation": False},
+                          {"prompt": 91.0, "miss": -9.0, "honoured": False, "extrapolation": True}],
+          "judged_prompt": 50.0, "judged_originals": 12, "generated": {"median": 51.0}, "original": {"median": 72.0},
+          "baselines": {"noise": 70.0, "interpolation": 50.5, "weight mean": 52.0}, "verdict": {"label": "new"}}
+    assert study_lib.read_prompted(pr) == [
+        "1 of 3 prompts honoured (50.00); mean absolute miss over the 2 prompts in the checkpoints' range 2.00 points.",
+        "At prompt 50.00: generated median 51.00 against 72.00 for the 12 checkpoints that reach it; above 1 of 3 "
+        "baselines' medians; verdict new."]
