@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     for name in STEPS:
         s = sub.add_parser(name, help=HELP[name], description=HELP[name])
         _step_flags(s, "runs/default", "JSON file with Config fields (see pdiff_fast/config.py), or the name of a "
-                                       "shipped config: quick")
+                                       "shipped config: quick, prompted, whole-mlp, whole-cnn1d")
         if name in ("collect", "run"):
             s.add_argument("--dataset", choices=["mnist1d", "digits"])
             s.add_argument("--model", choices=["cnn1d", "resnet", "vit", "mlp"])
@@ -131,7 +131,7 @@ def _tasks_parser(sub) -> None:
     for name, what in TASK_STEPS.items():
         s = steps.add_parser(name, help=what, description=what)
         _step_flags(s, "runs/tasks", "JSON file with TaskConfig fields (pdiff_fast/tasks/config.py), or the name "
-                                     "of a shipped config: tasks-quick")
+                                     "of a shipped config: tasks-quick, tasks-prompted")
         if name in ("zoo", "run"):
             s.add_argument("--zoo-runs", type=int, help="models per seen task")
             s.add_argument("--zoo-steps", type=int, help="SGD steps per zoo model")

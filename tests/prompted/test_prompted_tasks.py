@@ -220,3 +220,37 @@ def test_calibration_judges_the_highest_honoured_prompt_against_checkpoints_reac
     assert s["compare"]["nearest task"]["mean"] == pytest.approx(80.0)
     assert s["above"] == ["random init"] and s["not_above"] == ["nearest task"]
     assert not math.isnan(s["calibration"][1]["test_mean"])
+
+
+def test_interrupted_prompted_training_resumes_to_the_same_generator(run, tmp_path, monkeypatch):
+    import pdiff_fast.tasks.generator as tp  # the train step and its checkpoint
+    from pdiff_fast.io import load_tensors
+
+    changes = {"diffusion_steps": 6, "checkpoint_every": 3}
+    dirs = {}
+    for name in ("whole", "interrupted"):
+        d = dirs[name] = tmp_path / name
+        d.mkdir()
+        (d / "zoo.safetensors").write_bytes((run[0] / "zoo.safetensors").read_bytes())
+    _pipeline(dirs["whole"], **changes).train()
+    real_save = tp.save_tensors
+
+    def save_then_stop(path, tensors, meta=None):
+        out = real_save(path, tensors, meta)
+        if meta.get("step") == 3:
+            raise KeyboardInterrupt
+        return out
+
+    monkeypatch.setattr(tp, "save_tensors", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        _pipeline(dirs["interrupted"], **changes).train()
+    monkeypatch.setattr(tp, "save_tensors", real_save)
+    logs = []
+    PromptedTaskPDiff(TaskConfig.from_dict({**TINY, **changes}), dirs["interrupted"], progress=False,
+                      log=logs.append).train()
+    assert any("resuming" in line and "step 3" in line for line in logs)
+    a, _ = load_tensors(dirs["whole"] / "generator.safetensors")
+    b, _ = load_tensors(dirs["interrupted"] / "generator.safetensors")
+    assert a.keys() == b.keys() and any(k.startswith("denoiser.model.encoder.accuracy.") for k in a)
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
