@@ -68,6 +68,16 @@ MODULES: dict[str, list[str]] = {
     "pdiff_fast/pipeline/fit.py": ["tests/pipeline/test_fit_parts.py"],
     "pdiff_fast/evaluation/finetuning.py": [
         "tests/evaluation/test_finetuning_parts.py", "tests/evaluation/test_finetune.py"],
+    # test_sample.py's fast tests only: its DDPM chunking case (1000 steps, many runs), its Triton-interpreter
+    # runs and its launch counter take seconds to tens of seconds per mutant
+    "pdiff_fast/diffusion/sample.py": [
+        "tests/diffusion/test_sample_parts.py",
+        *(f"tests/diffusion/test_sample.py::{t}" for t in (
+            "test_seeds_give_different_models_and_the_same_seed_the_same", "test_model_streams_are_independent_and_normal",
+            "test_cuda_plan_samples_all_models_in_one_chunk_and_decodes_in_grains_of_its_own",
+            "test_cpu_plan_is_the_one_budget_of_before",
+            "test_a_decoder_grain_of_its_own_keeps_results_independent_of_the_chunk",
+            "test_cuda_graph_auto_is_on_for_the_triton_ddpm_step_on_cuda_only"))],
     # not test_backend.py's torch.compile test: mutmut's trampolines are not traceable with fullgraph
     "pdiff_fast/backend.py": [
         "tests/test_backend_parts.py",
@@ -352,6 +362,17 @@ EQUIVALENT: list = [
     ("pdiff_fast/evaluation/finetuning.py", r"=> (color=None, alpha=0\.2|alpha=0\.2)\)$",
      "matplotlib's default fill colour comes from a cycle that advances with the line colours here (one line and "
      "one band per start), so the band gets its line's colour either way"),
+    ("pdiff_fast/diffusion/sample.py", r"_pow2_floor\(budget_bytes / (denoise|decode)_row\)\)$",
+     "_pow2_floor truncates its argument with int(): a positive quotient truncated is its floor division "
+     "(exactly, for rows below 2**43 bytes), and the grain is capped at default_grain's 1024 anyway"),
+    ("pdiff_fast/diffusion/sample.py", r"=> x = model_noise\(seed, start, (self\.shape\[0\]|n), 2, ",
+     "only draw 0 of each model's stream is kept ([0]): two draws from the model's own generator instead of "
+     "one give the same first draw, at more work"),
+    ("pdiff_fast/diffusion/sample.py", r"=> seed = int\(torch\.randint\(2\*\*62, \(1,\)\)\.item\(\)\)$",
+     "torch.randint(high, size) is randint(0, high, size): low defaults to 0"),
+    ("pdiff_fast/diffusion/sample.py", r"=> (sampler|noise) = \"\"$",
+     "the starting value is read only as false (sampler or ...) or not at all (the noise, set before its one "
+     "read): None and \"\" alike"),
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
