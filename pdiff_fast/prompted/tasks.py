@@ -27,10 +27,8 @@ from __future__ import annotations
 import torch
 
 from ..data import TensorData, carve_validation
-from ..evaluation.population import evaluate_population
-from ..io import load_json, save_json, save_text
+from ..io import save_json, save_text
 from ..pipeline.capacity import check_fits
-from ..pipeline.run_dir import check_report_inputs, read_remade_by
 from ..pipeline.span import even_in_accuracy
 from ..tasks.family import TaskFamily, support
 from ..tasks.pdiff import TaskPDiff
@@ -54,11 +52,7 @@ class PromptedTaskPDiff(TaskPDiff):
     # --- zoo ---------------------------------------------------------------------------------
     def val_accuracy(self, task, flat: torch.Tensor) -> torch.Tensor:
         """(n,) accuracy (percent) of the rows of flat on the task's validation rows."""
-        d = self.validation.data(task)
-        res = evaluate_population(self.base_model(), self.spec(), flat.to(self.device), d.x_test.to(self.device),
-                                  d.y_test.to(self.device), memory_budget_bytes=self.config.memory_budget_mb << 20,
-                                  keep_predictions=False)
-        return res.accuracy.cpu()
+        return self.scored(self.validation.data(task), flat)
 
     def zoo(self) -> Zoo:
         c = self.config
@@ -228,18 +222,7 @@ class PromptedTaskPDiff(TaskPDiff):
         task_calibration.plot_calibration(report, self.run_dir)
         return report
 
-    def report(self) -> str:
-        path = self.path("report")
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing; run `pdiff-fast tasks evaluate` first")
-        report = read_remade_by(lambda: load_json(path), "pdiff-fast tasks evaluate")
-        if not isinstance(report, dict):
-            raise ValueError(f"{path}: not a report of this package; rerun `pdiff-fast tasks evaluate`")
-        check_report_inputs(self, report, "pdiff-fast tasks evaluate")
-        try:
-            table = task_calibration.format_report(report)
-            task_calibration.plot_calibration(report, self.run_dir)
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
-            raise ValueError(f"{path}: not a prompted tasks report this version can read ({type(exc).__name__}: "
-                             f"{exc}); rerun `pdiff-fast tasks evaluate`") from None
-        return table
+    def format_report(self, report: dict) -> str:
+        """report.md's text, and the plot (TaskPDiff.report reads and checks report.json first)."""
+        task_calibration.plot_calibration(report, self.run_dir)
+        return task_calibration.format_report(report)

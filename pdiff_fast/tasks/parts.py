@@ -161,7 +161,10 @@ class TaskParts:
 
     def accuracy(self, task, flat: torch.Tensor) -> torch.Tensor:
         """(n,) test accuracy (percent) of the rows of flat on `task`, by the batched population evaluator."""
-        d = self.family.data(task)
+        return self.scored(self.family.data(task), flat)
+
+    def scored(self, d, flat: torch.Tensor) -> torch.Tensor:
+        """(n,) accuracy (percent) of the rows of flat on d's test split."""
         res = evaluate_population(self.base_model(), self.spec(), flat.to(self.device), d.x_test.to(self.device),
                                   d.y_test.to(self.device), memory_budget_bytes=self.config.memory_budget_mb << 20,
                                   keep_predictions=False)

@@ -125,12 +125,16 @@ class TaskPDiff(EvaluateStep):
             raise ValueError(f"{path}: not a report of this package; rerun `pdiff-fast tasks evaluate`")
         check_report_inputs(self, report, "pdiff-fast tasks evaluate")
         try:
-            table = task_report.format_report(report)
-            task_report.plot_report(report, self.run_dir)
+            table = self.format_report(report)
         except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # hand-edited or foreign
             raise ValueError(f"{path}: not a report this version can read ({type(exc).__name__}: {exc}); "
                              "rerun `pdiff-fast tasks evaluate`") from None
         return table
+
+    def format_report(self, report: dict) -> str:
+        """report.md's text, and the plots."""
+        task_report.plot_report(report, self.run_dir)
+        return task_report.format_report(report)
 
     def zoo_unless_current(self) -> Zoo:
         """`run`'s first step: the zoo on disk when it is current, else a new one."""

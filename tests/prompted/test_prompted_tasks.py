@@ -57,7 +57,6 @@ def run(tmp_path_factory):
 
     mp.setattr(prompted_tasks, "train_models", rec_train)
     mp.setattr(prompted_tasks, "support", rec_support)
-    mp.setattr(prompted_tasks, "evaluate_population", rec_evaluate)
     mp.setattr(task_parts, "evaluate_population", rec_evaluate)
     try:
         for step in ("zoo", "train", "sample", "evaluate"):
