@@ -274,8 +274,9 @@ def _ratio(v) -> str:
 
 
 def format_study(study: dict) -> str:
+    jobs = f", ablation variants {study.get('jobs', '?')} at a time" if study.get("ablation") else ""
     lines = [f"# p-diff study ({study.get('device', '?')}, torch {study.get('torch', '?')}, {study.get('cpus', '?')} "
-             f"CPUs, ablation variants {study.get('jobs', '?')} at a time)", ""]
+             f"CPUs{jobs})", ""]
     rows = study.get("ablation")
     if rows:
         lines += ["## Ablation", "",
@@ -300,8 +301,9 @@ def format_study(study: dict) -> str:
         lines += [f"- {s}" for s in read_finetune(ft)] + [""]
     pr = study.get("prompted")
     if pr:
-        changes = ", ".join(f"{k} {v}" for k, v in pr["changes"].items()) or "none: the base config is prompted"
-        lines += ["## Prompted generation", "", f"The base config with {changes}; checkpoints' validation accuracy "
+        changes = ", ".join(f"{k} {v}" for k, v in pr["changes"].items())
+        made = f"The base config with {changes}" if changes else "The base config (prompted) as it is"
+        lines += ["## Prompted generation", "", f"{made}, in variants/prompted; the checkpoints' validation accuracy spans "
                   f"{pr['prompt_range'][0]:.2f}..{pr['prompt_range'][1]:.2f}.", "",
                   "| prompt (val %) | models | val median | test median | miss | honoured |", "|---:|---:|---:|---:|---:|---|"]
         for r in pr["calibration"]:
