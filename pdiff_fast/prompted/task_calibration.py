@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .calibration import HONOURED_WITHIN
 
-SPLITS = ("seen", "held out")
+SPLITS = ("held out", "seen")  # the order of the tables: as the tasks report
 REACHING = ("nearest task", "zoo (own task)")  # baselines cut to the checkpoints that reach the prompt
 
 
@@ -92,7 +92,8 @@ def format_report(report: dict) -> str:
              f"The zoo's {zoo['models']} checkpoints span {lo:.2f}..{hi:.2f}% validation accuracy on their tasks (median "
              f"{zoo['val_median']:.2f}; test median {zoo['test_median']:.2f}). A prompt is honoured when the median over "
              f"the tasks of each task's median validation accuracy is within {pr['honoured_within']:g} points of it."]
-    for split, s in pr["splits"].items():
+    for split in (x for x in SPLITS if x in pr["splits"]):  # a fixed order: report.json's keys come back sorted
+        s = pr["splits"][split]
         lines += ["", f"## {split.capitalize()} tasks", "",
                   "| prompt (val %) | tasks | val median | worst task | test median | test mean | miss | honoured |",
                   "|---:|---:|---:|---:|---:|---:|---:|---|"]
@@ -104,7 +105,8 @@ def format_report(report: dict) -> str:
         lines += ["", (f"Highest prompt honoured: {p:.2f}." if s["highest_honoured"] is not None else
                        f"No prompt was honoured; the comparison uses prompt {p:.2f}, the one missed by least."),
                   "", f"| method (test %, at prompt {p:.2f}) | mean over tasks | worst task |", "|---|---:|---:|"]
-        for name, c in s["compare"].items():
+        for name in ["generated", *sorted(n for n in s["compare"] if n != "generated")]:
+            c = s["compare"][name]
             cut = ", checkpoints reaching the prompt" if name in REACHING else ""
             lines.append(f"| {name}{cut} | {c['mean']:.2f} | {c['worst']:.2f} |")
         gen = s["compare"]["generated"]["mean"]
@@ -129,7 +131,7 @@ def plot_calibration(report: dict, out_dir: str | os.PathLike) -> Path:
     from ..io import save_figure
 
     pr = report["prompted"]
-    splits = list(pr["splits"])
+    splits = [x for x in SPLITS if x in pr["splits"]]
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.5), squeeze=False)
     for ax, split in zip(axes[0], splits):
         s = pr["splits"][split]
