@@ -67,31 +67,51 @@ class PDiff(FitStep):
 
     def sample(self, n: int | None = None) -> torch.Tensor:
         c = self.config
-        n = n or c.num_samples
-        dim = self.subset_dim()
-        if dim is not None:  # else load_models names what is missing
-            check_fits(f"sample: {n} models", n, dim, self.run_dir, copies=3, device=self.device)
-        digests: dict = {}
-        ae, model, std = self.load_models(digests)
+        n, digests, (ae, model, std) = self._sample_inputs(n)
         flat = self._timed("sample", lambda: generate(
             ae, model.ema, self.scheduler(), n, device=self.device, seed=c.seed, grain=c.sample_grain,
             memory_budget_bytes=c.memory_budget_mb << 20, cuda_graph=c.cuda_graph, progress=self.progress,
             shard=True))
+        return self._save_generated(flat, std, n, digests)
+
+    def _sample_inputs(self, n: int | None):
+        """(n, digests, (autoencoder, denoiser, standardizer)) for `sample`: the result's size checked
+        first, then the trained models loaded (their digests into `digests`)."""
+        n = n or self.config.num_samples
+        dim = self.subset_dim()
+        if dim is not None:  # else load_models names what is missing
+            check_fits(f"sample: {n} models", n, dim, self.run_dir, copies=3, device=self.device)
+        digests: dict = {}
+        return n, digests, self.load_models(digests)
+
+    def _save_generated(self, flat: torch.Tensor, std, n: int, digests: dict, tensors: dict | None = None,
+                        meta: dict | None = None) -> torch.Tensor:
+        """The sampled parameters back in the population's space, written with `tensors` and `meta` beside them
+        (rank 0); returns them."""
         if std is not None:
             flat = std.inverse(flat)
 
         def write():
-            self._save("generated", {"params": flat}, {"n": n, "sampler": c.sampler}, digests, num_samples=n)
+            self._save("generated", {"params": flat, **(tensors or {})},
+                       {"n": n, "sampler": self.config.sampler, **(meta or {})}, digests, num_samples=n)
             self._bookkeeping("generated")
         distributed.on_main(write)
         return flat
 
-    def evaluate(self) -> dict:
-        c = self.config
+    def _generated(self, required: tuple[str, ...] = ("params",)):
+        """(population, its digest, the generated tensors, their metadata, their digest), the generated file
+        checked to hold the `required` tensors."""
         pop, pop_digest = self._population()
         gen_t, gen_meta, gen_digest = self._load("generated", {"population": pop_digest})
-        if "params" not in gen_t:
-            raise ValueError(f"{self.path('generated')}: not a generated-parameters file (no 'params' tensor)")
+        missing = [k for k in required if k not in gen_t]
+        if missing:
+            raise ValueError(f"{self.path('generated')}: not a generated-parameters file of this run (no "
+                             f"{', '.join(map(repr, missing))} tensor); rerun `pdiff-fast sample`")
+        return pop, pop_digest, gen_t, gen_meta, gen_digest
+
+    def evaluate(self) -> dict:
+        c = self.config
+        pop, pop_digest, gen_t, gen_meta, gen_digest = self._generated()
         base = self.base_model()
         d = self.data.to(self.device)
         report = self._timed("evaluate", lambda: evaluate(

@@ -30,7 +30,6 @@ from ..diffusion.sample import generate
 from ..diffusion.schedulers import DDPMScheduler
 from ..evaluation.judge import format_table
 from ..nn import denoiser as dn_lib
-from ..pipeline.capacity import check_fits
 from ..pipeline.pdiff import PIPELINES, PDiff
 from ..tasks.conditional import ConditionedDenoiser, Guided, fit_conditional
 from .calibration import calibrate, format_calibration
@@ -107,34 +106,16 @@ class PromptedPDiff(PDiff):
                         shard=True, cond=emb)
 
     def sample(self, n: int | None = None) -> torch.Tensor:
-        c = self.config
-        n = n or c.num_samples
-        dim = self.subset_dim()
-        if dim is not None:
-            check_fits(f"sample: {n} models", n, dim, self.run_dir, copies=3, device=self.device)
-        digests: dict = {}
-        ae, model, std = self.load_models(digests)
+        n, digests, (ae, model, std) = self._sample_inputs(n)
         lo, hi = self.prompt_range(self.population())
         per_model = spread(self.prompts(lo, hi), n)
         flat = self._timed("sample", lambda: self.generate_prompted(ae, model, per_model, lo, hi))
-        if std is not None:
-            flat = std.inverse(flat)
-
-        def write():
-            self._save("generated", {"params": flat, "prompt": per_model},
-                       {"n": n, "sampler": c.sampler, "prompt_range": [lo, hi]}, digests, num_samples=n)
-            self._bookkeeping("generated")
-        distributed.on_main(write)
-        return flat
+        return self._save_generated(flat, std, n, digests, {"prompt": per_model}, {"prompt_range": [lo, hi]})
 
     # --- evaluate ------------------------------------------------------------------------
     def evaluate(self) -> dict:
         c = self.config
-        pop, pop_digest = self._population()
-        gen_t, gen_meta, gen_digest = self._load("generated", {"population": pop_digest})
-        if "params" not in gen_t or "prompt" not in gen_t:
-            raise ValueError(f"{self.path('generated')}: not a prompted generated-parameters file (no 'params' "
-                             "and 'prompt' tensors); rerun `pdiff-fast sample`")
+        pop, pop_digest, gen_t, gen_meta, gen_digest = self._generated(("params", "prompt"))
         _, x_val, y_val = carve_validation(self.data, pop.meta.get("val_fraction", c.val_fraction),
                                            pop.meta.get("seed", c.seed))  # the split collect labelled with
         d = self.data.to(self.device)
