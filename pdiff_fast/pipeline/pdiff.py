@@ -145,12 +145,16 @@ class PDiff(FitStep):
             raise ValueError(f"{path}: not a pdiff_fast report (rerun `pdiff-fast evaluate`)")
         check_report_inputs(self, report, "pdiff-fast evaluate")
         try:
-            table = format_table(report)
+            table = self.format_report(report)
             distributed.on_main(lambda: plot_report(report, self.run_dir))
-        except (KeyError, TypeError, AttributeError, IndexError) as exc:  # a hand-edited or foreign report
+        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:  # a hand-edited or foreign report
             raise ValueError(f"{path}: not a report this version can read ({type(exc).__name__}: {exc}); "
                              "rerun `pdiff-fast evaluate`") from None
         return table
+
+    def format_report(self, report: dict) -> str:
+        """report.md's text from report.json's contents (a subclass adds its own tables and plots)."""
+        return format_table(report)
 
     def run(self) -> dict:
         self.collect()

@@ -126,20 +126,13 @@ class PromptedPDiff(PDiff):
         table = format_calibration(report) + "\n\n" + format_table(report)
         return self._write_report(report, table, pop, pop_digest, gen_meta, gen_digest)
 
-    def report(self) -> str:
+    def format_report(self, report: dict) -> str:
+        """The calibration table (and calibration.png) before p-diff's tables."""
         from .calibration import plot_calibration
 
-        table = super().report()
-        from ..io import load_json
-
-        report = load_json(self.path("report"))
-        try:
-            text = format_calibration(report)
-            distributed.on_main(lambda: plot_calibration(report, self.run_dir))
-        except (KeyError, TypeError, AttributeError, IndexError, ValueError) as exc:
-            raise ValueError(f"{self.path('report')}: not a prompted report this version can read "
-                             f"({type(exc).__name__}: {exc}); rerun `pdiff-fast evaluate`") from None
-        return text + "\n\n" + table
+        text = format_calibration(report)
+        distributed.on_main(lambda: plot_calibration(report, self.run_dir))
+        return text + "\n\n" + format_table(report)
 
 
 PIPELINES[True] = PromptedPDiff  # what pipeline.pdiff.pipeline_for gives a prompted config (the study's runs)
