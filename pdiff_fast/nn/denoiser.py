@@ -179,11 +179,11 @@ class EMA(nn.Module):
         self.ema = copy.deepcopy(model).requires_grad_(False)
         self.decay = decay
 
-    @torch.no_grad()
     def update(self, decay: float | None = None) -> None:
         d = self.decay if decay is None else decay
-        for e, m in zip(self.ema.parameters(), self.model.parameters()):
-            e.lerp_(m.detach(), 1.0 - d)
+        with torch.no_grad():  # not the decorator, the same: mutmut leaves decorated functions unmutated
+            for e, m in zip(self.ema.parameters(), self.model.parameters()):
+                e.lerp_(m.detach(), 1.0 - d)
 
     def forward(self, *args, **kwargs):
         return self.model(*args, **kwargs)

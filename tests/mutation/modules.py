@@ -78,6 +78,13 @@ MODULES: dict[str, list[str]] = {
             "test_cpu_plan_is_the_one_budget_of_before",
             "test_a_decoder_grain_of_its_own_keeps_results_independent_of_the_chunk",
             "test_cuda_graph_auto_is_on_for_the_triton_ddpm_step_on_cuda_only"))],
+    "pdiff_fast/nn/models.py": ["tests/nn/test_models.py", "tests/nn/test_models_parts.py"],
+    "pdiff_fast/nn/denoiser.py": ["tests/nn/test_denoiser.py", "tests/nn/test_denoiser_parts.py"],
+    "pdiff_fast/nn/autoencoder.py": ["tests/nn/test_autoencoder.py", "tests/nn/test_autoencoder_parts.py"],
+    # the loops' parts with tiny models: test_train.py trains real models, resumes and all (seconds per test)
+    "pdiff_fast/pipeline/train.py": ["tests/pipeline/test_train_parts.py"],
+    # not test_novelty.py: its plot test evaluates a whole population first
+    "pdiff_fast/pipeline/report.py": ["tests/pipeline/test_report_parts.py"],
     # not test_backend.py's torch.compile test: mutmut's trampolines are not traceable with fullgraph
     "pdiff_fast/backend.py": [
         "tests/test_backend_parts.py",
@@ -119,6 +126,12 @@ def drops_a_device_move(old: str, new: str) -> bool:
 def drops_a_cast_to_the_activations_dtype(old: str, new: str) -> bool:
     was, now = edit(old, new)
     return now == "None" and was in ("like.dtype", "h.dtype")
+
+
+def drops_a_default_stride_or_padding(old: str, new: str) -> bool:
+    """`stride=1` or `padding=0` removed from a call: the defaults of torch's convolutions and of act_norm_conv1d."""
+    was, now = edit(old, new)
+    return was in ("stride=1", "stride=1,", "padding=0", "padding=0,") and now == ""
 
 
 EQUIVALENT: list = [
@@ -373,6 +386,30 @@ EQUIVALENT: list = [
     ("pdiff_fast/diffusion/sample.py", r"=> (sampler|noise) = \"\"$",
      "the starting value is read only as false (sampler or ...) or not at all (the noise, set before its one "
      "read): None and \"\" alike"),
+    ("pdiff_fast/nn/models.py", r"nn\.Conv2d\(.*bias=None\)",
+     "nn.Conv2d reads bias as a truth value (if bias: ...): None is False, no bias either way"),
+    ("pdiff_fast/nn/models.py", r"=> return ViTSmall\(input_shape\[0\], num_classes, image=input_shape\[2\], \*\*kwargs\)$",
+     "vit's inputs are square (checked just above): H is W"),
+    ("pdiff_fast/nn/*.py", drops_a_default_stride_or_padding,
+     "stride=1 and padding=0 are the defaults of nn.Conv1d, nn.ConvTranspose1d and act_norm_conv1d"),
+    ("pdiff_fast/nn/autoencoder.py", r"=> z = self\.encode\(torch\.zeros\(2, self\.in_dim, ",
+     "the probe's batch size: latent_shape reads the shape without its batch dim"),
+    ("pdiff_fast/nn/autoencoder.py", r"device=self\.encoder\.encoder\[1\]\[2\]\.weight\.device\)",
+     ONE_DEVICE + " (another tensor of the same model, on the same device)"),
+    ("pdiff_fast/nn/autoencoder.py",
+     r"=> super\(\)\.__init__\(in_dim, 3, 3, input_noise_factor, latent_noise_factor, "
+     r"(None, \[2, 64, 64, 8\]|\[2, 2, 2, 2\], None|\[2, 2, 2, 2\], )\)$",
+     "small's widths are ODEncoder2Decoder's defaults ([2, 2, 2, 2] and [2, 64, 64, 8]): None or left out gives "
+     "the same"),
+    ("pdiff_fast/nn/denoiser.py", r"\.view\(1, 1, -1\)\.expand\(batch, 1, -1\) => .*\.view\(1, -1\)\.expand\(batch, 1, -1\)$",
+     "expand adds the missing leading dim: a (1, D) view expanded to (B, 1, D) is the same as a (1, 1, D) one"),
+    ("pdiff_fast/pipeline/train.py", r"=> return torch\.randint\(n, \(batch_size,\), generator=gen\)",
+     "torch.randint(high, size) is randint(0, high, size): low defaults to 0"),
+    ("pdiff_fast/pipeline/train.py", r'float\("INF"\)', 'float() reads "INF" as "inf"'),
+    ("pdiff_fast/pipeline/train.py", r"if k\.startswith\(prefix\)\}, \)$", "strict=True is load_state_dict's default"),
+    ("pdiff_fast/pipeline/train.py", r"=> latent_shape = ae\.latent_shape\(\) if \(ddp is not None\) or True else None$",
+     "latent_shape is read on the sharded path only; asking for it otherwise runs one probe encode of zeros (no "
+     "random draw, no state) whose answer is not read"),
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
