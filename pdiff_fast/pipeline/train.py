@@ -2,7 +2,8 @@
 
 Both follow the reference v1: AdamW (lr 1e-3, wd 2e-6), full batch by default, MSE losses.
 
-Resumable: every `checkpoint_every` steps (and at the end) the loops hand their whole state
+Resumable: every `checkpoint_every` steps (not after the last one: the caller saves the trained
+model then) the loops hand their whole state
 (model, optimiser, EMA, every random generator they use, the step and the loss record) to a
 `checkpoint` callback; passing that state back as `resume` continues to the same final result,
 bitwise on CPU, as an uninterrupted run.
