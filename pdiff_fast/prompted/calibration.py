@@ -120,8 +120,6 @@ def plot_calibration(report: dict, out_dir: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import save_figure
-
     pr = report["prompted"]
     pm = pr["per_model"]
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -130,12 +128,27 @@ def plot_calibration(report: dict, out_dir: str | os.PathLike) -> Path:
     ps = [r["prompt"] for r in pr["calibration"]]
     ax.plot(ps, [r["val"]["median"] for r in pr["calibration"]], "o-", label="validation median")
     ax.plot(ps, [r["test"]["median"] for r in pr["calibration"]], "s--", label="test median")
-    ax.plot([min(ps), max(ps)], [min(ps), max(ps)], color="gray", linewidth=1, label="achieved = prompted")
-    ax.axvspan(*pr["prompt_range"], color="gray", alpha=0.1, label="checkpoints' validation range")
+    finish_axes(ax, ps, pr["prompt_range"], "checkpoints' validation range")
+    ax.set_title("accuracy asked for vs accuracy given", fontsize=10)
+    return save_calibration(fig, out_dir)
+
+
+def finish_axes(ax, prompts: list[float], prompt_range, range_label: str) -> None:
+    """What every calibration panel has: the diagonal (a perfect answer), the labelled range, axes, legend."""
+    ax.plot([min(prompts), max(prompts)], [min(prompts), max(prompts)], color="gray", linewidth=1,
+            label="achieved = prompted")
+    ax.axvspan(*prompt_range, color="gray", alpha=0.1, label=range_label)
     ax.set_xlabel("prompted validation accuracy (%)")
     ax.set_ylabel("achieved accuracy (%)")
-    ax.set_title("accuracy asked for vs accuracy given", fontsize=10)
     ax.legend(fontsize=7)
+
+
+def save_calibration(fig, out_dir: str | os.PathLike) -> Path:
+    """fig as <out_dir>/calibration.png, then closed."""
+    import matplotlib.pyplot as plt
+
+    from ..io import save_figure
+
     fig.tight_layout()
     path = Path(out_dir) / "calibration.png"
     save_figure(fig, path)

@@ -20,7 +20,7 @@ import os
 import statistics
 from pathlib import Path
 
-from .calibration import HONOURED_WITHIN
+from .calibration import HONOURED_WITHIN, finish_axes, save_calibration
 
 SPLITS = ("held out", "seen")  # the order of the tables: as the tasks report
 REACHING = ("nearest task", "zoo (own task)")  # baselines cut to the checkpoints that reach the prompt
@@ -128,8 +128,6 @@ def plot_calibration(report: dict, out_dir: str | os.PathLike) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..io import save_figure
-
     pr = report["prompted"]
     splits = [x for x in SPLITS if x in pr["splits"]]
     fig, axes = plt.subplots(1, len(splits), figsize=(5.5 * len(splits), 4.5), squeeze=False)
@@ -142,14 +140,6 @@ def plot_calibration(report: dict, out_dir: str | os.PathLike) -> Path:
                 ax.plot(ps, meds, color="C0", alpha=0.15, linewidth=0.8)
         ax.plot(ps, [r["val_median"] for r in s["calibration"]], "o-", color="C0", label="validation, median over tasks")
         ax.plot(ps, [r["test_median"] for r in s["calibration"]], "s--", color="C1", label="test, median over tasks")
-        ax.plot([min(ps), max(ps)], [min(ps), max(ps)], color="gray", linewidth=1, label="achieved = prompted")
-        ax.axvspan(*pr["prompt_range"], color="gray", alpha=0.1, label="zoo's validation range")
+        finish_axes(ax, ps, pr["prompt_range"], "zoo's validation range")
         ax.set_title(f"{split} tasks ({s['calibration'][0]['tasks']}): thin lines one task each", fontsize=10)
-        ax.set_xlabel("prompted validation accuracy (%)")
-        ax.set_ylabel("achieved accuracy (%)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(out_dir) / "calibration.png"
-    save_figure(fig, path)
-    plt.close(fig)
-    return path
+    return save_calibration(fig, out_dir)
