@@ -48,7 +48,6 @@ def _requested() -> str:
     return name
 
 
-@contextlib.contextmanager
 def use_backend(name: str):
     """Force one backend for every op inside the block: `with use_backend("torch"): ...`."""
     if name not in BACKENDS:
@@ -59,6 +58,10 @@ def use_backend(name: str):
         yield
     finally:
         _state.backend = previous
+
+
+# decorators applied as calls (the same wrappers): mutmut leaves decorated functions unmutated
+use_backend = contextlib.contextmanager(use_backend)
 
 
 def triton_interpreted() -> bool:
@@ -94,7 +97,6 @@ def load_extension():
     return _import_or_none("pdiff_fast._C")
 
 
-@torch.compiler.assume_constant_result
 def _triton_import_error(op: str) -> str:
     """Why op's Triton kernel cannot be imported ("" when it can). A constant of the process (the
     import is done once), so torch.compile runs it while tracing, outside the graph, instead of
@@ -104,7 +106,6 @@ def _triton_import_error(op: str) -> str:
     return str(mod) if isinstance(mod, Exception) else ""
 
 
-@torch.compiler.assume_constant_result
 def _extension_error(cuda: bool) -> str:
     """Why the extension cannot run (on CUDA tensors when `cuda`), "" when it can; a constant of
     the process, as `_triton_import_error`."""
@@ -114,6 +115,10 @@ def _extension_error(cuda: bool) -> str:
     if cuda and not getattr(ext, "has_cuda", lambda: False)():
         return "the extension was built without CUDA"
     return ""
+
+
+_triton_import_error = torch.compiler.assume_constant_result(_triton_import_error)  # as use_backend
+_extension_error = torch.compiler.assume_constant_result(_extension_error)
 
 
 TRITON_DTYPES = (torch.float32, torch.float16, torch.bfloat16)

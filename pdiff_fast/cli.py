@@ -175,7 +175,8 @@ def _read_configs(args, cls, flags: dict):
                 "from --config and the flags"]) from None
     fields.update(given)
     source = args.config or (str(run_json) if fields else "config")
-    cfg = cls.from_dict(fields, source)
+    # a field a flag sets is checked as the flag's value, not as the one it replaces
+    cfg = cls.from_dict({k: v for k, v in fields.items() if flags.get(k) is None}, source)
     return cfg.replace(**flags).validate("command-line flags" if any(v is not None for v in flags.values()) else source)
 
 

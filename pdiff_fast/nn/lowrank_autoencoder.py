@@ -53,24 +53,24 @@ class LowRankAutoencoder(nn.Module):
         self.register_buffer("encoder_scale", torch.full((rank,), in_dim ** -0.5))
         self.register_buffer("decoder_scale", torch.full((rank,), in_dim ** -0.5))
 
-    @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
         """Principal-component start from the (K, D) training vectors (deterministic: no RNG)."""
-        x = x.double()
-        mean = x.mean(0)
-        _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)  # (min(K, D), D)
-        r = min(self.rank, vh.shape[0])
-        v = vh[:r]
-        amplitude = ((x - mean) @ v.T).abs().amax(0) / CODE_SCALE  # (r,): code j = projection / amplitude_j
-        live = amplitude > 1e-5 * amplitude.max().clamp_min(1e-30)  # float32 input: below that is rounding
-        root = self.in_dim ** 0.5
-        self.center.copy_(mean)
-        self.encoder.weight[:r] = v * root
-        self.decoder.weight[:, :r] = v.T * root
-        self.encoder_scale.zero_()
-        self.decoder_scale.zero_()
-        self.encoder_scale[:r] = torch.where(live, 1 / (root * amplitude.clamp_min(1e-12)), 0)
-        self.decoder_scale[:r] = torch.where(live, amplitude / root, 0)
+        with torch.no_grad():  # not the decorator, the same: mutmut leaves decorated functions unmutated
+            x = x.double()
+            mean = x.mean(0)
+            _, _, vh = torch.linalg.svd(x - mean, full_matrices=False)  # (min(K, D), D)
+            r = min(self.rank, vh.shape[0])
+            v = vh[:r]
+            amplitude = ((x - mean) @ v.T).abs().amax(0) / CODE_SCALE  # (r,): code j = projection / amplitude_j
+            live = amplitude > 1e-5 * amplitude.max().clamp_min(1e-30)  # float32 input: below that is rounding
+            root = self.in_dim ** 0.5
+            self.center.copy_(mean)
+            self.encoder.weight[:r] = v * root
+            self.decoder.weight[:, :r] = v.T * root
+            self.encoder_scale.zero_()
+            self.decoder_scale.zero_()
+            self.encoder_scale[:r] = torch.where(live, 1 / (root * amplitude.clamp_min(1e-12)), 0)
+            self.decoder_scale[:r] = torch.where(live, amplitude / root, 0)
 
     def encode(self, x, **kwargs):  # (B, D) -> (B, 1, rank) in [-1, 1]
         if x.dim() == 3 and x.shape[1] == 1:
