@@ -79,7 +79,7 @@ def shard(n: int, block: int = 1, *, rank_: int | None = None, world: int | None
     return min(n, first * block), min(n, last * block)
 
 
-def _comm_device(t: torch.Tensor | None = None) -> torch.device:
+def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
 
 
@@ -97,17 +97,17 @@ def gather_rows(t: torch.Tensor, n: int | None = None, block: int = 1) -> torch.
     longest = max(counts)
     as_bool = t.dtype == torch.bool  # gloo and NCCL move bytes; bool travels as uint8
     padded = torch.zeros((longest, *t.shape[1:]), dtype=torch.uint8 if as_bool else t.dtype,
-                         device=_comm_device(t))
+                         device=_comm_device())
     padded[:t.shape[0]] = t.to(padded.device, padded.dtype)
     parts = [torch.empty_like(padded) for _ in range(w)]
     dist.all_gather(parts, padded)
     out = torch.cat([p[:c] for p, c in zip(parts, counts)])
-    return out.to(t.device, torch.bool if as_bool else t.dtype)
+    return out.to(t.device, t.dtype)  # bool again when it travelled as uint8
 
 
 def _all_ints(value: int) -> list[int]:
     """Each rank's value of an int, in rank order."""
-    mine = torch.tensor([value], dtype=torch.int64, device=_comm_device(torch.empty(0)))
+    mine = torch.tensor([value], dtype=torch.int64, device=_comm_device())
     parts = [torch.empty_like(mine) for _ in range(world_size())]
     dist.all_gather(parts, mine)
     return [int(p.item()) for p in parts]

@@ -185,7 +185,7 @@ def gathered_from(rows_of_rank):
 
 
 def test_gather_rows_with_known_shards(group):
-    full = torch.arange(14.0).view(7, 2)
+    full = torch.arange(14.0).view(7, 2) * 0.5 - 3  # fractions and negatives: a byte would not carry them
     shards = [full[slice(*distributed.shard(7, 2, rank_=r, world=2))] for r in range(2)]
     assert [s.shape[0] for s in shards] == [4, 3]  # two blocks of 2, then a block and a half
     g = group(rank=1, world=2, others=gathered_from(shards))
@@ -194,6 +194,13 @@ def test_gather_rows_with_known_shards(group):
     (kind, sent), = g.calls
     assert kind == "all_gather" and sent.shape == (4, 2)  # padded to the longest share
     assert torch.equal(sent[:3], shards[1]) and torch.equal(sent[3:], torch.zeros(1, 2))
+    assert sent.dtype == torch.float32
+
+
+def test_gather_rows_deals_single_rows_by_default(group):
+    full = torch.arange(7.0)  # blocks of 1 over 2 ranks: 3 and 4 rows (blocks of 2 would be 4 and 3)
+    group(rank=0, world=2, others=gathered_from([full[:3], full[3:]]))
+    assert torch.equal(distributed.gather_rows(full[:3], 7), full)
 
 
 def test_gather_rows_with_unknown_counts_gathers_them_first(group):
@@ -222,7 +229,7 @@ def test_comm_device_follows_the_backend(group, monkeypatch):
     assert distributed._comm_device() == torch.device("cpu")
     group(backend="nccl")
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert distributed._comm_device(torch.empty(0)) == torch.device("cuda", 3)
+    assert distributed._comm_device() == torch.device("cuda", 3)
 
 
 def test_all_ints_and_sum_int(group):
@@ -277,6 +284,19 @@ def test_broadcast_tensors_on_another_rank_builds_them_from_the_header(group):
     group(world=1)
     mine = {"a": torch.zeros(1)}
     assert distributed.broadcast_tensors(mine) is mine
+
+
+def test_broadcast_tensors_puts_a_gpu_tensor_of_rank_0_on_this_ranks_gpu(group, monkeypatch):
+    header = json.dumps([["w", [2], "float32", "cuda"]]).encode()
+    sent = iter([torch.tensor([len(header)]), torch.tensor(list(header), dtype=torch.uint8), torch.tensor([1.0, 2.0])])
+    group(rank=1, others=lambda kind, t: next(sent))
+    if torch.cuda.is_available():
+        out = distributed.broadcast_tensors(None)
+        assert out["w"].device == torch.device("cuda", torch.cuda.current_device())
+    else:
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+        with pytest.raises(AssertionError, match="Torch not compiled with CUDA enabled"):  # it asked for cuda:0
+            distributed.broadcast_tensors(None)
 
 
 def test_broadcast_tensors_sends_non_contiguous_tensors_whole(group):

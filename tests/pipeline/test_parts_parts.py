@@ -302,6 +302,7 @@ def test_load_models_gives_back_what_was_saved(tmp_path, standardize):
     if standardize:
         want = Standardizer.fit(pop.spec, pop.params)
         assert all(torch.equal(a, b) for a, b in zip(std.state_dict().values(), want.state_dict().values()))
+        assert std.spec == pop.spec
     else:
         assert std is None
 
@@ -347,6 +348,11 @@ def test_load_models_checks_settings_and_inputs(tmp_path):
     assert ae_path.read_bytes() != ae_bytes
     with pytest.raises(StaleArtifact, match="diffusion.safetensors is stale: it was made from another "
                                             "autoencoder.safetensors"):
+        run.load_models()
+    ae_digest = read_digest(run.path("autoencoder"))
+    run._save("diffusion", {"w": torch.zeros(1)}, {"latent_shape": [1]}, {"population": "another", "autoencoder": ae_digest})
+    with pytest.raises(StaleArtifact, match="diffusion.safetensors is stale: it was made from another "
+                                            "population.safetensors"):
         run.load_models()
     plant_population(run, k=5)  # another population: the autoencoder is stale
     with pytest.raises(StaleArtifact, match="autoencoder.safetensors is stale: it was made from another "
