@@ -330,6 +330,7 @@ def test_collect_takes_this_ranks_trajectories_and_gathers_them(monkeypatch):
     monkeypatch.setattr(distributed, "shard", lambda n: (3, 3))  # a rank with no trajectory
     params, acc, traj, step, _ = _collect(model, data, spec, [1, 2, 1], recording_run(log), 0.5, None, 0, "d", False)
     assert params.shape == (0, 24) and params.dtype == torch.float32 and acc.shape == (0,) and traj.shape == (0,)
+    assert traj.dtype == step.dtype == torch.int64  # an empty list is no int: the dtype is asked for
 
 
 # --- the recipes -----------------------------------------------------------------------------
@@ -436,3 +437,106 @@ def test_rebuild_base_loads_a_copy_in_eval_mode():
     with pytest.raises(ValueError, match="spec does not fit"):
         rebuild_base(tiny_model(), Population(torch.zeros(1, other.dim), torch.zeros(1), other,
                                               copy.deepcopy(trained.state_dict())))
+
+
+# --- progress bars, defaults and edges -------------------------------------------------------
+
+class Bars:
+    """tqdm recorded: each bar's arguments and updates."""
+
+    def __init__(self):
+        self.made = []
+
+    def __call__(self, iterable=None, **kw):
+        bar = {"iterable": iterable, **kw, "updates": [], "closed": False}
+        self.made.append(bar)
+        if iterable is not None:
+            return iterable
+        return type("Bar", (), {"update": lambda s, n: bar["updates"].append(n),
+                                "close": lambda s: bar.update(closed=True)})()
+
+
+@pytest.fixture
+def bars(monkeypatch):
+    b = Bars()
+    monkeypatch.setattr(collect_lib, "tqdm", b)
+    return b
+
+
+def test_progress_bars(bars, monkeypatch):
+    data, m = tiny_data(), tiny_model()
+    spec = ParamSpec.from_model(m)
+    train_base(m, data, 2, progress=True)
+    assert bars.made == [{"iterable": range(2), "desc": "train base model", "disable": False, "updates": [],
+                          "closed": False}]
+    train_base(m, data, 1, progress=False)
+    assert bars.made[-1]["disable"] is True
+    _collect(m, data, spec, [2, 1], recording_run([]), 0.5, None, 0, "the bar", True)
+    bar = bars.made[-1]
+    assert {k: bar[k] for k in ("total", "desc", "disable")} == {"total": 3, "desc": "the bar", "disable": False}
+    assert bar["updates"] == [1, 1, 1] and bar["closed"]
+    _collect(m, data, spec, [2], recording_run([]), 0.5, None, 0, "d", False)
+    assert bars.made[-1]["disable"] is True
+    monkeypatch.setattr(distributed, "shard", lambda n: (1, 3))  # this rank's runs only
+    _collect(m, data, spec, [4, 2, 1], recording_run([]), 0.5, None, 0, "d", True)
+    assert bars.made[-1]["total"] == 3
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    _collect(m, data, spec, [4, 2, 1], recording_run([]), 0.5, None, 0, "d", True)
+    assert bars.made[-1]["disable"] is True  # rank 0 alone shows progress
+
+
+@pytest.mark.parametrize("recipe,desc", [(collect_v1, "collect v1 checkpoints"), (collect_v2, "collect v2 checkpoints")])
+def test_recipes_pass_progress_on(bars, recipe, desc, monkeypatch):
+    m = tiny_model()
+    recipe(m, tiny_data(), ParamSpec.from_model(m), epochs=1, k=2, batch_size=8, progress=True)
+    assert [(b["desc"], b["disable"]) for b in bars.made] == [("train base model", False), (desc, False)]
+    bars.made.clear()
+    recipe(tiny_model(), tiny_data(), ParamSpec.from_model(m), epochs=1, k=2, batch_size=8, progress=False)
+    assert [(b["desc"], b["disable"]) for b in bars.made] == [("train base model", True), (desc, True)]
+    bars.made.clear()
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    recipe(tiny_model(), tiny_data(), ParamSpec.from_model(m), epochs=1, k=2, batch_size=8, progress=True)
+    assert [b["disable"] for b in bars.made] == [True, True]
+
+
+def test_defaults_are_the_papers():
+    import inspect
+
+    for recipe in (collect_v1, collect_v2):
+        params = inspect.signature(recipe).parameters
+        assert {k: p.default for k, p in params.items() if p.default is not inspect.Parameter.empty} == {
+            "epochs": 30, "k": 200, "lr": 0.1, "subset_lr": None, "batch_size": 128, "seed": 0, "trajectories": 1,
+            "progress": True}
+    params = inspect.signature(train_base).parameters
+    assert (params["lr"].default, params["batch_size"].default, params["seed"].default, params["progress"].default) == (
+        0.1, 128, 0, True)
+
+
+def test_v2_batch_and_steps_at_the_edges():
+    m = tiny_model()
+    spec = ParamSpec.from_model(m)
+    # 5 samples, 4 checkpoints: batches of 1 (5 steps), checkpoints at round(linspace(0, 4, 4))
+    pop = collect_v2(m, tiny_data(n_train=5), spec, epochs=0, k=4, batch_size=100, progress=False)
+    assert pop.meta["batch_size"] == 1 and pop.step.tolist() == [0, 1, 3, 4]
+    # 26 samples, 4 checkpoints: batches of 6, ceil(26 / 6) = 5 steps
+    pop = collect_v2(tiny_model(), tiny_data(n_train=26), spec, epochs=0, k=4, batch_size=100, progress=False)
+    assert pop.meta["batch_size"] == 6 and pop.step.tolist() == [0, 1, 3, 4]
+
+
+def test_v2_subset_lr_caps_at_the_single_epochs_lr():
+    m = tiny_model()
+    weights = ParamSpec.from_model(m, ["3.weight"])
+    assert v2_subset_lr(m, weights, 0.5, 0.1, 1, 100, 50) == pytest.approx(0.1 / 2, rel=1e-12)  # one epoch: lr itself
+
+
+def test_rebuild_base_names_missing_and_unexpected_keys_alone():
+    trained = tiny_model()
+    spec = ParamSpec.from_model(trained)
+    state = dict(trained.state_dict())
+    del state["6.bias"]
+    with pytest.raises(ValueError, match=r"^base state does not fit the model: missing \['6\.bias'\], unexpected \[\]$"):
+        rebuild_base(tiny_model(), Population(torch.zeros(1, 24), torch.zeros(1), spec, state))
+    extra = {**trained.state_dict(), **{f"x{i}": torch.zeros(1) for i in range(5)}}
+    with pytest.raises(ValueError, match=r"^base state does not fit the model: missing \[\], unexpected \['x0', 'x1', "
+                                         r"'x2'\]$"):
+        rebuild_base(tiny_model(), Population(torch.zeros(1, 24), torch.zeros(1), spec, extra))
