@@ -195,11 +195,12 @@ def test_config_layers(fake, capsys):
 
 def test_config_json_problems_say_what_to_do(fake, capsys):
     os.makedirs("r")
-    Path("r/config.json").write_text(json.dumps({"device": "cpu", "k": -1, "colour": 3}))
+    Path("r/config.json").write_text(json.dumps({"device": "cpu", "k": -1, "colour": 3, "shade": 4}))
     code, out, err = run(["run", "--run-dir", "r"], capsys)
     assert code == 2 and fake == []
     assert err.splitlines() == [
         "pdiff-fast run: error: r/config.json: unknown field 'colour'",
+        "pdiff-fast run: error: r/config.json: unknown field 'shade'",
         "pdiff-fast run: error: r/config.json: field 'k': must be at least 1, got -1; config.json records this run's "
         "settings: repair it, or remove it to start from --config and the flags"]
 
@@ -298,10 +299,10 @@ def test_tasks_sample_for_named_tasks(fake, capsys, monkeypatch):
     import pdiff_fast.tasks as tasks_mod
 
     asked = []
-    monkeypatch.setattr(tasks_mod, "sample_tasks", lambda p, names: asked.append(names) or {
+    monkeypatch.setattr(tasks_mod, "sample_tasks", lambda p, names: asked.append((p, names)) or {
         "3-8": [90.04, 81.25], "0-1": [100.0]})
     code, out, err = run(["tasks", "sample", "--device", "cpu", "--task", "3-8", "--task", "0-1"], capsys)
-    assert code == 0 and asked == [["3-8", "0-1"]] and fake[0].calls == []
+    assert code == 0 and asked == [(fake[0], ["3-8", "0-1"])] and fake[0].calls == []
     assert out == ("3-8: 2 models, test accuracy 90.0 81.2 -> runs/tasks/samples/3-8.safetensors\n"
                    "0-1: 1 models, test accuracy 100.0 -> runs/tasks/samples/0-1.safetensors\n")
 
@@ -421,6 +422,20 @@ def test_a_busy_run_directory_is_a_user_error(fake, capsys, tmp_path):
     with lock_lib.run_dir_lock("r", "train"):
         code, out, err = run(["sample", "--run-dir", "r", "--device", "cpu"], capsys)
     assert code == 2 and err.startswith("pdiff-fast sample: error: r: in use by pid ") and fake == []
+
+
+def test_the_locks_messages_go_to_stderr(fake, capsys, monkeypatch):
+    import fcntl
+
+    os.makedirs("r")
+    other = os.open(f"r/{lock_lib.LOCK_NAME}", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other, fcntl.LOCK_EX)  # another writer, for flock (a second open file)
+
+    def sleep(seconds):
+        os.close(other)
+    monkeypatch.setattr(lock_lib.time, "sleep", sleep)
+    code, out, err = run(["report", "--run-dir", "r", "--wait", "--device", "cpu"], capsys)
+    assert code == 0 and err == "r: waiting for another process to finish\n" and fake[0].calls == ["report"]
 
 
 def test_the_pipeline_leaves_the_process_group(fake, capsys, monkeypatch):
