@@ -574,3 +574,187 @@ def test_run_study_refuses_unknown_parts_variants_and_mixed_prompted(tmp_path, p
     assert parts == [] and not (tmp_path / "study.json").exists()
     study_lib.run_study(prompted, tmp_path, parts=("prompted",), log=lambda m: None)
     assert parts[0] == ("prompted", False)
+
+
+# --- what the first mutation run left alive --------------------------------------------------
+
+class Clock:
+    """time.perf_counter giving 100, 103.4, 110, ... (each call the next)."""
+
+    def __init__(self, *values):
+        self.values = list(values)
+
+    def __call__(self):
+        return self.values.pop(0)
+
+
+def test_a_report_without_inputs_is_current(tmp_path):
+    report = plant_run(tmp_path / "v", BASE)
+    del report["inputs"]
+    save_json(tmp_path / "v" / "report.json", report)
+    assert study_lib._current_report(tmp_path / "v", BASE) == report
+
+
+def test_a_prompted_part_that_cannot_be_made_says_so():
+    with pytest.raises(ConfigError, match=r"^study part 'prompted': field 'prompted': needs the AE_CNN_bottleneck "
+                                          r"denoiser, got 'ODUnet'$"):
+        study_lib.prompted_config(BASE.replace(denoiser="ODUnet"))
+
+
+def test_times_in_the_logs(tmp_path, fake_runs, monkeypatch):
+    monkeypatch.setattr(study_lib.time, "perf_counter", Clock(100.0, 103.4))
+    logs = []
+    study_lib.run_ablation(BASE, tmp_path, names=["default"], jobs=1, log=logs.append)
+    assert logs[-1] == "study: ablation 'default' done in 3 s"
+
+    def run_variant(config, run_dir, threads):
+        cfg = Config.from_dict(config)
+        plant_run(Path(run_dir), cfg)
+        rep = prompted_report(cfg)
+        rep["inputs"] = load_json(Path(run_dir) / "report.json")["inputs"]
+        save_json(Path(run_dir) / "report.json", rep)
+    monkeypatch.setattr(study_lib, "_run_variant", run_variant)
+    monkeypatch.setattr(study_lib.time, "perf_counter", Clock(50.0, 57.6))
+    study_lib.run_prompted(BASE, tmp_path, log=logs.append)
+    assert logs[-1] == "study: prompted run done in 8 s"
+
+
+def test_the_default_run_logs_through_the_given_log(tmp_path, fake_runs, monkeypatch):
+    import pdiff_fast.pipeline.pdiff as pdiff_mod
+
+    monkeypatch.setattr(pdiff_mod, "PDiff", lambda *a, **k: "P")
+    logs = []
+    study_lib._default_run(BASE, tmp_path, False, logs.append)
+    assert logs[0] == "study: ablation: running 1 variant(s), 1 at a time: default"
+
+
+def test_two_jobs_split_the_cores(tmp_path, fake_runs, monkeypatch):
+    monkeypatch.setattr(study_lib.cf, "ProcessPoolExecutor", InlinePool)
+    monkeypatch.setattr(os, "cpu_count", lambda: 8)
+    study_lib.run_ablation(BASE, tmp_path, names=["default", "K=1"], jobs=2, log=lambda m: None)
+    assert [t for _, _, t in fake_runs] == [4, 4]
+
+
+def test_finetune_edges(monkeypatch):
+    import inspect
+
+    import pdiff_fast.evaluation.finetuning as ft_mod
+    import pdiff_fast.pipeline.collect as collect_mod
+
+    assert inspect.signature(study_lib.run_finetune).parameters["n_models"].default == 20
+    spec = spec_of(3)
+    pop = type("Pop", (), {"params": torch.arange(30.0).view(10, 3), "spec": spec})()
+    asked = {}
+
+    class P:
+        config = BASE
+        device = torch.device("cpu")
+        data = type("D", (), {"to": lambda self, device: "DATA"})()
+
+        def _population(self):
+            return pop, "DIGEST"
+
+        def _load(self, name, digests):
+            return {"params": torch.ones(5, 3)}, {}, "G"
+
+        def new_model(self):
+            return "NEW MODEL"
+
+    monkeypatch.setattr(ft_mod, "random_starts", lambda s, params, n, seed: asked.setdefault("random_spec", s) and
+                        torch.zeros(n, 3))
+    monkeypatch.setattr(collect_mod, "rebuild_base", lambda model, p: asked.setdefault("rebuild", (model, p)) and
+                        torch.nn.Linear(1, 1))
+    monkeypatch.setattr(ft_mod, "finetune", lambda model, s, data, starts, **kw: asked.setdefault("starts", starts) and {})
+    monkeypatch.setattr(study_lib.time, "perf_counter", Clock(10.0, 12.5))
+    logs = []
+    result = study_lib.run_finetune(P(), 1, log=logs.append)  # one model per start is enough
+    assert result["seconds"] == 2.5 and logs == ["study: fine-tuning 3 models for 5 epochs: 2 s"]
+    assert sorted(asked["starts"]) == ["generated", "original", "random"] and asked["random_spec"] is spec
+    assert asked["rebuild"] == ("NEW MODEL", pop)
+    assert torch.equal(asked["starts"]["original"], pop.params[:1])
+
+
+def test_read_prompted_with_one_prompt_in_range():
+    pr = kept_prompted()
+    pr["calibration"] = pr["calibration"][:1]
+    assert study_lib.read_prompted(pr)[0] == ("0 of 1 prompts honoured; mean absolute miss over the 1 prompts in the "
+                                              "checkpoints' range 1.50 points.")
+
+
+def test_format_study_whole_text(monkeypatch):
+    import pdiff_fast.evaluation.finetuning as ft_mod
+
+    monkeypatch.setattr(ft_mod, "format_finetune_table", lambda ft: f"FT {sorted(ft)}")
+    ablation = [row("default", 90.0, 91.0, 95.0, "new"), row("K=1", 88.5, 92.25, 94.0, "copies")]
+    ft = {"epochs": [0, 1], "starts": {"generated": {"summary": {"0": {"median": 90.0}, "1": {"median": 91.0}}}}}
+    text = study_lib.format_study({"ablation": ablation, "finetune": ft, "prompted": kept_prompted()})
+    want = "\n".join([
+        "# p-diff study (?, torch ?, ? CPUs, ablation variants ? at a time)", "",
+        "## Ablation", "",
+        "| variant | K | D | original best / mean / median | generated best / mean / median | nearest-original "
+        "distance / tau | max IoU (mean) | new and better | verdict | time (s) |",
+        "|---|---:|---:|---|---|---:|---:|---:|---|---:|",
+        "| default | 12 | 64 | 97.00 / 96.00 / 96.50 | 95.00 / 90.00 / 91.00 | 0.46 | 0.912 | 12.5% | new, accuracy "
+        "within the originals | 12 |",
+        "| K=1 | 12 | 64 | 97.00 / 96.00 / 96.50 | 94.00 / 88.50 / 92.25 | 0.46 | 0.912 | 12.5% | copies, accuracy "
+        "within the originals | 12 |",
+        "", "- " + study_lib.read_ablation(ablation)[0], "",
+        "## Fine-tuning from generated parameters", "", "FT ['epochs', 'starts']", "",
+        "- " + study_lib.read_finetune(ft)[0], "",
+        "## Prompted generation", "",
+        "The base config with recipe span, prompted True, in variants/prompted; the checkpoints' validation accuracy "
+        "spans 80.00..96.50.", "",
+        "| prompt (val %) | models | val median | test median | miss | honoured |", "|---:|---:|---:|---:|---:|---|",
+        "| 80.00 | 4 | 78.50 | 77.00 | -1.50 | no |", "| 90.00 | 4 | 90.50 | 89.00 | +0.50 | yes |",
+        "| 99.00 | 2 | 96.00 | 95.00 | -3.00 | yes (above every checkpoint) |", "",
+        *[f"- {s}" for s in study_lib.read_prompted(kept_prompted(), ablation)], "", ""])
+    assert text == want
+    assert len(study_lib.read_prompted(kept_prompted(), ablation)) == 3  # the default run's sentence is there
+
+
+def test_plot_study_styles(tmp_path, monkeypatch):
+    import pdiff_fast.pipeline.report as report_mod
+
+    figs = []
+    monkeypatch.setattr(report_mod, "_save", lambda fig, path: figs.append(fig) or path)
+    study_lib.plot_study({"ablation": [row("default", 90.0, 91.0, 95.0, "new"), row("K=1", 93.0, 92.0, 94.0, "x")]},
+                         tmp_path)
+    fig = figs[0]
+    ax = fig.axes[0]
+    assert tuple(fig.get_size_inches()) == (7.0, 4.0)
+    assert ax.title.get_fontsize() == 9 and all(t.get_fontsize() == 7 for t in ax.get_legend().get_texts())
+    labels = ax.get_xticklabels()
+    assert all(t.get_rotation() == 30 and t.get_ha() == "right" and t.get_fontsize() == 8 for t in labels)
+    line = ax.containers[0].lines[0]
+    assert line.get_marker() == "o" and line.get_linestyle() == "None"
+    best, orig = [c for c in ax.collections if c.get_offsets().shape == (2, 2)][-2:]
+    import matplotlib.markers as mmarkers
+
+    want = {m: (lambda ms: ms.get_path().transformed(ms.get_transform()).vertices.tolist())(mmarkers.MarkerStyle(m))
+            for m in ("^", "x")}
+    assert best.get_paths()[0].vertices.tolist() == want["^"] and orig.get_paths()[0].vertices.tolist() == want["x"]
+
+
+def test_run_study_hands_its_arguments_to_the_parts(tmp_path, monkeypatch):
+    seen = []
+    log = lambda m: None  # noqa: E731
+    monkeypatch.setattr(study_lib, "run_ablation", lambda base, d, names=None, jobs=None, fresh=False, log=print:
+                        seen.append(("ablation", base, d, log)) or [])
+    monkeypatch.setattr(study_lib, "run_prompted", lambda base, d, fresh, log: seen.append(("prompted", base, d, log)) or
+                        kept_prompted())
+    monkeypatch.setattr(study_lib, "_default_run", lambda base, d, fresh, log: seen.append(("default", base, d, log)) or
+                        "P")
+    monkeypatch.setattr(study_lib, "run_samplers", lambda p, samplers, log=print: seen.append(("sampler", log)) or [])
+    monkeypatch.setattr(study_lib, "run_finetune", lambda p, n, log=print: seen.append(("finetune", log)) or {})
+    monkeypatch.setattr(study_lib, "plot_study", lambda study, d: seen.append(("plot", sorted(study), d)) or [])
+    study_lib.run_study(BASE, tmp_path / "s", log=log)
+    d = tmp_path / "s"
+    assert seen[0] == ("ablation", BASE, d, log) and seen[2] == ("default", BASE, d, log) and seen[3] == ("sampler", log)
+    assert seen[6] == ("finetune", log) and seen[8] == ("prompted", BASE, d, log)
+    assert seen[1] == ("plot", ["ablation", "config", "cpus", "device", "jobs", "seconds", "torch"], d)
+
+
+def test_run_study_seconds(tmp_path, parts, monkeypatch):
+    monkeypatch.setattr(study_lib.time, "perf_counter", Clock(10.0, 14.5))
+    study = study_lib.run_study(BASE, tmp_path, parts=("prompted",), log=lambda m: None)
+    assert study["seconds"] == {"prompted": 4.5}
