@@ -136,9 +136,13 @@ def test_eps_mse_dispatch(route, g):
     assert asked == [("eps_mse", torch.device("cpu"), True)]
     args, kwargs = launcher("eps_mse").calls[0]
     assert args[0] is pred and args[1] is target and kwargs == {}
-    # a dtype the kernels lack, or torch chosen: the reference
+    # a dtype the kernels lack in either input, or torch chosen: the reference
     p64, t64 = pred.double(), target.double()
     assert torch.equal(mse.eps_mse(p64, t64), mse.eps_mse_torch(p64, t64))
+    n = len(launcher("eps_mse").calls)
+    assert torch.equal(mse.eps_mse(p64, target), mse.eps_mse_torch(p64, target))
+    assert torch.equal(mse.eps_mse(pred, t64), mse.eps_mse_torch(pred, t64))
+    assert len(launcher("eps_mse").calls) == n
     route("torch")
     assert torch.equal(mse.eps_mse(pred, target), mse.eps_mse_torch(pred, target))
     with pytest.raises(ValueError, match=r"eps_mse: prediction \(2, 3\) and target \(3, 2\) differ"):
