@@ -123,3 +123,17 @@ def test_forward_is_the_reference_augmentation_draw_for_draw():
     z = torch.randn_like(z) * 0.9 + z * 0.1
     torch.testing.assert_close(got, ae.decode(torch.clamp(z, -1, 1)))
     assert z.max() > 1.1 and z.min() < -2.1  # the clamp bites on both sides, below -2 too
+
+
+@pytest.mark.parametrize("a,b,second_live", [
+    (1000.0, 0.001, False),  # 1e-6 of the largest: rounding level, dead (relative to the largest, not absolute)
+    (1e-3, 1e-7, True),  # 1e-4 of a small largest: live (no floor of 1 under the largest)
+])
+def test_the_dead_threshold_is_relative_to_the_largest_amplitude(a, b, second_live):
+    x = torch.tensor([[a, 0.0, 0.0], [-a, 0.0, 0.0], [0.0, b, 0.0], [0.0, -b, 0.0]], dtype=torch.float64)
+    ae = LowRankAutoencoder(3, 2)
+    ae.initialize(x)
+    assert ae.decoder_scale[0].item() == pytest.approx(a / CODE_SCALE / math.sqrt(3), rel=1e-6)
+    assert (ae.decoder_scale[1].item() != 0) is second_live and (ae.encoder_scale[1].item() != 0) is second_live
+    if second_live:
+        assert ae.decoder_scale[1].item() == pytest.approx(b / CODE_SCALE / math.sqrt(3), rel=1e-6)
