@@ -300,9 +300,9 @@ class Zoo:
         if not isinstance(self.spec, ParamSpec):
             raise ValueError(f"Zoo: spec must be a ParamSpec, got {type(self.spec).__name__}")
         d = self.spec.dim
-        want = {"params": (torch.float32, None), "task": (torch.int64, 1), "run": (torch.int64, 1),
-                "accuracy": (torch.float32, 1), "init": (torch.float32, 1)}
-        for name, (dtype, dims) in want.items():
+        want = {"params": torch.float32, "task": torch.int64, "run": torch.int64, "accuracy": torch.float32,
+                "init": torch.float32}  # the shapes are checked below
+        for name, dtype in want.items():
             t = getattr(self, name)
             if not isinstance(t, torch.Tensor):
                 raise ValueError(f"Zoo: {name} must be a torch.Tensor, got {type(t).__name__}")
