@@ -465,8 +465,7 @@ def test_parser_defaults():
 
 
 def help_pages() -> str:
-    """Every command's --help, as docs/cli.md shows them (wrapped at 100 columns)."""
-    os.environ["COLUMNS"] = "100"
+    """Every command's --help, as docs/cli.md shows them (argparse wraps at $COLUMNS: 100 here)."""
     p = cli._parser()
     pages = [("pdiff-fast", p)]
     for action in p._subparsers._group_actions:
@@ -491,5 +490,6 @@ def test_docs_cli_page_is_the_help(monkeypatch):
 
 
 if __name__ == "__main__":
+    os.environ["COLUMNS"] = "100"
     CLI_DOC.write_text(help_pages())
     print(f"wrote {CLI_DOC}")

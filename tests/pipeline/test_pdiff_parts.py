@@ -131,6 +131,7 @@ def test_sample_generates_with_the_configs_settings_and_saves_in_population_spac
     out = run.sample()
     (ae, denoiser, scheduler, n, kw) = asked[0]
     assert scheduler == "SCHED" and n == 5 and denoiser is not None and not denoiser.training
+    assert ae is not None and ae.preset == "small" and not ae.training  # the run's autoencoder
     assert kw == {"device": run.device, "seed": 3, "grain": 7, "memory_budget_bytes": 3 << 20, "cuda_graph": False,
                   "progress": False, "shard": True}
     std = Standardizer.fit(pop.spec, pop.params)
