@@ -540,3 +540,39 @@ def test_rebuild_base_names_missing_and_unexpected_keys_alone():
     with pytest.raises(ValueError, match=r"^base state does not fit the model: missing \[\], unexpected \['x0', 'x1', "
                                          r"'x2'\]$"):
         rebuild_base(tiny_model(), Population(torch.zeros(1, 24), torch.zeros(1), spec, extra))
+
+
+class Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("recipe", [collect_v1, collect_v2])
+def test_recipes_called_with_their_defaults(recipe, monkeypatch):
+    """The defaults as the recipe uses them (a signature's defaults are not what a call reads under every wrapper)."""
+    seen = {}
+    real_shares = collect_lib._shares
+    monkeypatch.setattr(collect_lib, "_shares", lambda k, t: seen.update(k=k, trajectories=t) or real_shares(k, t))
+
+    def base_state(model, data, spec, epochs, lr, batch_size, seed, progress):
+        seen.update(epochs=epochs, lr=lr, batch_size=batch_size, seed=seed, progress=progress)
+        raise Stop
+    monkeypatch.setattr(collect_lib, "_train_base_state", base_state)
+    m = tiny_model()
+    with pytest.raises(Stop):
+        recipe(m, tiny_data(n_train=400), ParamSpec.from_model(m))
+    assert seen == {"k": 200, "trajectories": 1, "epochs": 30, "lr": 0.1, "batch_size": 128, "seed": 0, "progress": True}
+
+
+def test_train_base_shows_progress_by_default(bars):
+    train_base(tiny_model(), tiny_data(), 0)
+    assert bars.made[-1]["disable"] is False
+
+
+def test_rank_0_trains_the_base_with_the_progress_asked_for(two_ranks, monkeypatch):
+    two_ranks(0)
+    asked = []
+    monkeypatch.setattr(collect_lib, "train_base", lambda *a: asked.append(a[-1]))
+    m = tiny_model()
+    for progress in (True, False):
+        collect_lib._train_base_state(m, tiny_data(), ParamSpec.from_model(m), 1, 0.1, 8, 0, progress)
+    assert asked == [True, False]
