@@ -91,19 +91,19 @@ class PromptedPDiff(PDiff):
             return default_prompts(lo, hi)
         return check_prompts(c.prompt_accuracy, lo, hi, c.prompt_extrapolate)
 
-    @torch.no_grad()
     def generate_prompted(self, ae, model: dn_lib.EMA, per_model: torch.Tensor, lo: float, hi: float,
                           guidance: float | None = None, seed: int | None = None) -> torch.Tensor:
         """(n, D) parameters (standardised space: the autoencoder's), model i prompted with per_model[i]."""
         c = self.config
-        net = model.ema.eval()
-        emb = net.embed(normalise(per_model, lo, hi).to(self.device))
-        guided = Guided(net, c.guidance if guidance is None else guidance)
-        return generate(ae, guided, self.scheduler(), len(per_model), device=self.device,
-                        seed=c.seed if seed is None else seed, grain=c.sample_grain,
-                        memory_budget_bytes=c.memory_budget_mb << 20,
-                        cuda_graph=False if c.cuda_graph == "auto" else c.cuda_graph, progress=self.progress,
-                        shard=True, cond=emb)
+        with torch.no_grad():  # not the decorator, the same: mutmut leaves decorated functions unmutated
+            net = model.ema.eval()
+            emb = net.embed(normalise(per_model, lo, hi).to(self.device))
+            guided = Guided(net, c.guidance if guidance is None else guidance)
+            return generate(ae, guided, self.scheduler(), len(per_model), device=self.device,
+                            seed=c.seed if seed is None else seed, grain=c.sample_grain,
+                            memory_budget_bytes=c.memory_budget_mb << 20,
+                            cuda_graph=False if c.cuda_graph == "auto" else c.cuda_graph, progress=self.progress,
+                            shard=True, cond=emb)
 
     def sample(self, n: int | None = None) -> torch.Tensor:
         n, digests, (ae, model, std) = self._sample_inputs(n)
