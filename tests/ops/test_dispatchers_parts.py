@@ -540,3 +540,29 @@ def test_register_fakes(monkeypatch):
     assert extension_ops.register_fakes({"b": len}) is False and registered == []  # an older build lacks it
     assert extension_ops.register_fakes({"a": len, "b": abs, "c": min}) is True
     assert registered == [("pdiff_fast::a", len), ("pdiff_fast::c", min)]
+
+
+# --- a dtype the kernels lack in any one input sends the call to the reference ---------------
+
+@pytest.mark.parametrize("op,call,names", [
+    ("q_sample", lambda m, a: m.q_sample(a["x0"], a["t"], a["coefs"], a["noise"]), ("x0", "noise")),
+    ("ddpm_step", lambda m, a: m.ddpm_step(a["x_t"], a["eps"], a["t"], a["noise"], a["coefs5"]), ("x_t", "eps", "noise")),
+    ("ddim_step", lambda m, a: m.ddim_step(a["x_t"], a["eps"], 0.3, 0.6, a["noise"], 0.5), ("x_t", "eps", "noise")),
+    ("solver_step", lambda m, a: m.solver_step(a["x_t"], a["eps"], ss.StepCoefs(0.6, 0.8, 0.9, 0.7, 0.1, 0.3),
+                                               a["x0_prev"], a["noise"]), ("x_t", "eps", "x0_prev", "noise")),
+])
+def test_each_input_of_another_dtype_goes_to_the_reference(route, monkeypatch, op, call, names):
+    launcher, _ = route("triton")
+    module = {"q_sample": qs, "ddpm_step": ddpm, "ddim_step": ddim, "solver_step": ss}[op]
+    monkeypatch.setattr(module, f"{op}_torch", lambda *a, **k: "reference")
+    g = torch.Generator().manual_seed(0)
+    base = {"x0": torch.randn(2, 4, generator=g), "x_t": torch.randn(2, 4, generator=g),
+            "eps": torch.randn(2, 4, generator=g), "noise": torch.randn(2, 4, generator=g),
+            "x0_prev": torch.randn(2, 4, generator=g), "t": torch.tensor([1, 2]), "coefs": torch.rand(2, 5),
+            "coefs5": torch.rand(5, 5)}
+    assert call(module, base) == ("triton", op)  # all float32: the kernel, with the noise given
+    args = launcher(op).calls[-1][0]
+    assert any(a is base["noise"] for a in args)
+    for name in names:
+        assert call(module, {**base, name: base[name].double()}) == "reference", name
+    assert len(launcher(op).calls) == 1
