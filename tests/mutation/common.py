@@ -38,6 +38,13 @@ def copy_tree(work: Path) -> None:
         shutil.copy2(ext, work / "pdiff_fast" / ext.name)
 
 
+def unscored_modules(scores: dict) -> list[str]:
+    """The package's Python modules with no score (every .py file of pdiff_fast/ but the __init__.py files:
+    imports and re-exports)."""
+    files = sorted(p.relative_to(ROOT).as_posix() for p in (ROOT / "pdiff_fast").rglob("*.py") if p.name != "__init__.py")
+    return [f for f in files if f not in scores]
+
+
 def write_docs(scores: dict, planted: dict) -> None:
     lines = ["# Mutation scores", "",
              "Made by `.venv/bin/python -m tests.mutation` from `tests/mutation/scores.json`; what it does and",
@@ -49,6 +56,12 @@ def write_docs(scores: dict, planted: dict) -> None:
     for module, s in sorted(scores.items()):
         lines.append(f"| `{module}` | {s['date']} | {s['mutants']} | {s['killed']} | {s['timeout']} | {s['survived']} "
                      f"| {s['equivalent']} | {s['no tests']} | {100 * s['score']:.1f}% |")
+    unscored = unscored_modules(scores)
+    lines += ["", f"{len(scores)} modules scored, {sum(s['mutants'] for s in scores.values())} mutants. "
+              + (f"Not scored yet: {', '.join(f'`{m}`' for m in unscored)}." if unscored else
+                 "Every module of the package is scored."),
+              "The Triton kernels (`kernels/`) and the C++ code (`csrc/`) are out of mutmut's reach: their planted "
+              "bugs are the last table."]
     for module, s in sorted(scores.items()):
         lines += ["", f"## `{module}`", "", f"Tests: {', '.join(f'`{t}`' for t in s['tests'])}.", ""]
         if s["survivors"]:

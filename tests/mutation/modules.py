@@ -26,7 +26,7 @@ MODULES: dict[str, list[str]] = {
         "tests/evaluation/test_population_plan.py"],
     # the unit tests only: test_run_dir.py's real runs (kill -9, torchrun, resumes) take minutes per mutant
     "pdiff_fast/pipeline/run_dir.py": ["tests/pipeline/test_run_dir_parts.py", "tests/pipeline/test_stale_fields.py"],
-    "pdiff_fast/pipeline/lock.py": ["tests/pipeline/test_lock.py"],
+    "pdiff_fast/pipeline/lock.py": ["tests/pipeline/test_lock.py", "tests/pipeline/test_lock_parts.py"],
     "pdiff_fast/pipeline/capacity.py": ["tests/pipeline/test_capacity.py"],
     # not tests/test_distributed.py: two spawned processes per test (seconds to minutes per mutant);
     # the sharded path is tested with the process group faked (test_judge_parts.py)
@@ -85,6 +85,29 @@ MODULES: dict[str, list[str]] = {
     "pdiff_fast/pipeline/train.py": ["tests/pipeline/test_train_parts.py"],
     # not test_novelty.py: its plot test evaluates a whole population first
     "pdiff_fast/pipeline/report.py": ["tests/pipeline/test_report_parts.py"],
+    # test_task_pipeline.py's whole runs left out (seconds to minutes per mutant)
+    "pdiff_fast/tasks/config.py": ["tests/tasks/test_config_parts.py"],
+    # not test_tasks.py: the same checks on the real digits, covered here on a small made-up source
+    "pdiff_fast/tasks/family.py": ["tests/tasks/test_family_parts.py"],
+    # the step's collaborators faked: test_task_pipeline.py trains and samples real models end to end
+    "pdiff_fast/tasks/evaluate.py": ["tests/tasks/test_evaluate_parts.py"],
+    "pdiff_fast/tasks/report.py": ["tests/tasks/test_task_report_parts.py"],
+    # planted run directories (no training): test_task_pipeline.py runs these parts through real runs
+    "pdiff_fast/tasks/parts.py": ["tests/tasks/test_task_parts_parts.py"],
+    # the trainers, the capacity checks, the generator and the accuracy faked: test_task_pipeline.py runs the steps
+    "pdiff_fast/tasks/pdiff.py": ["tests/tasks/test_task_pdiff_parts.py"],
+    # test_zoo.py's models are tiny MLPs (the file runs in about a second)
+    "pdiff_fast/tasks/zoo.py": ["tests/tasks/test_zoo.py", "tests/tasks/test_zoo_parts.py"],
+    # not test_conditional.py's test_fit_conditional_learns_two_tasks: 600 training steps (8 s per mutant)
+    "pdiff_fast/tasks/conditional.py": [
+        "tests/tasks/test_conditional_parts.py",
+        *(f"tests/tasks/test_conditional.py::{t}" for t in (
+            "test_condition_changes_the_prediction_and_none_is_the_plain_denoiser", "test_bad_mode_and_denoiser",
+            "test_guidance_formula", "test_guidance_zero_is_the_unconditional_path",
+            "test_conditioning_changes_samples_and_each_model_depends_on_its_own_condition",
+            "test_generate_checks_the_condition", "test_fit_conditional_bad_input"))],
+    # the training loops and the sampler faked: test_task_pipeline.py trains and samples real generators
+    "pdiff_fast/tasks/generator.py": ["tests/tasks/test_generator_parts.py"],
     # not test_backend.py's torch.compile test: mutmut's trampolines are not traceable with fullgraph
     "pdiff_fast/backend.py": [
         "tests/test_backend_parts.py",
@@ -95,6 +118,55 @@ MODULES: dict[str, list[str]] = {
             "test_environment_variable_and_context_order", "test_act_norm_conv1d_trains_on_torch_under_auto",
             "test_unregistered_op_is_a_clear_error", "test_every_dispatching_op_is_registered",
             "test_imports_are_done_once_and_failures_name_the_error"))],
+    # planted run directories (no training): test_pipeline.py runs these parts through real runs
+    "pdiff_fast/pipeline/parts.py": ["tests/pipeline/test_parts_parts.py"],
+    "pdiff_fast/diffusion/seeds.py": ["tests/diffusion/test_seeds_parts.py"],
+    # the runs faked (planted reports): test_study.py runs a real study on a tiny config
+    "pdiff_fast/pipeline/study.py": ["tests/pipeline/test_study_parts.py"],
+    # the pipelines, the study and the lock faked; the help text against docs/cli.md
+    "pdiff_fast/cli.py": ["tests/test_cli_parts.py"],
+    # not test_collect.py's two-process job (seconds per mutant)
+    "pdiff_fast/pipeline/collect.py": [
+        "tests/pipeline/test_collect_parts.py",
+        *(f"tests/pipeline/test_collect.py::{t}" for t in (
+            "test_recipes_save_k_checkpoints_that_only_change_the_subset", "test_population_file_checks",
+            "test_k_must_be_positive", "test_one_trajectory_is_the_single_run_of_before",
+            "test_trajectories_share_k_and_keep_their_provenance", "test_k_must_cover_the_trajectories",
+            "test_provenance_is_saved_and_old_files_load", "test_v2_subset_lr_rule", "test_v2_trains_at_the_rule_lr"))],
+    # one rank of a faked process group: test_distributed.py's two-process jobs take seconds to minutes each
+    "pdiff_fast/distributed.py": [
+        "tests/test_distributed_parts.py",
+        *(f"tests/test_distributed.py::{t}" for t in (
+            "test_shard_deals_whole_blocks_in_order", "test_one_process_helpers_are_identities",
+            "test_more_processes_than_gpus_is_a_clear_error"))],
+    # the collection recipe, the sampler, the judge and the plots faked
+    "pdiff_fast/pipeline/pdiff.py": ["tests/pipeline/test_pdiff_parts.py"],
+    # the extension against the torch references, odd shapes and bad input (test_torch_ops.py's compile
+    # and export runs take seconds each)
+    "pdiff_fast/ops/flatten_params.py": ["tests/ops/test_flatten_params.py", "tests/ops/test_flatten_params_parts.py"],
+    "pdiff_fast/ops/iou_matrix.py": [
+        "tests/ops/test_iou_matrix.py", "tests/ops/test_iou_matrix_parts.py",
+        *(f"tests/evaluation/test_evaluate.py::{t}" for t in (
+            "test_blocked_stats_equal_whole_matrix", "test_any_memory_budget_gives_the_same_numbers",
+            "test_block_sizes_follow_the_budget", "test_exactly_the_diagonal_is_left_out"))],
+    # the ops' dispatchers and torch references, with the launchers faked: tests/kernels/ runs the
+    # Triton kernels through the interpreter (seconds per test)
+    **{f"pdiff_fast/ops/{op}.py": [
+        "tests/ops/test_dispatchers_parts.py", "tests/ops/test_randn_like.py", "tests/ops/test_norm_affine_act.py"]
+       for op in ("noise", "eps_mse", "q_sample", "ddpm_step", "ddim_step", "solver_step", "act_norm_conv1d",
+                  "norm_affine_act", "extension_ops")},
+    "pdiff_fast/prompted/prompts.py": ["tests/prompted/test_prompts.py", "tests/prompted/test_prompts_parts.py"],
+    "pdiff_fast/prompted/encoder.py": ["tests/prompted/test_encoder.py", "tests/prompted/test_encoder_parts.py"],
+    # test_span.py's real run is one tiny model (about a second); the parts fake the collaborators
+    "pdiff_fast/pipeline/span.py": ["tests/pipeline/test_span.py", "tests/pipeline/test_span_parts.py"],
+    # the judge faked: test_prompted_pipeline.py trains and judges whole prompted runs
+    "pdiff_fast/prompted/calibration.py": ["tests/prompted/test_calibration_parts.py"],
+    # made-up per-task results: test_prompted_tasks.py trains and judges whole prompted task runs
+    "pdiff_fast/prompted/task_calibration.py": ["tests/prompted/test_task_calibration_parts.py"],
+    # the trainer, the sampler and the calibration faked: test_prompted_pipeline.py runs whole prompted runs
+    "pdiff_fast/prompted/pipeline.py": ["tests/prompted/test_prompted_pipeline_parts.py"],
+    # the trainer, the generator, the scorers and the calibration faked: test_prompted_tasks.py runs whole task runs
+    "pdiff_fast/prompted/tasks.py": ["tests/prompted/test_prompted_tasks_parts.py"],
 }
 
 # Reasons shared by several modules.
@@ -260,6 +332,89 @@ EQUIVALENT: list = [
      "a == b is level (the band test above returns first), so >= and > never differ here"),
     ("pdiff_fast/evaluation/novelty.py", r"batch_size: int = 102[45]\)", BLOCKING),
     ("pdiff_fast/pipeline/lock.py", r"=> said = None$", "the waiting flag starts false: None is as false"),
+    ("pdiff_fast/pipeline/lock.py", r"=> log = log or \(lambda msg: 0\)$",
+     "the log's return value is never read: a silent log returning 0 is as silent"),
+    ("pdiff_fast/pipeline/parts.py", r"=> self\.log = log if \(log and main\) else \(lambda \*a: 0\)$",
+     "the log's return value is never read: a silent log returning 0 is as silent"),
+    ("pdiff_fast/pipeline/parts.py", r"strict=True\) => .*load_state_dict\((ae_sd_kept|dm_sd|\{k: v .*\}), \)$",
+     "load_state_dict's strict defaults to True"),
+    ("pdiff_fast/pipeline/parts.py", r'^return None if meta is None or "spec" not in meta\[0\] else',
+     "a header that is missing or has no spec gives None either way: reading it anyway raises the TypeError or "
+     "KeyError that the except below turns into None"),
+    ("pdiff_fast/distributed.py", r"torch\.tensor\(\[(value|len\(data\))\], (dtype=None, )?device",
+     "torch.tensor of a Python int is int64 already"),
+    ("pdiff_fast/distributed.py", r"(device=dev\b|\.to\(dev\)).* => .*(device=None|\.to\(None\))", ONE_DEVICE),
+    ("pdiff_fast/distributed.py", r'^data = json\.dumps\(obj\)\.encode\(\) if is_main\(\) else b"" => ',
+     "the other ranks' bytes only size a tensor that rank 0's size then overwrites; they are never sent"),
+    ("pdiff_fast/distributed.py", r"shard\(n, block, rank_=r, (world=None|)\)",
+     "world = world_size() already: shard's own default is the same number"),
+    ("pdiff_fast/distributed.py", r"t\.to\(padded\.device, (None|)\)$",
+     "the slice assignment into padded casts to padded's dtype anyway"),
+    ("pdiff_fast/distributed.py", r'torch\.device\(torch\.cuda\.current_device\(\)\)\)$',
+     "torch.device(N) of an int N is cuda:N"),
+    ("pdiff_fast/pipeline/collect.py",
+     r"^(acc|val_acc) = torch\.tensor\((accs|val_accs), dtype=torch\.float32\) => .*\((accs|val_accs), (dtype=None|)\)$",
+     "the accuracies are Python floats: torch.tensor makes them float32, the default dtype, anyway"),
+    ("pdiff_fast/pipeline/collect.py", r"torch\.empty\(0, spec\.dim, (dtype=None, |)device=device\)$",
+     "torch.empty's default dtype is float32"),
+    ("pdiff_fast/pipeline/collect.py", r"self\.step = torch\.arange\(n, (dtype=None|)\)$", "arange of an int is int64"),
+    ("pdiff_fast/pipeline/collect.py", r"opt\.zero_grad\(set_to_none=(None|False)\)$",
+     "every parameter the optimizer holds gets a gradient from each backward (the whole model or the subset, all "
+     "in the loss), so zeroed and unset gradients give the same step"),
+    ("pdiff_fast/pipeline/collect.py", r"^error = distributed\.broadcast_json\(error\) => .*\(None\)$",
+     "every rank that reaches this line holds error None (rank 0 raised on a failure), and only rank 0's argument "
+     "is sent"),
+    ("pdiff_fast/pipeline/collect.py", r"batch_size: int = 2049\) -> float:$", BLOCKING),
+    ("pdiff_fast/pipeline/collect.py", r"strict=None\)$", "load_state_dict reads strict=None as false, like False"),
+    ("pdiff_fast/pipeline/collect.py", r"CosineAnnealingLR\(opt, max\(epochs, 2\)\)$",
+     "T_max only shapes the lr from the second epoch on, where max(epochs, 1) and max(epochs, 2) agree; one "
+     "epoch runs at lr either way"),
+    ("pdiff_fast/pipeline/collect.py", r"math\.cos\(math\.pi \* \(epochs \+ 1\) / epochs\)",
+     "cos(pi (e + 1) / e) = cos(pi + pi / e) = -cos(pi / e) = cos(pi (e - 1) / e)"),
+    ("pdiff_fast/cli.py", r"\(lambda (\*a|msg): None\).* => .*\(lambda (\*a|msg): 0\)",
+     "a silent log's return value is never read: returning 0 is as silent"),
+    ("pdiff_fast/cli.py", r'^cfg = Config\.from_dict\(fields, args\.config or "config"\) => ',
+     "without --config the study's fields are {}, which has no problem to name the source in"),
+    ("pdiff_fast/cli.py", r'"--prompt-accuracy", (dest=None, |)type=float',
+     "argparse names the destination of --prompt-accuracy prompt_accuracy by itself"),
+    ("pdiff_fast/pipeline/study.py", r'slug\("DEFAULT"\)$', "slug lower-cases its name: DEFAULT is default"),
+    ("pdiff_fast/pipeline/study.py", r'\.strip\("XX-XX"\)$',
+     "the name is lower-cased first: it has no X to strip, and the '-' is stripped either way"),
+    ("pdiff_fast/pipeline/study.py", r"^threads = max\(1, \(os\.cpu_count\(\) or 1\) // jobs\) if jobs > 1 else None => "
+     r".*(if \(jobs > 1\) or True else|if jobs >= 1 else)",
+     "with one job the variants run in this process, which never reads threads"),
+    ("pdiff_fast/pipeline/study.py", r"\(os\.cpu_count\(\) or 2\) // jobs",
+     "an unknown core count with jobs > 1: 1 // jobs and 2 // jobs are both at most 1, and max(1, .) makes it 1"),
+    ("pdiff_fast/ops/flatten_params.py", r"^return flatten_params_torch\(sources, numels, dtype\) => .*\(sources, None, dtype\)$",
+     "the torch reference reads no numels (flatten_params checked them against the sources before)"),
+    ("pdiff_fast/nn/lowrank_autoencoder.py", r"=> live = amplitude >= 1e-5 \* amplitude\.max\(\)",
+     "an amplitude exactly 1e-5 times the largest (a float64 SVD result) does not occur: either side of it is rounding"),
+    ("pdiff_fast/pipeline/pdiff.py", r'_bookkeeping\("report", config=None\)$', "config=None is false, like False"),
+    ("pdiff_fast/pipeline/pdiff.py", r'checkpoints", c\.k, spec\.dim, self\.run_dir, \)$',
+     "check_fits' copies defaults to 2"),
+    ("pdiff_fast/pipeline/pdiff.py", r"fork_rng\(devices=None\)", "devices=None forks the CUDA generators too: "
+     "the mutation run has no CUDA device, so [] and None fork the same (the CPU generator)"),
+    ("pdiff_fast/ops/iou_matrix.py", r"^(budget = max\(1, budget\)|use_ext = |n_bits = |rows, cols = )", BLOCKING +
+     " (iou_stats' block sizes; test_evaluate.py compares every budget with the whole matrix)"),
+    ("pdiff_fast/ops/iou_matrix.py", r"^triangle = self_pairs and not row_max => triangle = None$|"
+     r"range\(r0 if \(triangle\) and False else 0, nb, cols\)",
+     "the upper triangle is half the work of the whole self-comparison, with the same sum and pairs: computing "
+     "more blocks (their lower part zeroed) changes no number"),
+    ("pdiff_fast/ops/iou_matrix.py", r"=> if c0 <= r1:", "a block starting at column r1 lies right of its rows' "
+     "diagonal: triu_ with offset 1 - rows keeps all of it, as skipping it does"),
+    ("pdiff_fast/ops/iou_matrix.py", r"if self_pairs and lo <= hi else None$",
+     "lo == hi gives an empty diagonal: indexing with it changes nothing, as None does"),
+    ("pdiff_fast/ops/iou_matrix.py", r"^if n % 8: => if n / 8:$",
+     "whole bytes take the padded path too: the padding is empty and the bytes the same (a copy more)"),
+    ("pdiff_fast/ops/iou_matrix.py", r"as_bytes = mask\.to\(None\)$|shifts = torch\.arange\(8, (dtype=None, |)device=",
+     "torch promotes the shifts (bool or uint8 with int64) and the bits summed or masked are the same; the sum is "
+     "taken as uint8 either way"),
+    ("pdiff_fast/ops/iou_matrix.py", r"return out if \(n is None\) and False else out\[:, :n\]$",
+     "out[:, :None] is out"),
+    ("pdiff_fast/backend.py", r'getattr\(ext, "has_cuda", lambda: None\)\(\)',
+     "a build without has_cuda: not None is True, as not False is"),
+    ("pdiff_fast/ops/noise.py", r"torch\.randint\(SEED_HIGH, \(1,\)",
+     "randint(high, size) is randint(0, high, size): the same draw"),
     ("pdiff_fast/pipeline/lock.py", r"os\.pread\(fd, 4097, 0\)",
      "a holder's line is about 100 bytes: a read of 4096 or 4097 bytes reads it whole"),
     ("pdiff_fast/pipeline/lock.py", r'or "XX\{\}XX"\)$',
@@ -413,6 +568,58 @@ EQUIVALENT: list = [
     ("pdiff_fast/config.py", r"\(len\(v\) (>= 24|> 25) or int\(v\[5:\]\)",
      "a cuda:N name of 24 or 25 characters has 19 or 20 digits: int() takes them and the device-count "
      "test gives the same message as the length test"),
+    ("pdiff_fast/tasks/family.py", r"=> label = torch\.full_like\(y, (\+1|-2)\)$",
+     "the fill value of a task's labels is never read: every sample kept has one of the task's classes, whose "
+     "label overwrites the fill, and only the kept samples' labels are taken"),
+    ("pdiff_fast/tasks/parts.py", r"=> self\.log = log or \(lambda \*a: 0\)$",
+     "the log's return value is never read: a silent log returning 0 is as silent"),
+    ("pdiff_fast/tasks/parts.py", r'=> on_disk = read_config_file\(self\.path\("config"\)\) if \(self\.path\("config"\)'
+     r'\.exists\(\)\) or True else \{\}$',
+     "reading a missing config.json raises a ConfigError (a ValueError), which the except turns into {} as well"),
+    ("pdiff_fast/prompted/tasks.py", r'=> self\._bookkeeping\("report", config=None\)$',
+     "TaskParts._bookkeeping reads config as a truth value: None is False"),
+    ("pdiff_fast/tasks/evaluate.py", r"if s <= c\.finetune_steps\} \| \{c\.finetune_steps\}\)$",
+     "the record steps below the last, with the last added: taking the last among them as well gives the same set"),
+    ("pdiff_fast/tasks/evaluate.py", r'float\("INF"\)', 'float() reads "INF" as "inf"'),
+    ("pdiff_fast/prompted/encoder.py", r'register_buffer\("freqs", .*, persistent=None\)$',
+     "register_buffer tests persistent as a truth value (if persistent: ... else: non-persistent): None is False"),
+    ("pdiff_fast/pipeline/span.py", r"=> params, acc, traj, step, val_acc = _collect\(model, train, spec, shares, run, None, run_lr, seed,$",
+     "_collect reads its lr only when the subset lr it is given is None, and span's run_lr never is (a float "
+     "either way: SPAN_LR_FACTOR times v2's lr or lr * 0.1)"),
+    ("pdiff_fast/prompted/calibration.py", r"=> if int\(reach\.sum\(\)\) (<= 2|< 3):$",
+     "exactly two checkpoints reaching the prompt are the best two (every other one lies below the bound): "
+     "replacing them by the top two changes nothing"),
+    ("pdiff_fast/prompted/calibration.py", r"color=\"GRAY\"",
+     "matplotlib reads colour names case-insensitively"),
+    ("pdiff_fast/prompted/calibration.py", r"\{_f\(r\['miss'\], '\+\.2F'\)\}",
+     "a row's miss is a median of finite accuracies (summary drops the others) minus a prompt, or NaN (printed "
+     "as —): F and f print every finite number alike"),
+    ("pdiff_fast/prompted/task_calibration.py", r"=> out\[\"splits\"\]\[split\] = _split\(tasks, None, hi\)$",
+     "_split takes the range's low end for its signature and does not read it"),
+    ("pdiff_fast/prompted/task_calibration.py", r'"above": sorted\(n for n, c in compare\.items\(\) if n != "(XXgeneratedXX|GENERATED)" and gen > c',
+     "generated's mean is never above itself (gen > gen is False): leaving it in the test keeps it out of "
+     "\"above\" all the same"),
+    ("pdiff_fast/prompted/task_calibration.py", r"squeeze=None\)$",
+     "plt.subplots tests squeeze as a truth value: None is False"),
+    ("pdiff_fast/tasks/zoo.py", r"=> torch\.randint\(int\(counts\[r\]\), \(steps, batch_size\)",
+     "torch.randint(high, size) is randint(0, high, size): low defaults to 0"),
+    ("pdiff_fast/tasks/zoo.py", r"=> return vmap\(one, randomness=\"different\"\)\(params, xb, yb\)$",
+     "vmap's in_dims defaults to 0 for every argument: (0, 0, 0) is the default"),
+    ("pdiff_fast/tasks/zoo.py", r'=> idx = ""$',
+     "the batch indices' starting value is never read: step 0 draws the first block (0 % block == 0) before "
+     "the first read"),
+    ("pdiff_fast/tasks/zoo.py", r"opt\.zero_grad\(set_to_none=(None|False)\)$",
+     "every trained tensor gets a gradient at every step (the loss reads all of spec's parameters), so zeroed "
+     "and dropped gradients step alike"),
+    ("pdiff_fast/tasks/zoo.py", r"=> flat = starts\.detach\(\)\.to\(device, (None)?\s*\)$",
+     "the starts are unflattened into the spec's dtypes before training and the snapshots are .float()'d: for "
+     "float32 parameters (every model of the package) keeping the caller's float dtype here changes no value"),
+    ("pdiff_fast/tasks/zoo.py", r"json\.dumps\(self\.meta, allow_nan=None\)$",
+     "json.dumps tests allow_nan as a truth value: None refuses NaN as False does"),
+    ("pdiff_fast/tasks/conditional.py", r"nn\.Conv1d\(BLOCK_MAPS, w, 1, bias=None\)",
+     "nn.Conv1d reads bias as a truth value (if bias: ...): None is False, no bias either way"),
+    ("pdiff_fast/tasks/generator.py", r"=> net = ConditionedDenoiser\(dn_lib\.AE_CNN_bottleneck\(c\.rank, channel_list=",
+     "AE_CNN_bottleneck's in_channel defaults to 1: the latents' one channel"),
 ]
 
 
