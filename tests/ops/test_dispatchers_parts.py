@@ -241,6 +241,9 @@ def test_ddpm_step_dispatch(route, g):
     assert torch.equal(x, want[0]) and torch.equal(x0, want[1])
     given = torch.randn(2, 3, generator=g)
     assert torch.equal(ddpm.ddpm_step(x_t, eps, t, given, coefs)[0], ddpm.ddpm_step_torch(x_t, eps, t, given, coefs)[0])
+    big = eps * 50  # x0 past [-1, 1]: the clip shows
+    assert torch.equal(ddpm.ddpm_step(x_t, big, t, given, coefs, False)[1], ddpm.ddpm_step_torch(x_t, big, t, given, coefs, False)[1])
+    assert not torch.equal(ddpm.ddpm_step(x_t, big, t, given, coefs, False)[1], ddpm.ddpm_step(x_t, big, t, given, coefs)[1])
     route("triton")
     out = ddpm.ddpm_step(x_t.double(), eps.double(), t, given.double(), coefs.double())
     assert torch.equal(out[0], ddpm.ddpm_step_torch(x_t.double(), eps.double(), t, given.double(), coefs.double())[0])
