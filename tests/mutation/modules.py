@@ -413,6 +413,8 @@ EQUIVALENT: list = [
      "out[:, :None] is out"),
     ("pdiff_fast/backend.py", r'getattr\(ext, "has_cuda", lambda: None\)\(\)',
      "a build without has_cuda: not None is True, as not False is"),
+    ("pdiff_fast/ops/ddpm_step.py", r"nonzero = \(t > 0\)\.to\(None\)",
+     "a bool mask times a float tensor is promoted to the float dtype: the same values"),
     ("pdiff_fast/ops/noise.py", r"torch\.randint\(SEED_HIGH, \(1,\)",
      "randint(high, size) is randint(0, high, size): the same draw"),
     ("pdiff_fast/pipeline/lock.py", r"os\.pread\(fd, 4097, 0\)",
