@@ -16,6 +16,7 @@ from pdiff_fast.io import load_json, read_digest, save_json, save_tensors
 from pdiff_fast.params import ParamSpec
 from pdiff_fast.pipeline import study as study_lib
 from pdiff_fast.pipeline.run_dir import RunDirectory
+from tests.fakes import Clock
 
 BASE = Config(device="cpu", k=12, dataset="digits", model="mlp")
 
@@ -577,16 +578,6 @@ def test_run_study_refuses_unknown_parts_variants_and_mixed_prompted(tmp_path, p
 
 
 # --- what the first mutation run left alive --------------------------------------------------
-
-class Clock:
-    """time.perf_counter giving 100, 103.4, 110, ... (each call the next)."""
-
-    def __init__(self, *values):
-        self.values = list(values)
-
-    def __call__(self):
-        return self.values.pop(0)
-
 
 def test_a_report_without_inputs_is_current(tmp_path):
     report = plant_run(tmp_path / "v", BASE)

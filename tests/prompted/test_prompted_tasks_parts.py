@@ -26,6 +26,7 @@ from pdiff_fast.tasks.config import TaskConfig
 from pdiff_fast.tasks.family import support
 from pdiff_fast.tasks.pdiff import TaskPDiff
 from pdiff_fast.tasks.zoo import Zoo
+from tests.fakes import Clock
 
 
 @pytest.fixture(autouse=True)
@@ -46,14 +47,6 @@ def make(tmp_path, config=None, **kw):
     run = PromptedTaskPDiff(config or cfg(), tmp_path / "run", progress=False, log=logged.append, **kw)
     run.logged = logged
     return run
-
-
-class Clock:
-    def __init__(self, *times):
-        self.times = list(times)
-
-    def __call__(self):
-        return self.times.pop(0)
 
 
 def test_the_validation_split_is_carved_before_the_tasks(tmp_path):

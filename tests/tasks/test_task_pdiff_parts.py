@@ -17,6 +17,7 @@ from pdiff_fast.tasks import report as task_report
 from pdiff_fast.tasks.config import TaskConfig
 from pdiff_fast.tasks.pdiff import LOOP_ROWS, TaskPDiff, sample_tasks
 from pdiff_fast.tasks.zoo import Zoo
+from tests.fakes import Clock
 
 
 @pytest.fixture(autouse=True)
@@ -36,16 +37,6 @@ def make(tmp_path, config=None, **kw):
     run = TaskPDiff(config or cfg(), tmp_path / "run", progress=False, log=logged.append, **kw)
     run.logged = logged
     return run
-
-
-class Clock:
-    """time.perf_counter faked: each call returns the next of `times`."""
-
-    def __init__(self, *times):
-        self.times = list(times)
-
-    def __call__(self):
-        return self.times.pop(0)
 
 
 @pytest.fixture
